@@ -1,1 +1,22 @@
-//! storage
+//! Durable state of doppel: a store interface shaped after FoundationDB (ordered keys,
+//! serializable transactions, range reads, retry on conflict), its embedded backend on fjall
+//! (the default) and its FoundationDB backend (feature `fdb`), typed repositories that own the
+//! key layout (FoundationDB tuples in every backend), and the conformance suite every backend
+//! must pass.
+
+pub mod conformance;
+mod error;
+#[cfg(feature = "fdb")]
+pub mod fdb;
+mod fjall;
+mod kv;
+pub mod repo;
+
+pub use crate::fjall::{FjallStore, FjallTx};
+pub use error::StoreError;
+pub use foundationdb_tuple::Subspace;
+pub use kv::{
+    KeyRange, KeyValue, MAX_KEY_BYTES, MAX_TRANSACTION_BYTES, MAX_VALUE_BYTES, RangeOptions, Store,
+    Transaction,
+};
+pub use repo::{Repos, ThingRecord};

@@ -282,6 +282,8 @@ impl Section {
                         continue;
                     };
                     if *old == new {
+                        // Equal by value; the newer spelling (`2` after `2.0`) is kept.
+                        *old = new;
                         if *old_stamp != stamp {
                             *old_stamp = stamp;
                             outcome.restamped = true;

@@ -1,0 +1,482 @@
+//! The conformance suite: what every backend must do, written once against the [`Store`]
+//! trait. Each case takes an empty subspace to work in.
+//!
+//! Embedded backend: `storage/tests/conformance_fjall.rs` runs each case as its own test via
+//! [`conformance_tests!`](crate::conformance_tests). FoundationDB: `storage/tests/conformance_fdb.rs`
+//! (feature `fdb`, `FDB_CLUSTER_FILE` set) runs [`run_all`] against a live cluster.
+
+use crate::{
+    KeyRange, MAX_KEY_BYTES, MAX_VALUE_BYTES, RangeOptions, Repos, StoreError, ThingRecord,
+    kv::{Store, Transaction},
+    repo::blob,
+};
+use foundationdb_tuple::{Subspace, TuplePack};
+use serde_json::json;
+use twin_core::{
+    Command, Context, DeviceType, Limits, ShadowName, ThingName, Twin, TypeName, request,
+};
+
+fn key(root: &Subspace, t: impl TuplePack) -> Vec<u8> {
+    root.pack(&t)
+}
+
+fn read(store: &impl Store, k: &[u8]) -> Option<Vec<u8>> {
+    store.transact(|tx| tx.get(k)).expect("read")
+}
+
+fn write(store: &impl Store, k: &[u8], v: &[u8]) {
+    store.transact(|tx| tx.set(k, v)).expect("write");
+}
+
+fn all(store: &impl Store, root: &Subspace) -> Vec<(Vec<u8>, Vec<u8>)> {
+    store
+        .transact(|tx| tx.get_range(&root.range().into(), RangeOptions::default()))
+        .expect("range")
+}
+
+/// A key never written reads as `None`.
+pub fn missing_keys_read_as_none<S: Store>(store: &S, root: &Subspace) {
+    assert_eq!(read(store, &key(root, "nothing")), None);
+}
+
+/// A transaction reads its own writes; after commit every new transaction sees them.
+pub fn writes_are_visible_to_their_transaction_and_after_commit<S: Store>(
+    store: &S,
+    root: &Subspace,
+) {
+    let k = key(root, "k");
+    store
+        .transact(|tx| {
+            tx.set(&k, b"v1")?;
+            assert_eq!(tx.get(&k)?.as_deref(), Some(&b"v1"[..]));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(read(store, &k).as_deref(), Some(&b"v1"[..]));
+}
+
+/// Set replaces; clear removes; clearing a missing key is fine.
+pub fn overwrite_and_clear<S: Store>(store: &S, root: &Subspace) {
+    let k = key(root, "k");
+    write(store, &k, b"a");
+    write(store, &k, b"b");
+    assert_eq!(read(store, &k).as_deref(), Some(&b"b"[..]));
+    store.transact(|tx| tx.clear(&k)).unwrap();
+    assert_eq!(read(store, &k), None);
+    store.transact(|tx| tx.clear(&k)).unwrap();
+    write(store, &k, b"");
+    assert_eq!(
+        read(store, &k).as_deref(),
+        Some(&b""[..]),
+        "empty values are values"
+    );
+}
+
+/// Keys sort as their tuples: integers numerically, strings lexicographically.
+pub fn keys_sort_in_tuple_order<S: Store>(store: &S, root: &Subspace) {
+    let ints = [70_000i64, -1_000, 0, 7, -5, 300];
+    let strings = ["b", "aa", "a", "ab"];
+    store
+        .transact(|tx| {
+            for i in ints {
+                tx.set(&key(root, ("i", i)), &i.to_be_bytes())?;
+            }
+            for s in strings {
+                tx.set(&key(root, ("s", s)), s.as_bytes())?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let read_back = |tag: &str| -> Vec<Vec<u8>> {
+        let space = root.subspace(&tag);
+        store
+            .transact(|tx| tx.get_range(&space.range().into(), RangeOptions::default()))
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    };
+    let mut sorted_ints = ints;
+    sorted_ints.sort();
+    assert_eq!(
+        read_back("i"),
+        sorted_ints.map(|i| i.to_be_bytes().to_vec()).to_vec()
+    );
+    assert_eq!(
+        read_back("s"),
+        ["a", "aa", "ab", "b"]
+            .map(|s| s.as_bytes().to_vec())
+            .to_vec()
+    );
+}
+
+/// Ranges are half-open, ordered, limited and reversible.
+pub fn range_reads_are_half_open_limited_and_reversible<S: Store>(store: &S, root: &Subspace) {
+    store
+        .transact(|tx| {
+            for i in 0..10u32 {
+                tx.set(&key(root, i), &[i as u8])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let range = KeyRange::new(key(root, 3u32), key(root, 7u32));
+    let values = |options| -> Vec<u8> {
+        store
+            .transact(|tx| tx.get_range(&range, options))
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v[0])
+            .collect()
+    };
+    assert_eq!(values(RangeOptions::default()), vec![3, 4, 5, 6]);
+    assert_eq!(
+        values(RangeOptions {
+            limit: Some(2),
+            reverse: false
+        }),
+        vec![3, 4]
+    );
+    assert_eq!(
+        values(RangeOptions {
+            limit: None,
+            reverse: true
+        }),
+        vec![6, 5, 4, 3]
+    );
+    assert_eq!(
+        values(RangeOptions {
+            limit: Some(2),
+            reverse: true
+        }),
+        vec![6, 5]
+    );
+    let pairs = store
+        .transact(|tx| tx.get_range(&range, RangeOptions::default()))
+        .unwrap();
+    assert_eq!(pairs[0].0, key(root, 3u32), "pairs carry their keys");
+}
+
+/// A range read inside a transaction sees the transaction's own writes and clears.
+pub fn range_reads_see_their_own_writes<S: Store>(store: &S, root: &Subspace) {
+    write(store, &key(root, 1u32), b"1");
+    write(store, &key(root, 2u32), b"2");
+    store
+        .transact(|tx| {
+            tx.set(&key(root, 3u32), b"3")?;
+            tx.clear(&key(root, 1u32))?;
+            let values: Vec<Vec<u8>> = tx
+                .get_range(&root.range().into(), RangeOptions::default())?
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect();
+            assert_eq!(values, vec![b"2".to_vec(), b"3".to_vec()]);
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// `clear_range` removes exactly `[begin, end)`.
+pub fn clear_range_removes_exactly_the_range<S: Store>(store: &S, root: &Subspace) {
+    store
+        .transact(|tx| {
+            for i in 0..6u32 {
+                tx.set(&key(root, i), b"x")?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    store
+        .transact(|tx| tx.clear_range(&KeyRange::new(key(root, 1u32), key(root, 4u32))))
+        .unwrap();
+    let left: Vec<u32> = all(store, root)
+        .into_iter()
+        .map(|(k, _)| root.unpack(&k).unwrap())
+        .collect();
+    assert_eq!(left, vec![0, 4, 5]);
+}
+
+/// A transaction whose body fails writes nothing.
+pub fn failed_bodies_write_nothing<S: Store>(store: &S, root: &Subspace) {
+    let (a, b) = (key(root, "a"), key(root, "b"));
+    let result: Result<(), StoreError> = store.transact(|tx| {
+        tx.set(&a, b"1")?;
+        tx.set(&b, b"2")?;
+        Err(StoreError::corrupt("test", "the body gives up"))
+    });
+    assert!(matches!(result, Err(StoreError::Corrupt { .. })));
+    assert_eq!((read(store, &a), read(store, &b)), (None, None));
+}
+
+/// Writes of a transaction are invisible to others until it commits, then visible all at once.
+pub fn uncommitted_writes_are_invisible<S: Store>(store: &S, root: &Subspace) {
+    let (a, b) = (key(root, "a"), key(root, "b"));
+    let mut writer = store.begin().unwrap();
+    writer.set(&a, b"1").unwrap();
+    writer.set(&b, b"2").unwrap();
+    assert_eq!(read(store, &a), None);
+    writer.commit().unwrap();
+    let both = store.transact(|tx| Ok((tx.get(&a)?, tx.get(&b)?))).unwrap();
+    assert_eq!(both, (Some(b"1".to_vec()), Some(b"2".to_vec())));
+}
+
+/// A transaction that read a key another transaction changed since fails to commit with a
+/// retryable error; after `on_error` it sees the new value and commits.
+pub fn conflicting_commits_fail_and_retry<S: Store>(store: &S, root: &Subspace) {
+    let (k, out) = (key(root, "k"), key(root, "out"));
+    write(store, &k, b"1");
+    let mut t1 = store.begin().unwrap();
+    assert_eq!(t1.get(&k).unwrap().as_deref(), Some(&b"1"[..]));
+    let mut t2 = store.begin().unwrap();
+    t2.set(&k, b"2").unwrap();
+    t2.commit().unwrap();
+    t1.set(&out, b"saw 1").unwrap();
+    let error = t1.commit().expect_err("t1 read a key t2 changed");
+    assert_eq!(read(store, &out), None, "the failed commit wrote nothing");
+    t1.on_error(error).expect("a conflict is retryable");
+    assert_eq!(t1.get(&k).unwrap().as_deref(), Some(&b"2"[..]));
+    t1.set(&out, b"saw 2").unwrap();
+    t1.commit().unwrap();
+    assert_eq!(read(store, &out).as_deref(), Some(&b"saw 2"[..]));
+}
+
+/// Transactions that only write disjoint keys do not conflict.
+pub fn blind_writes_do_not_conflict<S: Store>(store: &S, root: &Subspace) {
+    let mut t1 = store.begin().unwrap();
+    let mut t2 = store.begin().unwrap();
+    t1.set(&key(root, 1u32), b"1").unwrap();
+    t2.set(&key(root, 2u32), b"2").unwrap();
+    t1.commit().unwrap();
+    t2.commit().unwrap();
+    assert_eq!(all(store, root).len(), 2);
+}
+
+/// Read-modify-write transactions from several threads lose no update.
+pub fn concurrent_increments_are_serializable<S: Store>(store: &S, root: &Subspace) {
+    let counter = key(root, "counter");
+    let (threads, each) = (4, 25);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                for _ in 0..each {
+                    store
+                        .transact(|tx| {
+                            let n = tx
+                                .get(&counter)?
+                                .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()));
+                            tx.set(&counter, &(n + 1).to_be_bytes())
+                        })
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let n = u64::from_be_bytes(read(store, &counter).unwrap().try_into().unwrap());
+    assert_eq!(n, threads * each);
+}
+
+/// Keys, values and transactions are bounded as in FoundationDB.
+pub fn limits_match_foundationdb<S: Store>(store: &S, root: &Subspace) {
+    let mut tx = store.begin().unwrap();
+    let long_key = key(root, "k".repeat(MAX_KEY_BYTES));
+    assert!(matches!(
+        tx.set(&long_key, b"v"),
+        Err(StoreError::KeyTooLarge { .. })
+    ));
+    let big = vec![7u8; MAX_VALUE_BYTES + 1];
+    assert!(matches!(
+        tx.set(&key(root, "v"), &big),
+        Err(StoreError::ValueTooLarge { .. })
+    ));
+    tx.set(&key(root, "v"), &big[..MAX_VALUE_BYTES]).unwrap();
+    let result =
+        (0..110u32).try_for_each(|i| tx.set(&key(root, ("bulk", i)), &big[..MAX_VALUE_BYTES]));
+    assert!(
+        matches!(result, Err(StoreError::TransactionTooLarge { .. })),
+        "{result:?}"
+    );
+}
+
+/// Values larger than the value limit are split into chunks and reassembled; rewriting a
+/// shorter value drops the extra chunks.
+pub fn large_blobs_are_split_and_reassembled<S: Store>(store: &S, root: &Subspace) {
+    let space = root.subspace(&"blob");
+    let big: Vec<u8> = (0..250_000u32).map(|i| (i % 251) as u8).collect();
+    store.transact(|tx| blob::put(tx, &space, &big)).unwrap();
+    assert_eq!(all(store, &space).len(), 3, "three chunks");
+    assert_eq!(
+        store.transact(|tx| blob::get(tx, &space)).unwrap(),
+        Some(big)
+    );
+    store
+        .transact(|tx| blob::put(tx, &space, b"small"))
+        .unwrap();
+    assert_eq!(all(store, &space).len(), 1);
+    assert_eq!(
+        store
+            .transact(|tx| blob::get(tx, &space))
+            .unwrap()
+            .as_deref(),
+        Some(&b"small"[..])
+    );
+    store.transact(|tx| blob::delete(tx, &space)).unwrap();
+    assert_eq!(store.transact(|tx| blob::get(tx, &space)).unwrap(), None);
+}
+
+/// Twins are saved and loaded whole.
+pub fn twins_round_trip<S: Store>(store: &S, root: &Subspace) {
+    let repos = Repos::new(root);
+    let thing = ThingName::new("pump-7").unwrap();
+    let mut twin = Twin::new(thing.clone());
+    let limits = Limits::default();
+    let ctx = Context {
+        limits: &limits,
+        device_type: None,
+        documents: false,
+    };
+    let payload = json!({"state": {"desired": {"speed": 3}, "reported": {"speed": 1, "big": "x".repeat(5000)}}, "clientToken": "c"});
+    let update =
+        request::parse_update(ShadowName::CLASSIC, payload.to_string().as_bytes(), &limits)
+            .unwrap();
+    twin.handle(
+        Command::Update(update),
+        &ctx,
+        1_700_000_000_000,
+        &mut Vec::new(),
+    );
+    twin.take_dirty();
+    store.transact(|tx| repos.twins.save(tx, &twin)).unwrap();
+    let loaded = store.transact(|tx| repos.twins.load(tx, &thing)).unwrap();
+    assert_eq!(loaded.as_ref(), Some(&twin));
+    let other = ThingName::new("pump-8").unwrap();
+    assert_eq!(
+        store.transact(|tx| repos.twins.load(tx, &other)).unwrap(),
+        None
+    );
+    store.transact(|tx| repos.twins.remove(tx, &thing)).unwrap();
+    assert_eq!(
+        store.transact(|tx| repos.twins.load(tx, &thing)).unwrap(),
+        None
+    );
+}
+
+/// Things and types are stored by name and listed in pages.
+pub fn records_are_listed_in_name_order_with_a_cursor<S: Store>(store: &S, root: &Subspace) {
+    let repos = Repos::new(root);
+    let names = ["d-4", "a-1", "c-3", "b-2", "e-5"];
+    store
+        .transact(|tx| {
+            for n in names {
+                let record = ThingRecord {
+                    name: ThingName::new(n).unwrap(),
+                    device_type: Some(TypeName::new("Pump").unwrap()),
+                    attributes: [("site".to_owned(), "north".to_owned())].into(),
+                    token_hash: format!("hash-{n}"),
+                    created_at: 1,
+                };
+                repos.things.put(tx, &record)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let page = |after: Option<&str>| -> Vec<String> {
+        store
+            .transact(|tx| repos.things.list(tx, after, 2))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name.to_string())
+            .collect()
+    };
+    assert_eq!(page(None), ["a-1", "b-2"]);
+    assert_eq!(page(Some("b-2")), ["c-3", "d-4"]);
+    assert_eq!(page(Some("d-4")), ["e-5"]);
+    assert!(page(Some("e-5")).is_empty());
+    let got = store
+        .transact(|tx| repos.things.get(tx, "c-3"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.token_hash.as_str(), got.attributes["site"].as_str()),
+        ("hash-c-3", "north")
+    );
+    assert!(store.transact(|tx| repos.things.delete(tx, "c-3")).unwrap());
+    assert!(!store.transact(|tx| repos.things.delete(tx, "c-3")).unwrap());
+    assert_eq!(page(Some("b-2")), ["d-4", "e-5"]);
+
+    let pump: DeviceType = serde_json::from_value(json!({
+        "name": "Pump", "schemas": {"reported": {"type": "object"}}, "telemetry_to_reported": {"fields": ["rpm"]}
+    }))
+    .unwrap();
+    store.transact(|tx| repos.types.put(tx, &pump)).unwrap();
+    assert_eq!(
+        store.transact(|tx| repos.types.get(tx, "Pump")).unwrap(),
+        Some(pump)
+    );
+    assert_eq!(
+        store
+            .transact(|tx| repos.types.list(tx, None, 10))
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+fn run_case<S: Store>(store: &S, root: &Subspace, name: &str, case: fn(&S, &Subspace)) {
+    let space = root.subspace(&name);
+    let clear = || {
+        store
+            .transact(|tx| tx.clear_range(&space.range().into()))
+            .expect("clear")
+    };
+    clear();
+    case(store, &space);
+    clear();
+}
+
+macro_rules! suite {
+    ($d:tt $($case:ident),* $(,)?) => {
+        /// The names of the cases.
+        pub const CASES: &[&str] = &[$(stringify!($case)),*];
+
+        /// Runs every case in turn, each in its own subspace of `root`, cleared before and
+        /// after (for stores that are not empty, such as a shared FoundationDB cluster).
+        pub fn run_all<S: Store>(store: &S, root: &Subspace) {
+            $( run_case(store, root, stringify!($case), $case::<S>); )*
+        }
+
+        /// Defines one `#[test]` per conformance case. `$make` is evaluated per test and must
+        /// give `(guard, store, root)`: something to keep alive for the test (a temporary
+        /// directory), an empty store and the subspace to work in.
+        #[macro_export]
+        macro_rules! conformance_tests {
+            ($d make:expr) => {
+                $(
+                    #[test]
+                    fn $case() {
+                        let (_guard, store, root) = $d make;
+                        $d crate::conformance::$case(&store, &root);
+                    }
+                )*
+            };
+        }
+    };
+}
+
+suite!($
+    missing_keys_read_as_none,
+    writes_are_visible_to_their_transaction_and_after_commit,
+    overwrite_and_clear,
+    keys_sort_in_tuple_order,
+    range_reads_are_half_open_limited_and_reversible,
+    range_reads_see_their_own_writes,
+    clear_range_removes_exactly_the_range,
+    failed_bodies_write_nothing,
+    uncommitted_writes_are_invisible,
+    conflicting_commits_fail_and_retry,
+    blind_writes_do_not_conflict,
+    concurrent_increments_are_serializable,
+    limits_match_foundationdb,
+    large_blobs_are_split_and_reassembled,
+    twins_round_trip,
+    records_are_listed_in_name_order_with_a_cursor,
+);

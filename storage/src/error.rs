@@ -1,0 +1,64 @@
+//! The storage crate's error type.
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another transaction changed what this one read; retrying may succeed.
+    #[error("transaction conflict")]
+    Conflict,
+    /// A key over [`crate::MAX_KEY_BYTES`].
+    #[error("key of {size} bytes exceeds the limit of {max} bytes")]
+    KeyTooLarge {
+        /// The key's length.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value over [`crate::MAX_VALUE_BYTES`]; larger documents are split by the repositories.
+    #[error("value of {size} bytes exceeds the limit of {max} bytes")]
+    ValueTooLarge {
+        /// The value's length.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A transaction whose writes exceed [`crate::MAX_TRANSACTION_BYTES`].
+    #[error("transaction of {size} bytes exceeds the limit of {max} bytes")]
+    TransactionTooLarge {
+        /// The bytes written so far, this write included.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The transaction was used after it committed or failed without `on_error`.
+    #[error("transaction used after commit")]
+    Finished,
+    /// The embedded engine failed (I/O, corruption, a poisoned engine).
+    #[error("embedded store: {0}")]
+    Engine(String),
+    /// FoundationDB refused the operation.
+    #[error("foundationdb error {code}: {message}")]
+    Fdb {
+        /// FoundationDB's error code.
+        code: i32,
+        /// Its description.
+        message: String,
+    },
+    /// A stored record that does not decode.
+    #[error("corrupt record {what}: {message}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// Why it does not decode.
+        message: String,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn corrupt(what: impl std::fmt::Display, message: impl std::fmt::Display) -> Self {
+        StoreError::Corrupt {
+            what: what.to_string(),
+            message: message.to_string(),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Small named records stored as JSON, one key each: registered things, device types.
+
+use crate::{
+    error::StoreError,
+    kv::{KeyRange, RangeOptions, Transaction},
+};
+use foundationdb_tuple::Subspace;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::{collections::BTreeMap, fmt, marker::PhantomData};
+use twin_core::{DeviceType, ThingName, TypeName};
+
+/// A record stored under its name.
+pub trait Keyed {
+    /// The record's name.
+    fn key(&self) -> &str;
+}
+
+/// A registered thing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThingRecord {
+    /// The thing's name.
+    pub name: ThingName,
+    /// Its device type.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub device_type: Option<TypeName>,
+    /// Free-form attributes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+    /// Hash of the device's token; the token itself is never stored.
+    pub token_hash: String,
+    /// Registration time, epoch ms.
+    pub created_at: u64,
+}
+
+impl Keyed for ThingRecord {
+    fn key(&self) -> &str {
+        self.name.as_str()
+    }
+}
+
+impl Keyed for DeviceType {
+    fn key(&self) -> &str {
+        self.name.as_str()
+    }
+}
+
+/// A repository of `T` records keyed by name.
+pub struct Records<T> {
+    space: Subspace,
+    _record: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Records<T> {
+    fn clone(&self) -> Self {
+        Self {
+            space: self.space.clone(),
+            _record: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Records<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Records")
+            .field("space", &self.space)
+            .finish()
+    }
+}
+
+impl<T: Keyed + Serialize + DeserializeOwned> Records<T> {
+    pub(crate) fn new(space: Subspace) -> Self {
+        Self {
+            space,
+            _record: PhantomData,
+        }
+    }
+
+    fn decode(&self, name: &str, bytes: &[u8]) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| StoreError::corrupt(format!("record {name:?}"), e))
+    }
+
+    /// The record named `name`.
+    pub fn get(&self, tx: &mut impl Transaction, name: &str) -> Result<Option<T>, StoreError> {
+        tx.get(&self.space.pack(&name))?
+            .map(|bytes| self.decode(name, &bytes))
+            .transpose()
+    }
+
+    /// Writes `record` under its name, replacing any earlier one.
+    pub fn put(&self, tx: &mut impl Transaction, record: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record)
+            .map_err(|e| StoreError::corrupt(format!("record {:?}", record.key()), e))?;
+        tx.set(&self.space.pack(&record.key()), &bytes)
+    }
+
+    /// Removes the record named `name`; returns whether it existed.
+    pub fn delete(&self, tx: &mut impl Transaction, name: &str) -> Result<bool, StoreError> {
+        let key = self.space.pack(&name);
+        let existed = tx.get(&key)?.is_some();
+        tx.clear(&key)?;
+        Ok(existed)
+    }
+
+    /// Up to `limit` records in name order, starting after `after` (cursor paging).
+    pub fn list(
+        &self,
+        tx: &mut impl Transaction,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let (mut begin, end) = self.space.range();
+        if let Some(after) = after {
+            // The first key after `after`'s own key.
+            begin = self.space.pack(&after);
+            begin.push(0);
+        }
+        let options = RangeOptions {
+            limit: Some(limit),
+            reverse: false,
+        };
+        tx.get_range(&KeyRange::new(begin, end), options)?
+            .into_iter()
+            .map(|(key, value)| {
+                let name: String = self
+                    .space
+                    .unpack(&key)
+                    .map_err(|e| StoreError::corrupt("record key", e))?;
+                self.decode(&name, &value)
+            })
+            .collect()
+    }
+}
