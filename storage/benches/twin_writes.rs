@@ -8,7 +8,21 @@ use std::time::{Duration, Instant};
 use storage::{FjallStore, Repos, Store};
 use twin_core::{Command, Context, Limits, ShadowName, ThingName, Twin, request};
 
-const BATCH: usize = 1_000;
+fn batch_size() -> usize {
+    std::env::var("DOPPEL_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000)
+}
+
+fn reported(i: u64, pass: u64) -> serde_json::Value {
+    json!({
+        "temp": 20.0 + (i % 100) as f64 / 10.0, "hum": 40 + i % 30, "pressure": 1013 + pass,
+        "status": "ok", "fw": "1.4.2", "battery": 87, "rssi": -67,
+        "location": {"lat": 48.137, "lon": 11.575}, "mode": "auto", "door": "closed",
+        "alarm": false, "uptime_s": 86_400 + i
+    })
+}
 
 fn twin(i: u64, pass: u64) -> (ThingName, Vec<u8>) {
     let thing = ThingName::new(&format!("dev-{:07}", i)).unwrap();
@@ -19,11 +33,7 @@ fn twin(i: u64, pass: u64) -> (ThingName, Vec<u8>) {
         device_type: None,
         documents: false,
     };
-    let state = json!({"state": {"reported": {
-        "temp": 20.0 + (i % 100) as f64 / 10.0, "hum": 40 + i % 30, "pressure": 1013 + pass,
-        "status": "ok", "fw": "1.4.2", "battery": 87, "rssi": -67,
-        "location": {"lat": 48.137, "lon": 11.575}, "mode": "auto", "door": "closed"
-    }}});
+    let state = json!({"state": {"reported": reported(i, pass)}});
     let update =
         request::parse_update(ShadowName::CLASSIC, state.to_string().as_bytes(), &limits).unwrap();
     twin.handle(
@@ -40,13 +50,14 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let batch = batch_size();
     let dir = tempfile::tempdir().unwrap();
     let store = FjallStore::open(dir.path()).unwrap();
     let repos = Repos::default();
     let (_, sample) = twin(0, 0);
-    let state_len = json!({"temp": 20.0, "hum": 40, "pressure": 1013, "status": "ok", "fw": "1.4.2", "battery": 87, "rssi": -67, "location": {"lat": 48.137, "lon": 11.575}, "mode": "auto", "door": "closed"}).to_string().len();
+    let state_len = reported(0, 0).to_string().len();
     println!(
-        "twin_writes: {n} twins, {state_len} B of state JSON, {} B per encoded twin record, {BATCH} per transaction",
+        "twin_writes: {n} twins, {state_len} B of state JSON, {} B per encoded twin record, {batch} per transaction",
         sample.len()
     );
     // A fixed permutation of 0..n: batches write keys in random order, as group commit does.
@@ -57,30 +68,30 @@ fn main() {
         let mut i = 0u64;
         while i < n {
             let t = Instant::now();
-            let batch: Vec<_> = (i..(i + BATCH as u64).min(n))
+            let records: Vec<_> = (i..(i + batch as u64).min(n))
                 .map(|j| twin((j * stride) % n, pass))
                 .collect();
             encoding += t.elapsed();
             let t = Instant::now();
             store
                 .transact(|tx| {
-                    for (thing, bytes) in &batch {
+                    for (thing, bytes) in &records {
                         repos.twins.save_encoded(tx, thing, bytes)?;
                     }
                     Ok(())
                 })
                 .unwrap();
             committing += t.elapsed();
-            i += BATCH as u64;
+            i += batch as u64;
         }
         let total = started.elapsed();
         println!(
-            "pass {} ({}): {:>9.0} twins/s committed ({:.1} s in transactions, {:.2} ms per {BATCH}-twin commit), {:.1} s building records, {:.1} s wall",
+            "pass {} ({}): {:>9.0} twins/s committed ({:.1} s in transactions, {:.2} ms per {batch}-twin commit), {:.1} s building records, {:.1} s wall",
             pass + 1,
             if pass == 0 { "insert" } else { "overwrite" },
             n as f64 / committing.as_secs_f64(),
             committing.as_secs_f64(),
-            committing.as_secs_f64() * 1000.0 / (n as f64 / BATCH as f64),
+            committing.as_secs_f64() * 1000.0 / (n as f64 / batch as f64),
             encoding.as_secs_f64(),
             total.as_secs_f64(),
         );

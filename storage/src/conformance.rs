@@ -297,30 +297,31 @@ pub fn limits_match_foundationdb<S: Store>(store: &S, root: &Subspace) {
     );
 }
 
-/// Values larger than the value limit are split into chunks and reassembled; rewriting a
-/// shorter value drops the extra chunks.
+/// Values larger than the value limit are split into chunks and reassembled; a shorter value
+/// replaces a longer one; delete removes every chunk.
 pub fn large_blobs_are_split_and_reassembled<S: Store>(store: &S, root: &Subspace) {
     let space = root.subspace(&"blob");
+    let get = || store.transact(|tx| blob::get(tx, &space)).unwrap();
     let big: Vec<u8> = (0..250_000u32).map(|i| (i % 251) as u8).collect();
     store.transact(|tx| blob::put(tx, &space, &big)).unwrap();
     assert_eq!(all(store, &space).len(), 3, "three chunks");
-    assert_eq!(
-        store.transact(|tx| blob::get(tx, &space)).unwrap(),
-        Some(big)
-    );
+    assert_eq!(get(), Some(big));
     store
         .transact(|tx| blob::put(tx, &space, b"small"))
         .unwrap();
-    assert_eq!(all(store, &space).len(), 1);
+    assert_eq!(get().as_deref(), Some(&b"small"[..]));
+    let medium = vec![3u8; MAX_VALUE_BYTES + 10];
+    store.transact(|tx| blob::put(tx, &space, &medium)).unwrap();
     assert_eq!(
-        store
-            .transact(|tx| blob::get(tx, &space))
-            .unwrap()
-            .as_deref(),
-        Some(&b"small"[..])
+        get(),
+        Some(medium),
+        "chunks left by a longer value are ignored"
     );
+    store.transact(|tx| blob::put(tx, &space, b"")).unwrap();
+    assert_eq!(get(), Some(Vec::new()));
     store.transact(|tx| blob::delete(tx, &space)).unwrap();
-    assert_eq!(store.transact(|tx| blob::get(tx, &space)).unwrap(), None);
+    assert_eq!(get(), None);
+    assert!(all(store, &space).is_empty(), "delete removes every chunk");
 }
 
 /// Twins are saved and loaded whole.

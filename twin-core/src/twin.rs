@@ -518,10 +518,8 @@ impl Twin {
     fn telemetry(&mut self, sample: Sample, ctx: &Context<'_>, now: u64, out: &mut Vec<Effect>) {
         let Sample { ts, values } = sample;
         let values = Value::Object(values);
-        if let Some(t) = ctx.device_type {
-            if let Err(error) = t.check_telemetry(&values) {
-                return reject(out, ShadowName::CLASSIC, Op::Telemetry, error, None, now);
-            }
+        if let Some(Err(error)) = ctx.device_type.map(|t| t.check_telemetry(&values)) {
+            return reject(out, ShadowName::CLASSIC, Op::Telemetry, error, None, now);
         }
         let Value::Object(values) = values else {
             unreachable!("built as an object above")
@@ -579,10 +577,9 @@ impl Twin {
                     now,
                 );
             }
-            if let Some(t) = ctx.device_type.filter(|t| t.has_reported_schema()) {
-                if let Err(error) = t.check_reported(&reported.to_json()) {
-                    return reject(out, ShadowName::CLASSIC, Op::Telemetry, error, None, now);
-                }
+            let schema = ctx.device_type.filter(|t| t.has_reported_schema());
+            if let Some(Err(error)) = schema.map(|t| t.check_reported(&reported.to_json())) {
+                return reject(out, ShadowName::CLASSIC, Op::Telemetry, error, None, now);
             }
         }
         let base = current.base_version(now);
