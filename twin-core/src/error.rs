@@ -157,3 +157,79 @@ pub enum TwinError {
     #[error("corrupt twin record: {0}")]
     Decode(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_messages_follow_the_aws_list() {
+        let table: Vec<(ShadowError, u16, &str)> = vec![
+            (ShadowError::invalid_json(), 400, "Invalid JSON"),
+            (
+                ShadowError::missing_state(),
+                400,
+                "Missing required node: state",
+            ),
+            (
+                ShadowError::state_not_object(),
+                400,
+                "State node must be an object",
+            ),
+            (
+                ShadowError::desired_not_object(),
+                400,
+                "Desired node must be an object",
+            ),
+            (
+                ShadowError::reported_not_object(),
+                400,
+                "Reported node must be an object",
+            ),
+            (ShadowError::invalid_version(), 400, "Invalid version"),
+            (
+                ShadowError::invalid_client_token(),
+                400,
+                "Invalid clientToken",
+            ),
+            (
+                ShadowError::too_deep(6),
+                400,
+                "JSON contains too many levels of nesting; maximum is 6",
+            ),
+            (
+                ShadowError::invalid_node(),
+                400,
+                "State contains an invalid node",
+            ),
+            (ShadowError::unauthorized(), 401, "Unauthorized"),
+            (ShadowError::forbidden(), 403, "Forbidden"),
+            (ShadowError::thing_not_found(), 404, "Thing not found"),
+            (
+                ShadowError::no_shadow("pump-7"),
+                404,
+                "No shadow exists with name: pump-7",
+            ),
+            (ShadowError::version_conflict(), 409, "Version conflict"),
+            (
+                ShadowError::too_large(),
+                413,
+                "The payload exceeds the maximum size allowed",
+            ),
+            (
+                ShadowError::not_utf8(),
+                415,
+                "Unsupported documented encoding; supported encoding is UTF-8",
+            ),
+            (
+                ShadowError::too_many_requests(),
+                429,
+                "Too many requests in flight",
+            ),
+            (ShadowError::internal(), 500, "Internal service failure"),
+        ];
+        for (error, code, message) in table {
+            assert_eq!((error.code, &*error.message), (code, message));
+        }
+    }
+}
