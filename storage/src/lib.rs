@@ -4,6 +4,7 @@
 //! key layout (FoundationDB tuples in every backend), and the conformance suite every backend
 //! must pass.
 
+mod any;
 pub mod conformance;
 mod error;
 #[cfg(feature = "fdb")]
@@ -13,6 +14,7 @@ mod kv;
 pub mod repo;
 
 pub use crate::fjall::{FjallStore, FjallTx};
+pub use any::{AnyStore, AnyTx};
 pub use error::StoreError;
 pub use foundationdb_tuple::Subspace;
 pub use kv::{

@@ -15,3 +15,13 @@ fn every_case_has_a_test() {
     // cannot be left out of the embedded run.
     assert_eq!(storage::conformance::CASES.len(), 16);
 }
+
+mod through_any_store {
+    use storage::{AnyStore, FjallStore, repo::default_root};
+
+    storage::conformance_tests!({
+        let dir = tempfile::tempdir().unwrap();
+        let store = AnyStore::from(FjallStore::open(dir.path()).unwrap());
+        (dir, store, default_root())
+    });
+}

@@ -43,6 +43,43 @@ pub enum Command {
     Telemetry(Sample),
 }
 
+impl Command {
+    /// The shadow and operation the command is about.
+    pub fn target(&self) -> (&ShadowName, Op) {
+        match self {
+            Command::Get(r) => (&r.shadow, Op::Get),
+            Command::Update(r) => (&r.shadow, Op::Update),
+            Command::Delete(r) => (&r.shadow, Op::Delete),
+            Command::Telemetry(_) => (&ShadowName::CLASSIC, Op::Telemetry),
+        }
+    }
+
+    /// The command's client token.
+    pub fn client_token(&self) -> Option<&str> {
+        match self {
+            Command::Get(r) => r.client_token.as_deref(),
+            Command::Update(r) => r.client_token.as_deref(),
+            Command::Delete(r) => r.client_token.as_deref(),
+            Command::Telemetry(_) => None,
+        }
+    }
+
+    /// The rejected reply to this command, for commands refused before they reach a twin
+    /// (an unregistered thing, a store failure).
+    pub fn refuse(&self, error: ShadowError, now: u64) -> Reply {
+        let (shadow, op) = self.target();
+        let client_token: Option<Box<str>> = self.client_token().map(Into::into);
+        Reply {
+            shadow: shadow.clone(),
+            op,
+            payload: rejected(&error, client_token.as_deref(), now),
+            outcome: Err(error),
+            client_token,
+            duplicate: false,
+        }
+    }
+}
+
 /// The answer to the requester.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reply {

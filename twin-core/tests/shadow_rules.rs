@@ -693,3 +693,20 @@ fn twins_survive_encoding() {
     assert!(Twin::decode(h.twin.thing().clone(), &[]).is_err());
     assert!(Twin::decode(h.twin.thing().clone(), &[1, 200, 200, 200]).is_err());
 }
+
+#[test]
+fn commands_refused_before_a_twin_get_an_aws_rejection() {
+    let update = twin_core::request::parse_update(
+        shadow("cfg"),
+        br#"{"state": {"reported": {"a": 1}}, "clientToken": "tok"}"#,
+        &Limits::default(),
+    )
+    .unwrap();
+    let command = twin_core::Command::Update(update);
+    let reply = command.refuse(twin_core::ShadowError::thing_not_found(), T0);
+    assert_eq!((reply.op, reply.shadow.name()), (Op::Update, Some("cfg")));
+    assert_eq!(
+        support::json(&reply.payload),
+        json!({"code": 404, "message": "Thing not found", "timestamp": T0 / 1000, "clientToken": "tok"})
+    );
+}

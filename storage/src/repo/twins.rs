@@ -34,6 +34,15 @@ impl Twins {
             .transpose()
     }
 
+    /// The encoded record of `thing` (as `Twin::encode` wrote it), if it was ever saved.
+    pub fn load_encoded(
+        &self,
+        tx: &mut impl Transaction,
+        thing: &ThingName,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        blob::get(tx, &self.of(thing))
+    }
+
     /// Saves `twin`.
     pub fn save(&self, tx: &mut impl Transaction, twin: &Twin) -> Result<(), StoreError> {
         self.save_encoded(tx, twin.thing(), &twin.encode())

@@ -1,0 +1,85 @@
+//! Settings of a node's actors and of its MQTT endpoint. Deserializable from the `[node]` part
+//! of the configuration file; unknown keys are refused.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use twin_core::Limits;
+
+/// How a node runs its twins.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Virtual shards (fixed when a cluster is created).
+    pub shards: u32,
+    /// Arbiters (event-loop threads) hosting shards; 0 means one per core.
+    pub arbiters: usize,
+    /// Longest a change waits for its group commit.
+    #[serde(with = "humantime_serde")]
+    pub commit_window: Duration,
+    /// A window commits early once this many twins are dirty.
+    pub commit_max_twins: usize,
+    /// Twins idle this long (and fully committed) are passivated.
+    #[serde(with = "humantime_serde")]
+    pub passivate_after: Duration,
+    /// Twins loaded from the store in one read transaction at most.
+    pub load_batch: usize,
+    /// Shadow limits.
+    pub limits: Limits,
+    /// The MQTT endpoint.
+    pub mqtt: MqttConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            shards: 1024,
+            arbiters: 0,
+            commit_window: Duration::from_millis(5),
+            commit_max_twins: 2_000,
+            passivate_after: Duration::from_secs(600),
+            load_batch: 256,
+            limits: Limits::default(),
+            mqtt: MqttConfig::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The number of arbiters to start.
+    pub fn arbiter_count(&self) -> usize {
+        if self.arbiters > 0 {
+            self.arbiters
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// The MQTT device endpoint (also used for limits of the external-broker bridge).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Largest packet accepted from a device, in bytes.
+    pub max_packet_size: usize,
+    /// QoS 1 messages of one connection awaiting their commit; reading pauses beyond.
+    pub max_inflight: usize,
+    /// Time allowed between accepting a connection and its CONNECT.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Packets queued towards one device before it is disconnected as too slow.
+    pub outbound_queue: usize,
+    /// Register unknown devices on first connect, without credentials. Never for production.
+    pub dev: bool,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 128 * 1024,
+            max_inflight: 64,
+            connect_timeout: Duration::from_secs(10),
+            outbound_queue: 1_024,
+            dev: false,
+        }
+    }
+}

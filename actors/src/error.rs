@@ -1,0 +1,29 @@
+//! The actors crate's error type.
+
+use storage::StoreError;
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A thing with this name is already registered.
+    #[error("thing {0} is already registered")]
+    ThingExists(String),
+    /// No thing with this name is registered.
+    #[error("thing {0} is not registered")]
+    ThingNotFound(String),
+    /// A device type named by a request is not registered.
+    #[error("device type {0} is not registered")]
+    TypeNotFound(String),
+    /// A name or document was refused.
+    #[error(transparent)]
+    Invalid(#[from] twin_core::TwinError),
+    /// The node is shutting down or its actors stopped.
+    #[error("the node is shutting down")]
+    Stopped,
+    /// A network or broker failure.
+    #[error("{0}")]
+    Io(String),
+}

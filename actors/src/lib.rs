@@ -1,0 +1,29 @@
+//! doppel's actors: a twin actor per active thing (actix) hosting twin-core's state machine,
+//! shard hosts on one arbiter per core that activate, passivate and group-commit twins, the
+//! MQTT device endpoint, the bridge to an external broker, and the change hub.
+//!
+//! Every effect of a change — MQTT acknowledgements, shadow replies, deltas, change events —
+//! leaves the node only after the store commit that holds the change returned.
+
+pub mod ack;
+pub mod config;
+pub mod directory;
+mod error;
+pub mod hub;
+pub mod mqtt;
+mod node;
+pub mod outbox;
+mod shard;
+mod twin_actor;
+
+pub use config::{MqttConfig, NodeConfig};
+pub use error::NodeError;
+pub use node::Node;
+pub use twin_actor::{Deliver, Origin};
+
+/// Server time, epoch milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,517 @@
+//! The MQTT device endpoint built into the node: MQTT 3.1.1 and 5, QoS 0 and 1, one task per
+//! connection. A device authenticates as its thing (client id = username = thing name,
+//! password = its token), may publish and subscribe only under its own name, and gets the
+//! PUBACK of a QoS 1 message only after the commit that holds its effect — in the order the
+//! messages arrived. Sessions are clean: nothing is kept for a device between connections.
+
+use crate::{
+    ack::Ack,
+    mqtt::{
+        packets::{
+            Connect, In, Out, PacketError, Reason, Refusal, Settings, Version, read_connect,
+        },
+        sessions::{Outgoing, SessionHandle, Sessions},
+        topics::{self, DeviceTopic},
+    },
+    node::Node,
+    outbox::Outbox,
+};
+use bytes::BytesMut;
+use futures::{StreamExt, stream::FuturesOrdered};
+use std::{
+    collections::{BTreeMap, HashSet},
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpListener,
+    sync::{Notify, mpsc},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use twin_core::{Command, Op, Sample, ThingName, request};
+
+/// Outbound QoS 1 messages a device may leave unacknowledged before it is disconnected.
+const MAX_OUTBOUND_INFLIGHT: usize = 1_000;
+
+/// Accepts device connections until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    node: Node,
+    sessions: Arc<Sessions>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let (node, sessions, shutdown) = (node.clone(), sessions.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        connection(stream, peer, node, sessions, shutdown).await;
+                    });
+                }
+                Err(error) => {
+                    warn!(%error, "accepting an MQTT connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        }
+    }
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = (u16, Option<Reason>)> + Send>>;
+
+fn ready(pkid: u16, reason: Reason) -> AckFuture {
+    Box::pin(std::future::ready((pkid, Some(reason))))
+}
+
+/// Serves one connection (plain TCP or TLS).
+pub async fn connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    node: Node,
+    sessions: Arc<Sessions>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let config = node.config().mqtt.clone();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut input = BytesMut::with_capacity(4096);
+    let connect = tokio::time::timeout(config.connect_timeout, async {
+        loop {
+            if let Some(connect) = read_connect(&mut input, config.max_packet_size)? {
+                return Ok::<_, PacketError>(Some(connect));
+            }
+            if reader
+                .read_buf(&mut input)
+                .await
+                .map_err(|e| PacketError::Malformed(e.to_string()))?
+                == 0
+            {
+                return Ok(None);
+            }
+        }
+    })
+    .await;
+    let connect = match connect {
+        Ok(Ok(Some(connect))) => connect,
+        Ok(Err(error)) => return debug!(%peer, %error, "refused a connection before CONNECT"),
+        Ok(Ok(None)) | Err(_) => return debug!(%peer, "no CONNECT"),
+    };
+    let settings = Settings {
+        max_packet_size: config.max_packet_size as u32,
+        receive_max: config.max_inflight.min(u16::MAX as usize) as u16,
+    };
+    let version = connect.version;
+    let mut output = BytesMut::new();
+    let thing = match authenticate(&node, &connect, config.dev).await {
+        Ok(thing) => thing,
+        Err(refusal) => {
+            info!(%peer, client_id = %connect.client_id, ?refusal, "refused a device");
+            let _ = version.write(Out::ConnAck(Err(refusal)), &mut output, &settings);
+            let _ = writer.write_all(&output).await;
+            let _ = writer.shutdown().await;
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::channel(config.outbound_queue.max(1));
+    let handle = SessionHandle {
+        id: sessions.next_id(),
+        tx,
+        subscriptions: Arc::new(RwLock::new(Vec::new())),
+        close: Arc::new(Mutex::new(None)),
+        closed: Arc::new(Notify::new()),
+    };
+    if let Some(previous) = sessions.register(thing.clone(), handle.clone()) {
+        previous.close(Reason::SessionTakenOver);
+    }
+    debug!(%peer, %thing, ?version, "device connected");
+    let mut session = Session {
+        thing: thing.clone(),
+        version,
+        settings,
+        node,
+        sessions: sessions.clone(),
+        handle: handle.clone(),
+        acks: FuturesOrdered::new(),
+        output,
+        next_pkid: 0,
+        outbound_inflight: HashSet::new(),
+        max_inflight: config.max_inflight.max(1),
+        max_packet_size: config.max_packet_size,
+    };
+    let outcome = session
+        .run(
+            &mut reader,
+            &mut writer,
+            input,
+            rx,
+            connect.keep_alive,
+            shutdown,
+        )
+        .await;
+    sessions.remove(&thing, handle.id);
+    let _ = writer.shutdown().await;
+    debug!(%peer, %thing, %outcome, "device disconnected");
+}
+
+async fn authenticate(node: &Node, connect: &Connect, dev: bool) -> Result<ThingName, Refusal> {
+    let thing = ThingName::new(&connect.client_id).map_err(|_| Refusal::BadClientId)?;
+    if dev {
+        let exists = node
+            .thing(thing.clone())
+            .await
+            .map_err(|_| Refusal::Unavailable)?;
+        if exists.is_none() {
+            warn!(%thing, "DEV MODE: registering an unknown device without credentials");
+            node.register(thing.clone(), None, BTreeMap::new())
+                .await
+                .map_err(|_| Refusal::Unavailable)?;
+        }
+        return Ok(thing);
+    }
+    match connect.username.as_deref() {
+        Some(user) if user == thing.as_str() => {}
+        Some(_) => return Err(Refusal::BadClientId),
+        None => return Err(Refusal::BadCredentials),
+    }
+    let password = connect.password.clone().ok_or(Refusal::BadCredentials)?;
+    node.authenticate(thing.clone(), password)
+        .await
+        .map(|_| thing)
+        .map_err(|failure| match failure {
+            crate::directory::AuthFailure::BadCredentials => Refusal::BadCredentials,
+            crate::directory::AuthFailure::Unavailable => Refusal::Unavailable,
+        })
+}
+
+/// Why a connection ended.
+enum End {
+    ClientClosed,
+    Closed(Reason),
+    Io(std::io::Error),
+    Packet(PacketError),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::ClientClosed => f.write_str("closed by the device"),
+            End::Closed(reason) => write!(f, "closed by the endpoint: {reason:?}"),
+            End::Io(e) => write!(f, "i/o error: {e}"),
+            End::Packet(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+struct Session {
+    thing: ThingName,
+    version: Version,
+    settings: Settings,
+    node: Node,
+    sessions: Arc<Sessions>,
+    handle: SessionHandle,
+    acks: FuturesOrdered<AckFuture>,
+    output: BytesMut,
+    next_pkid: u16,
+    outbound_inflight: HashSet<u16>,
+    max_inflight: usize,
+    max_packet_size: usize,
+}
+
+impl Session {
+    async fn run<R, W>(
+        &mut self,
+        reader: &mut R,
+        writer: &mut W,
+        mut input: BytesMut,
+        mut rx: mpsc::Receiver<Outgoing>,
+        keep_alive: u16,
+        shutdown: CancellationToken,
+    ) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        self.write(Out::ConnAck(Ok(())));
+        let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let mut last_heard = Instant::now();
+        loop {
+            // Handle every complete packet already buffered.
+            let mut end = None;
+            loop {
+                match self.version.read(&mut input, self.max_packet_size) {
+                    Ok(Some(packet)) => {
+                        if let Err(e) = self.on_packet(packet) {
+                            end = Some(e);
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        let reason = match error {
+                            PacketError::TooLarge(_) => Reason::PacketTooLarge,
+                            PacketError::Malformed(_) => Reason::ProtocolError,
+                        };
+                        debug!(thing = %self.thing, %error, "unreadable packet");
+                        self.write(Out::Disconnect(reason));
+                        end = Some(End::Packet(error));
+                        break;
+                    }
+                }
+            }
+            if !self.output.is_empty() {
+                if let Err(e) = writer.write_all(&self.output).await {
+                    break End::Io(e);
+                }
+                self.output.clear();
+            }
+            if let Some(end) = end {
+                break end;
+            }
+            let deadline = grace.map(|g| last_heard + g);
+            tokio::select! {
+                read = reader.read_buf(&mut input), if self.acks.len() < self.max_inflight => match read {
+                    Ok(0) => break End::ClientClosed,
+                    Ok(_) => last_heard = Instant::now(),
+                    Err(e) => break End::Io(e),
+                },
+                Some(outgoing) = rx.recv() => self.on_outgoing(outgoing),
+                Some((pkid, reason)) = self.acks.next(), if !self.acks.is_empty() => match reason {
+                    Some(reason) => self.write(Out::PubAck { pkid, reason }),
+                    // The message was not committed: no PUBACK; closing makes the device resend.
+                    None => {
+                        warn!(thing = %self.thing, pkid, "a message could not be committed; closing so the device resends it");
+                        break End::Closed(Reason::Unspecified);
+                    }
+                },
+                () = self.handle.closed.notified() => {
+                    let reason = self.handle.close.lock().ok().and_then(|r| *r).unwrap_or(Reason::Unspecified);
+                    self.write(Out::Disconnect(reason));
+                    let _ = writer.write_all(&self.output).await;
+                    break End::Closed(reason);
+                }
+                () = shutdown.cancelled() => {
+                    self.write(Out::Disconnect(Reason::ShuttingDown));
+                    let _ = writer.write_all(&self.output).await;
+                    break End::Closed(Reason::ShuttingDown);
+                }
+                () = sleep_until(deadline) => {
+                    self.write(Out::Disconnect(Reason::KeepAliveTimeout));
+                    let _ = writer.write_all(&self.output).await;
+                    break End::Closed(Reason::KeepAliveTimeout);
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, out: Out) {
+        if let Err(error) = self.version.write(out, &mut self.output, &self.settings) {
+            warn!(thing = %self.thing, %error, "could not encode a packet");
+        }
+    }
+
+    fn on_outgoing(&mut self, outgoing: Outgoing) {
+        let Outgoing::Publish {
+            topic,
+            payload,
+            qos,
+        } = outgoing;
+        let mut pkid = 0;
+        if qos > 0 {
+            if self.outbound_inflight.len() >= MAX_OUTBOUND_INFLIGHT {
+                warn!(thing = %self.thing, "device does not acknowledge its messages; disconnecting");
+                self.handle.close(Reason::ServerBusy);
+                return;
+            }
+            loop {
+                self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+                if self.outbound_inflight.insert(self.next_pkid) {
+                    break;
+                }
+            }
+            pkid = self.next_pkid;
+        }
+        self.write(Out::Publish {
+            topic,
+            qos,
+            pkid,
+            payload,
+        });
+    }
+
+    /// Refuses a packet outside the device API: MQTT 5 answers with a reason code where the
+    /// packet has an acknowledgement, otherwise (and always on 3.1.1) the connection closes.
+    fn refuse(&mut self, qos: u8, pkid: u16, reason: Reason) -> Result<(), End> {
+        if self.version == Version::V5 && qos == 1 {
+            self.acks.push_back(ready(pkid, reason));
+            Ok(())
+        } else {
+            self.write(Out::Disconnect(reason));
+            Err(End::Closed(reason))
+        }
+    }
+
+    fn on_packet(&mut self, packet: In) -> Result<(), End> {
+        match packet {
+            In::Publish {
+                topic,
+                qos,
+                pkid,
+                payload,
+                topic_alias,
+            } => {
+                if qos > 1 {
+                    self.write(Out::Disconnect(Reason::QoSNotSupported));
+                    return Err(End::Closed(Reason::QoSNotSupported));
+                }
+                if topic_alias {
+                    self.write(Out::Disconnect(Reason::TopicAliasInvalid));
+                    return Err(End::Closed(Reason::TopicAliasInvalid));
+                }
+                match topics::parse(&topic) {
+                    Some(target) if target.owner() == &self.thing => {
+                        self.on_publish(target, qos, pkid, payload)
+                    }
+                    _ => {
+                        info!(thing = %self.thing, %topic, "refused a publish outside the device's topics");
+                        self.refuse(qos, pkid, Reason::NotAuthorized)
+                    }
+                }
+            }
+            In::PubAck { pkid } => {
+                self.outbound_inflight.remove(&pkid);
+                Ok(())
+            }
+            In::Subscribe { pkid, filters } => {
+                let allowed: Vec<bool> = filters
+                    .iter()
+                    .map(|(f, _)| topics::may_subscribe(&self.thing, f))
+                    .collect();
+                if self.version == Version::V4 && allowed.contains(&false) {
+                    info!(thing = %self.thing, ?filters, "refused a subscription outside the device's topics");
+                    return Err(End::Closed(Reason::NotAuthorized));
+                }
+                let mut granted = Vec::with_capacity(filters.len());
+                if let Ok(mut subscriptions) = self.handle.subscriptions.write() {
+                    for ((filter, qos), ok) in filters.into_iter().zip(allowed) {
+                        if ok {
+                            let qos = qos.min(1);
+                            subscriptions.retain(|(f, _)| *f != filter);
+                            subscriptions.push((filter, qos));
+                            granted.push(Some(qos));
+                        } else {
+                            info!(thing = %self.thing, %filter, "refused a subscription outside the device's topics");
+                            granted.push(None);
+                        }
+                    }
+                }
+                self.write(Out::SubAck { pkid, granted });
+                Ok(())
+            }
+            In::Unsubscribe { pkid, filters } => {
+                if let Ok(mut subscriptions) = self.handle.subscriptions.write() {
+                    subscriptions.retain(|(f, _)| !filters.contains(f));
+                }
+                self.write(Out::UnsubAck {
+                    pkid,
+                    count: filters.len(),
+                });
+                Ok(())
+            }
+            In::PingReq => {
+                self.write(Out::PingResp);
+                Ok(())
+            }
+            In::Disconnect => Err(End::ClientClosed),
+            In::Unexpected(what) => {
+                info!(thing = %self.thing, what, "protocol error");
+                self.write(Out::Disconnect(Reason::ProtocolError));
+                Err(End::Closed(Reason::ProtocolError))
+            }
+        }
+    }
+
+    fn on_publish(
+        &mut self,
+        target: DeviceTopic,
+        qos: u8,
+        pkid: u16,
+        payload: bytes::Bytes,
+    ) -> Result<(), End> {
+        let limits = &self.node.config().limits;
+        let command = match target {
+            DeviceTopic::Shadow { shadow, op, .. } => {
+                let parsed = match op {
+                    Op::Update => {
+                        request::parse_update(shadow.clone(), &payload, limits).map(Command::Update)
+                    }
+                    Op::Get => request::parse_get(shadow.clone(), &payload).map(Command::Get),
+                    Op::Delete => {
+                        request::parse_delete(shadow.clone(), &payload).map(Command::Delete)
+                    }
+                    Op::Telemetry => unreachable!("shadow topics carry get, update or delete"),
+                };
+                match parsed {
+                    Ok(command) => command,
+                    Err(rejection) => {
+                        // Refused before reaching the twin: answer on the rejected topic.
+                        let payload = twin_core::rejected(
+                            &rejection.error,
+                            rejection.client_token.as_deref(),
+                            crate::now_ms(),
+                        );
+                        let topic = topics::reply(&self.thing, &shadow, op, false);
+                        self.sessions.publish(&self.thing, topic, payload);
+                        if qos == 1 {
+                            self.acks.push_back(ready(pkid, Reason::Success));
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+            DeviceTopic::Telemetry { .. } => match Sample::parse(&payload) {
+                Ok(sample) => Command::Telemetry(sample),
+                Err(error) => {
+                    info!(thing = %self.thing, code = error.code, message = %error.message, "refused telemetry");
+                    if qos == 1 {
+                        self.acks.push_back(ready(pkid, Reason::PayloadInvalid));
+                    }
+                    return Ok(());
+                }
+            },
+            DeviceTopic::CommandReply { .. } | DeviceTopic::GatewayTelemetry { .. } => {
+                // Commands and gateways arrive with later parts of the device API.
+                return self.refuse(qos, pkid, Reason::NotAuthorized);
+            }
+        };
+        if qos == 1 {
+            let (ack, done) = Ack::new();
+            self.node
+                .deliver_from_device(self.thing.clone(), command, Some(ack));
+            self.acks.push_back(Box::pin(async move {
+                let committed = done.await.unwrap_or(false);
+                (pkid, committed.then_some(Reason::Success))
+            }));
+        } else {
+            self.node
+                .deliver_from_device(self.thing.clone(), command, None);
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

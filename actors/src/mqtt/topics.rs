@@ -1,0 +1,306 @@
+//! The device API's MQTT topics: parsing what devices publish, building what they receive,
+//! and the rule that a device publishes and subscribes only under its own thing name.
+//!
+//! - `$aws/things/{thing}/shadow[/name/{shadow}]/{get,update,delete}` and the replies
+//!   `…/{op}/accepted`, `…/{op}/rejected`, `…/update/delta`, `…/update/documents`
+//! - `things/{thing}/telemetry`
+//! - `things/{thing}/commands/{name}` and the device's answer `…/commands/{name}/reply`
+//! - `gateways/{gateway}/telemetry` (batches)
+
+use twin_core::{Op, ShadowName, ThingName};
+
+/// A topic a device may publish to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceTopic {
+    /// A shadow request.
+    Shadow {
+        /// The thing.
+        thing: ThingName,
+        /// The shadow.
+        shadow: ShadowName,
+        /// `get`, `update` or `delete`.
+        op: Op,
+    },
+    /// A telemetry sample.
+    Telemetry {
+        /// The thing.
+        thing: ThingName,
+    },
+    /// A device's answer to a command.
+    CommandReply {
+        /// The thing.
+        thing: ThingName,
+        /// The command's name.
+        name: String,
+    },
+    /// A gateway's telemetry batch.
+    GatewayTelemetry {
+        /// The gateway (itself a registered thing).
+        gateway: ThingName,
+    },
+}
+
+impl DeviceTopic {
+    /// The thing whose credentials may publish here.
+    pub fn owner(&self) -> &ThingName {
+        match self {
+            DeviceTopic::Shadow { thing, .. }
+            | DeviceTopic::Telemetry { thing }
+            | DeviceTopic::CommandReply { thing, .. } => thing,
+            DeviceTopic::GatewayTelemetry { gateway } => gateway,
+        }
+    }
+}
+
+/// Parses a topic a device published to; `None` for anything outside the device API.
+pub fn parse(topic: &str) -> Option<DeviceTopic> {
+    let levels: Vec<&str> = topic.split('/').collect();
+    let op = |s: &str| match s {
+        "get" => Some(Op::Get),
+        "update" => Some(Op::Update),
+        "delete" => Some(Op::Delete),
+        _ => None,
+    };
+    let thing = |s: &str| ThingName::new(s).ok();
+    match levels.as_slice() {
+        ["$aws", "things", t, "shadow", o] => Some(DeviceTopic::Shadow {
+            thing: thing(t)?,
+            shadow: ShadowName::CLASSIC,
+            op: op(o)?,
+        }),
+        ["$aws", "things", t, "shadow", "name", s, o] => Some(DeviceTopic::Shadow {
+            thing: thing(t)?,
+            shadow: ShadowName::named(s).ok()?,
+            op: op(o)?,
+        }),
+        ["things", t, "telemetry"] => Some(DeviceTopic::Telemetry { thing: thing(t)? }),
+        ["things", t, "commands", name, "reply"] if !name.is_empty() => {
+            Some(DeviceTopic::CommandReply {
+                thing: thing(t)?,
+                name: (*name).to_owned(),
+            })
+        }
+        ["gateways", g, "telemetry"] => Some(DeviceTopic::GatewayTelemetry { gateway: thing(g)? }),
+        _ => None,
+    }
+}
+
+/// `$aws/things/{thing}/shadow` or `$aws/things/{thing}/shadow/name/{shadow}`.
+pub fn shadow_prefix(thing: &ThingName, shadow: &ShadowName) -> String {
+    match shadow.name() {
+        None => format!("$aws/things/{thing}/shadow"),
+        Some(name) => format!("$aws/things/{thing}/shadow/name/{name}"),
+    }
+}
+
+/// `…/{op}/accepted` or `…/{op}/rejected`.
+pub fn reply(thing: &ThingName, shadow: &ShadowName, op: Op, accepted: bool) -> String {
+    let outcome = if accepted { "accepted" } else { "rejected" };
+    format!("{}/{}/{outcome}", shadow_prefix(thing, shadow), op.as_str())
+}
+
+/// `…/update/delta`.
+pub fn delta(thing: &ThingName, shadow: &ShadowName) -> String {
+    format!("{}/update/delta", shadow_prefix(thing, shadow))
+}
+
+/// `…/update/documents`.
+pub fn documents(thing: &ThingName, shadow: &ShadowName) -> String {
+    format!("{}/update/documents", shadow_prefix(thing, shadow))
+}
+
+/// `things/{thing}/commands/{name}`.
+pub fn command(thing: &ThingName, name: &str) -> String {
+    format!("things/{thing}/commands/{name}")
+}
+
+/// Whether `topic` matches the subscription `filter` (MQTT §4.7): `+` matches one level, a
+/// final `#` any remaining levels (the parent included), and topics starting with `$` are not
+/// matched by a filter starting with a wildcard. (rumqttc's `matches` refuses every `$` topic,
+/// which is a broker's policy, not the protocol's: devices subscribe to `$aws/…` here.)
+pub fn matches(topic: &str, filter: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut levels = topic.split('/');
+    for part in filter.split('/') {
+        match (part, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (part, Some(level)) if part == level => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
+/// Whether the device `thing` may subscribe to `filter`: only under `$aws/things/{thing}/…`,
+/// `things/{thing}/…` or (for gateways) `gateways/{thing}/…`, with no wildcard before the
+/// thing's own name.
+pub fn may_subscribe(thing: &ThingName, filter: &str) -> bool {
+    if !rumqttc::valid_filter(filter) {
+        return false;
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    let own = |level: &str| level == thing.as_str();
+    match levels.as_slice() {
+        ["$aws", "things", t, "shadow", ..] => own(t),
+        ["things", t, _, ..] => own(t),
+        ["gateways", t, _, ..] => own(t),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thing(s: &str) -> ThingName {
+        ThingName::new(s).unwrap()
+    }
+
+    #[test]
+    fn device_topics_parse() {
+        assert_eq!(
+            parse("$aws/things/pump-7/shadow/update"),
+            Some(DeviceTopic::Shadow {
+                thing: thing("pump-7"),
+                shadow: ShadowName::CLASSIC,
+                op: Op::Update
+            })
+        );
+        assert_eq!(
+            parse("$aws/things/pump-7/shadow/name/cfg/delete"),
+            Some(DeviceTopic::Shadow {
+                thing: thing("pump-7"),
+                shadow: ShadowName::named("cfg").unwrap(),
+                op: Op::Delete
+            })
+        );
+        assert_eq!(
+            parse("things/pump-7/telemetry"),
+            Some(DeviceTopic::Telemetry {
+                thing: thing("pump-7")
+            })
+        );
+        assert_eq!(
+            parse("things/pump-7/commands/reboot/reply"),
+            Some(DeviceTopic::CommandReply {
+                thing: thing("pump-7"),
+                name: "reboot".into()
+            })
+        );
+        assert_eq!(
+            parse("gateways/gw-1/telemetry"),
+            Some(DeviceTopic::GatewayTelemetry {
+                gateway: thing("gw-1")
+            })
+        );
+    }
+
+    #[test]
+    fn everything_else_is_outside_the_device_api() {
+        for topic in [
+            "$aws/things/pump-7/shadow/update/accepted",
+            "$aws/things/pump-7/shadow/patch",
+            "$aws/things/+/shadow/update",
+            "$aws/things/pump-7/shadow/name//update",
+            "things/pump-7/other",
+            "things/a b/telemetry",
+            "random",
+            "",
+        ] {
+            assert_eq!(parse(topic), None, "{topic}");
+        }
+    }
+
+    #[test]
+    fn replies_are_built_for_classic_and_named_shadows() {
+        let t = thing("pump-7");
+        assert_eq!(
+            reply(&t, &ShadowName::CLASSIC, Op::Get, true),
+            "$aws/things/pump-7/shadow/get/accepted"
+        );
+        let named = ShadowName::named("cfg").unwrap();
+        assert_eq!(
+            reply(&t, &named, Op::Update, false),
+            "$aws/things/pump-7/shadow/name/cfg/update/rejected"
+        );
+        assert_eq!(
+            delta(&t, &named),
+            "$aws/things/pump-7/shadow/name/cfg/update/delta"
+        );
+        assert_eq!(
+            documents(&t, &ShadowName::CLASSIC),
+            "$aws/things/pump-7/shadow/update/documents"
+        );
+        assert_eq!(command(&t, "reboot"), "things/pump-7/commands/reboot");
+    }
+
+    #[test]
+    fn filters_match_by_the_mqtt_rules() {
+        let table = [
+            (
+                "$aws/things/t/shadow/update/accepted",
+                "$aws/things/t/shadow/update/accepted",
+                true,
+            ),
+            (
+                "$aws/things/t/shadow/update/accepted",
+                "$aws/things/t/shadow/#",
+                true,
+            ),
+            (
+                "$aws/things/t/shadow/update/accepted",
+                "$aws/things/t/shadow/+/accepted",
+                true,
+            ),
+            (
+                "$aws/things/t/shadow/update/accepted",
+                "$aws/things/t/shadow/+",
+                false,
+            ),
+            ("$aws/things/t/shadow", "$aws/things/t/shadow/#", true),
+            ("$aws/things/t/shadow/update", "#", false),
+            (
+                "$aws/things/t/shadow/update",
+                "+/things/t/shadow/update",
+                false,
+            ),
+            ("things/t/commands/x", "things/t/commands/+", true),
+            ("things/t/commands/x/y", "things/t/commands/+", false),
+            ("things/t/commands", "things/t/commands/+", false),
+            ("things/t", "things/t/x", false),
+        ];
+        for (topic, filter, expected) in table {
+            assert_eq!(matches(topic, filter), expected, "{topic} ~ {filter}");
+        }
+    }
+
+    #[test]
+    fn devices_subscribe_only_under_their_own_name() {
+        let t = thing("pump-7");
+        for ok in [
+            "$aws/things/pump-7/shadow/#",
+            "$aws/things/pump-7/shadow/update/delta",
+            "things/pump-7/commands/+",
+            "$aws/things/pump-7/shadow/name/+/get/accepted",
+        ] {
+            assert!(may_subscribe(&t, ok), "{ok}");
+        }
+        for bad in [
+            "#",
+            "$aws/#",
+            "$aws/things/+/shadow/#",
+            "$aws/things/pump-8/shadow/#",
+            "things/+/telemetry",
+            "things/pump-7",
+            "things/pump-7x/commands/a",
+            "other/pump-7/x",
+            "$aws/things/pump-7/jobs/#",
+            "things/pump-7/#/x",
+        ] {
+            assert!(!may_subscribe(&t, bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The node: shard hosts on their arbiters and the handle the rest of the process uses to reach
+//! twins. A thing's shard is a stable hash of its name (xxh3) into `shards` virtual shards;
+//! each shard lives on one arbiter.
+
+use crate::{
+    ack::Ack,
+    config::NodeConfig,
+    directory::{AuthFailure, Directory, Registered},
+    error::NodeError,
+    hub::ChangeHub,
+    mqtt::topics,
+    outbox::Outbox,
+    shard::{Flush, Route, ShardHost},
+    twin_actor::{Deliver, Origin},
+};
+use actix::{Actor, Addr, Arbiter};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+use tokio::sync::oneshot;
+use twin_core::{Command, Limits, Reply, ShadowName, ThingName, TypeName};
+
+/// What every shard host shares.
+pub(crate) struct Shared {
+    pub directory: Arc<Directory>,
+    pub outbox: Arc<dyn Outbox>,
+    pub hub: ChangeHub,
+    pub config: NodeConfig,
+    pub limits: Arc<Limits>,
+}
+
+struct Inner {
+    hosts: Vec<Addr<ShardHost>>,
+    arbiters: Mutex<Vec<Arbiter>>,
+    shared: Arc<Shared>,
+}
+
+/// A running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("hosts", &self.inner.hosts.len())
+            .finish()
+    }
+}
+
+impl Node {
+    /// Starts one arbiter per configured core, each hosting its shards. Must run inside an
+    /// actix system.
+    pub fn start(
+        directory: Arc<Directory>,
+        config: NodeConfig,
+        outbox: Arc<dyn Outbox>,
+        hub: ChangeHub,
+    ) -> Node {
+        let shared = Arc::new(Shared {
+            directory,
+            outbox,
+            hub,
+            limits: Arc::new(config.limits.clone()),
+            config,
+        });
+        let mut hosts = Vec::new();
+        let mut arbiters = Vec::new();
+        for index in 0..shared.config.arbiter_count() {
+            let arbiter = Arbiter::new();
+            let for_host = shared.clone();
+            hosts.push(ShardHost::start_in_arbiter(&arbiter.handle(), move |_| {
+                ShardHost::new(index, for_host)
+            }));
+            arbiters.push(arbiter);
+        }
+        Node {
+            inner: Arc::new(Inner {
+                hosts,
+                arbiters: Mutex::new(arbiters),
+                shared,
+            }),
+        }
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.shared.config
+    }
+
+    /// Things, credentials and device types.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.inner.shared.directory
+    }
+
+    /// Committed changes.
+    pub fn hub(&self) -> &ChangeHub {
+        &self.inner.shared.hub
+    }
+
+    /// The virtual shard of `thing`.
+    pub fn shard_of(&self, thing: &ThingName) -> u32 {
+        let shards = u64::from(self.inner.shared.config.shards.max(1));
+        (xxhash_rust::xxh3::xxh3_64(thing.as_str().as_bytes()) % shards) as u32
+    }
+
+    fn host(&self, thing: &ThingName) -> &Addr<ShardHost> {
+        let hosts = &self.inner.hosts;
+        &hosts[self.shard_of(thing) as usize % hosts.len()]
+    }
+
+    /// Whether `…/update/documents` of this shadow may have a listener.
+    pub fn wants_documents(&self, thing: &ThingName, shadow: &ShadowName) -> bool {
+        self.inner
+            .shared
+            .outbox
+            .wants(thing, &topics::documents(thing, shadow))
+    }
+
+    /// Sends a command from a device; `ack` is marked done once its effects are durable and
+    /// released.
+    pub fn deliver_from_device(&self, thing: ThingName, command: Command, ack: Option<Ack>) {
+        let documents = self.wants_documents(&thing, command.target().0);
+        let deliver = Deliver {
+            command,
+            origin: Origin::Device,
+            ack,
+            documents,
+        };
+        self.host(&thing).do_send(Route { thing, deliver });
+    }
+
+    /// Sends a command from inside the node and waits for its reply, which comes once the
+    /// change is durable.
+    pub async fn call(&self, thing: ThingName, command: Command) -> Result<Reply, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        let documents = self.wants_documents(&thing, command.target().0);
+        let deliver = Deliver {
+            command,
+            origin: Origin::Caller(tx),
+            ack: None,
+            documents,
+        };
+        self.host(&thing).do_send(Route { thing, deliver });
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Registers a thing; the returned token is shown only now.
+    pub async fn register(
+        &self,
+        name: ThingName,
+        device_type: Option<TypeName>,
+        attributes: BTreeMap<String, String>,
+    ) -> Result<Registered, NodeError> {
+        let directory = self.directory().clone();
+        let now = crate::now_ms();
+        blocking(move || directory.register(name, device_type, attributes, now)).await?
+    }
+
+    /// The record of a registered thing.
+    pub async fn thing(&self, name: ThingName) -> Result<Option<storage::ThingRecord>, NodeError> {
+        let directory = self.directory().clone();
+        blocking(move || directory.thing(&name)).await?
+    }
+
+    /// Checks a device's credentials.
+    pub async fn authenticate(
+        &self,
+        name: ThingName,
+        token: String,
+    ) -> Result<storage::ThingRecord, AuthFailure> {
+        let directory = self.directory().clone();
+        blocking(move || directory.authenticate(&name, &token))
+            .await
+            .unwrap_or(Err(AuthFailure::Unavailable))
+    }
+
+    /// Waits until everything delivered so far is committed and released.
+    pub async fn flush(&self) {
+        let mut waits = Vec::new();
+        for host in &self.inner.hosts {
+            let (tx, rx) = oneshot::channel();
+            host.do_send(Flush(tx));
+            waits.push(rx);
+        }
+        for wait in waits {
+            let _ = wait.await;
+        }
+    }
+
+    /// Stops the arbiters (after [`Node::flush`]).
+    pub fn stop(&self) {
+        if let Ok(mut arbiters) = self.inner.arbiters.lock() {
+            for arbiter in arbiters.drain(..) {
+                arbiter.stop();
+                let _ = arbiter.join();
+            }
+        }
+    }
+}
+
+/// Runs a blocking store call on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NodeError::Io(e.to_string()))
+}

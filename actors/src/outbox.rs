@@ -1,0 +1,12 @@
+//! Where messages to devices go: the MQTT endpoint's sessions, or the external broker.
+
+use bytes::Bytes;
+use twin_core::ThingName;
+
+/// Sends messages to devices.
+pub trait Outbox: Send + Sync + 'static {
+    /// Publishes `payload` on `topic` for the device `thing`.
+    fn publish(&self, thing: &ThingName, topic: String, payload: Bytes);
+    /// Whether anyone may listen to `topic` of `thing` (documents are built only then).
+    fn wants(&self, thing: &ThingName, topic: &str) -> bool;
+}

@@ -1,0 +1,113 @@
+//! API errors: the status code and the JSON body `{code, message, details?}`.
+
+use actors::NodeError;
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use serde_json::Value;
+use twin_core::ShadowError;
+
+/// An error answered to an API client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    details: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: &'a Option<Value>,
+}
+
+impl ApiError {
+    /// An error with a status, a stable code and a message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// 401: no or unknown credentials.
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "a valid bearer token is required",
+        )
+    }
+
+    /// 400 with details.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// A shadow rejection, with the AWS code and message.
+    pub fn shadow(error: &ShadowError) -> Self {
+        let status = StatusCode::from_u16(error.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = match error.code {
+            400 => "invalid_shadow_request",
+            401 => "unauthenticated",
+            403 => "forbidden",
+            404 => "not_found",
+            409 => "version_conflict",
+            412 => "precondition_failed",
+            413 => "too_large",
+            415 => "unsupported_encoding",
+            429 => "too_many_requests",
+            _ => "internal",
+        };
+        Self::new(status, code, error.message.to_string())
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(error: NodeError) -> Self {
+        match &error {
+            NodeError::ThingExists(_) => {
+                Self::new(StatusCode::CONFLICT, "thing_exists", error.to_string())
+            }
+            NodeError::ThingNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "thing_not_found", error.to_string())
+            }
+            NodeError::TypeNotFound(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "type_not_found", error.to_string())
+            }
+            NodeError::Invalid(_) => Self::invalid(error.to_string()),
+            NodeError::Stopped => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                error.to_string(),
+            ),
+            NodeError::Store(_) | NodeError::Io(_) => {
+                tracing::error!(%error, "request failed");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            code: self.code,
+            message: &self.message,
+            details: &self.details,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

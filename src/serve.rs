@@ -1,0 +1,116 @@
+//! `doppel serve`: opens the store, starts the actors, the device side (built-in MQTT
+//! endpoint or external-broker bridge) and the HTTP API, and on SIGTERM or Ctrl-C stops taking
+//! messages, flushes every pending commit and exits 0.
+
+use crate::config::{Devices, ServeConfig};
+use actors::{
+    Node,
+    directory::{Directory, new_token},
+    hub::ChangeHub,
+    mqtt::{Sessions, endpoint},
+};
+use anyhow::Context;
+use std::{future::IntoFuture, sync::Arc};
+use storage::{AnyStore, FjallStore, Repos};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Runs a node until it is told to stop.
+pub fn run(config: ServeConfig) -> anyhow::Result<()> {
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("the tokio runtime starts")
+    });
+    system.block_on(serve(config))
+}
+
+/// Lines on stdout that scripts (and the tests) read: where the node listens, and when it is
+/// ready.
+fn announce(line: std::fmt::Arguments<'_>) {
+    println!("doppel: {line}");
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let admin_token = match std::env::var("DOPPEL_ADMIN_TOKEN") {
+        Ok(token) if !token.is_empty() => token,
+        _ => {
+            let token = new_token();
+            announce(format_args!(
+                "generated admin token {token} (set DOPPEL_ADMIN_TOKEN to choose one)"
+            ));
+            token
+        }
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = AnyStore::from(
+        FjallStore::open(&config.data_dir)
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+    );
+    let directory = Arc::new(Directory::load(store, Repos::default())?);
+    let hub = ChangeHub::new(4096);
+    let shutdown = CancellationToken::new();
+    if config.node.mqtt.dev {
+        warn!(
+            "DEV MODE: unknown devices are registered on first connect without credentials; never use this in production"
+        );
+    }
+
+    let (node, devices) = match config.devices {
+        Devices::Endpoint(addr) => {
+            let sessions = Sessions::new();
+            let node = Node::start(directory, config.node, sessions.clone(), hub);
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the MQTT endpoint to {addr}"))?;
+            announce(format_args!(
+                "mqtt endpoint listening on {}",
+                listener.local_addr()?
+            ));
+            let task = tokio::spawn(endpoint::serve(
+                listener,
+                node.clone(),
+                sessions,
+                shutdown.clone(),
+            ));
+            (node, task)
+        }
+        Devices::Broker(url) => anyhow::bail!("external broker mode ({url}) is not available yet"),
+    };
+
+    let state = api::AppState::new(node.clone(), &admin_token);
+    let http = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP API to {}", config.http_listen))?;
+    announce(format_args!("http listening on {}", http.local_addr()?));
+    let http_task = tokio::spawn(
+        axum::serve(http, api::router(state.clone()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
+    state.set_ready(true);
+    announce(format_args!("ready"));
+
+    wait_for_signal().await?;
+    info!("stopping: closing device connections, flushing commits");
+    state.set_ready(false);
+    shutdown.cancel();
+    let _ = devices.await;
+    node.flush().await;
+    let _ = http_task.await;
+    node.stop();
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        result = tokio::signal::ctrl_c() => { result?; info!("interrupted"); }
+    }
+    Ok(())
+}

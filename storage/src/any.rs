@@ -1,0 +1,93 @@
+//! One store type for the node, whichever backend it runs on: the embedded store, or
+//! FoundationDB when built with the `fdb` feature.
+
+#[cfg(feature = "fdb")]
+use crate::fdb::{FdbStore, FdbTx};
+use crate::{
+    FjallStore, FjallTx,
+    error::StoreError,
+    kv::{KeyRange, KeyValue, RangeOptions, Store, Transaction},
+};
+
+/// The store a node runs on.
+#[derive(Clone, Debug)]
+pub enum AnyStore {
+    /// The embedded store.
+    Fjall(FjallStore),
+    /// A FoundationDB cluster.
+    #[cfg(feature = "fdb")]
+    Fdb(FdbStore),
+}
+
+/// A transaction on an [`AnyStore`].
+#[derive(Debug)]
+pub enum AnyTx {
+    /// On the embedded store.
+    Fjall(FjallTx),
+    /// On FoundationDB.
+    #[cfg(feature = "fdb")]
+    Fdb(FdbTx),
+}
+
+impl From<FjallStore> for AnyStore {
+    fn from(store: FjallStore) -> Self {
+        AnyStore::Fjall(store)
+    }
+}
+
+#[cfg(feature = "fdb")]
+impl From<FdbStore> for AnyStore {
+    fn from(store: FdbStore) -> Self {
+        AnyStore::Fdb(store)
+    }
+}
+
+impl Store for AnyStore {
+    type Tx = AnyTx;
+
+    fn begin(&self) -> Result<AnyTx, StoreError> {
+        Ok(match self {
+            AnyStore::Fjall(s) => AnyTx::Fjall(s.begin()?),
+            #[cfg(feature = "fdb")]
+            AnyStore::Fdb(s) => AnyTx::Fdb(s.begin()?),
+        })
+    }
+}
+
+macro_rules! forward {
+    ($self:ident, $tx:ident => $call:expr) => {
+        match $self {
+            AnyTx::Fjall($tx) => $call,
+            #[cfg(feature = "fdb")]
+            AnyTx::Fdb($tx) => $call,
+        }
+    };
+}
+
+impl Transaction for AnyTx {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        forward!(self, tx => tx.get(key))
+    }
+    fn get_range(
+        &mut self,
+        range: &KeyRange,
+        options: RangeOptions,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        forward!(self, tx => tx.get_range(range, options))
+    }
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        forward!(self, tx => tx.set(key, value))
+    }
+    fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        forward!(self, tx => tx.clear(key))
+    }
+    fn clear_range(&mut self, range: &KeyRange) -> Result<(), StoreError> {
+        forward!(self, tx => tx.clear_range(range))
+    }
+    fn commit(&mut self) -> Result<(), StoreError> {
+        forward!(self, tx => tx.commit())
+    }
+    fn on_error(&mut self, error: StoreError) -> Result<(), StoreError> {
+        forward!(self, tx => tx.on_error(error))
+    }
+}
