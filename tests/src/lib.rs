@@ -1,30 +1,25 @@
-//! Shared helpers for doppel's end-to-end tests.
+//! Helpers for doppel's end-to-end tests: start real `doppel serve` processes, talk to them
+//! over HTTP and MQTT, drive twins directly for cross-crate tests. No mocks: every helper
+//! speaks to a real process over loopback.
 
-use serde_json::Value;
-use twin_core::{Command, Context, Effect, Limits, Sample, ShadowName, Twin, request};
+pub mod device;
+pub mod node;
+pub mod twins;
 
-/// Applies a shadow update payload to `twin` at `now`, returning the effects.
-pub fn update(twin: &mut Twin, shadow: &ShadowName, payload: &Value, now: u64) -> Vec<Effect> {
-    let limits = Limits::default();
-    let req = request::parse_update(shadow.clone(), payload.to_string().as_bytes(), &limits)
-        .expect("a well-formed update");
-    run(twin, Command::Update(req), now)
-}
+use std::time::{Duration, Instant};
 
-/// Applies a telemetry sample to `twin` at `now`.
-pub fn telemetry(twin: &mut Twin, sample: &Value, now: u64) -> Vec<Effect> {
-    let sample = Sample::parse(sample.to_string().as_bytes()).expect("a well-formed sample");
-    run(twin, Command::Telemetry(sample), now)
-}
-
-fn run(twin: &mut Twin, command: Command, now: u64) -> Vec<Effect> {
-    let limits = Limits::default();
-    let ctx = Context {
-        limits: &limits,
-        device_type: None,
-        documents: false,
-    };
-    let mut out = Vec::new();
-    twin.handle(command, &ctx, now, &mut out);
-    out
+/// Waits until `check` returns `Some`, polling every 20 ms, for at most `timeout`.
+pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

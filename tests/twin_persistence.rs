@@ -2,7 +2,7 @@
 //! behaves as if it had never left memory: versions continue, retried client tokens get the
 //! original reply, and telemetry ordering by device time survives.
 
-use doppel_tests::{telemetry, update};
+use doppel_tests::twins::{telemetry, update};
 use serde_json::json;
 use storage::{FjallStore, Repos, Store};
 use twin_core::{Effect, ShadowName, ThingName, Twin};

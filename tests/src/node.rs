@@ -1,0 +1,205 @@
+//! A `doppel serve` process on loopback: ephemeral ports, its own data directory, the admin
+//! token the test chose, and the addresses it announces on stdout.
+
+use nix::{sys::signal, unistd::Pid};
+use serde_json::{Value, json};
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// The admin token every test node uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// How to start a node.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Extra command-line arguments (after `serve`).
+    pub args: Vec<String>,
+    /// A TOML configuration file's content.
+    pub config: Option<String>,
+}
+
+/// A running `doppel serve`.
+#[derive(Debug)]
+pub struct Node {
+    bin: PathBuf,
+    child: Option<Child>,
+    /// The data directory (kept across restarts).
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    /// The MQTT endpoint, if the node runs one.
+    pub mqtt: Option<SocketAddr>,
+    /// The HTTP API.
+    pub http: SocketAddr,
+    options: Options,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Starts a node on a fresh data directory; `bin` is `env!("CARGO_BIN_EXE_doppel")`.
+    pub fn start(bin: &str, options: Options) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let mut node = Node {
+            bin: PathBuf::from(bin),
+            child: None,
+            data_dir,
+            log: dir.path().join("node.log"),
+            _dir: Some(dir),
+            mqtt: None,
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            options,
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--http-listen", "127.0.0.1:0"])
+            .env("DOPPEL_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("DOPPEL_LOG", "info,fjall=warn,lsm_tree=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .unwrap(),
+            ));
+        if !self
+            .options
+            .args
+            .iter()
+            .any(|a| a == "--mqtt-url" || a == "--mqtt-listen")
+        {
+            cmd.args(["--mqtt-listen", "127.0.0.1:0"]);
+        }
+        cmd.args(&self.options.args);
+        if let Some(config) = &self.options.config {
+            let path = self.data_dir.with_file_name("doppel.toml");
+            std::fs::write(&path, config).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = cmd.spawn().expect("doppel starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("node did not get ready:\n{}", self.log()));
+            if let Some(addr) = line.strip_prefix("doppel: mqtt endpoint listening on ") {
+                self.mqtt = Some(addr.parse().unwrap());
+            } else if let Some(addr) = line.strip_prefix("doppel: http listening on ") {
+                self.http = addr.parse().unwrap();
+            } else if line == "doppel: ready" {
+                break;
+            }
+        }
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The MQTT endpoint's address.
+    pub fn mqtt(&self) -> SocketAddr {
+        self.mqtt.expect("the node runs the MQTT endpoint")
+    }
+
+    /// `http://127.0.0.1:port` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Registers a thing; returns its token.
+    pub async fn register(&self, name: &str) -> String {
+        let response = reqwest::Client::new()
+            .post(self.url("/v1/things"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "registering {name}");
+        let body: Value = response.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// `GET /v1/things/{thing}/shadow[?name=]`: status and body.
+    pub async fn shadow(&self, thing: &str, name: Option<&str>) -> (u16, Value) {
+        let query = name.map(|n| format!("?name={n}")).unwrap_or_default();
+        let response = reqwest::get(self.url(&format!("/v1/things/{thing}/shadow{query}")))
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// SIGKILL, and wait for the process to go.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal::kill(self.pid(), signal::Signal::SIGTERM).unwrap();
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not stop after SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the node again on the same data directory (new ports).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the node first");
+        self.mqtt = None;
+        self.spawn();
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
