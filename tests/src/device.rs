@@ -29,6 +29,8 @@ pub struct Device {
     /// The client, to publish and subscribe.
     pub client: AsyncClient,
     rx: mpsc::UnboundedReceiver<Seen>,
+    /// Seen while waiting for something else, not yet taken.
+    backlog: std::collections::VecDeque<Seen>,
 }
 
 /// How long a test waits for anything from a node.
@@ -74,7 +76,11 @@ pub async fn connect_as(
     first?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(drive(eventloop, tx));
-    Ok(Device { client, rx })
+    Ok(Device {
+        client,
+        rx,
+        backlog: Default::default(),
+    })
 }
 
 async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Seen>) {
@@ -107,23 +113,34 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Seen>) {
 impl Device {
     /// The next thing seen, within [`WAIT`].
     pub async fn next(&mut self) -> Seen {
+        if let Some(seen) = self.backlog.pop_front() {
+            return seen;
+        }
         tokio::time::timeout(WAIT, self.rx.recv())
             .await
             .expect("something from the node")
             .expect("the event loop runs")
     }
 
-    /// Subscribes and waits for the SUBACK.
+    /// Subscribes and waits for the SUBACK; whatever else arrives meanwhile stays for later.
     pub async fn subscribe(&mut self, filter: &str) -> Vec<Option<u8>> {
         self.client
             .subscribe(filter, QoS::AtLeastOnce)
             .await
             .unwrap();
+        let mut skipped = Vec::new();
         loop {
-            match self.next().await {
-                Seen::SubAck(codes) => return codes,
+            let seen = tokio::time::timeout(WAIT, self.rx.recv())
+                .await
+                .expect("a SUBACK")
+                .expect("the event loop runs");
+            match seen {
+                Seen::SubAck(codes) => {
+                    self.backlog.extend(skipped);
+                    return codes;
+                }
                 Seen::Closed(e) => panic!("closed while subscribing: {e}"),
-                _ => {}
+                other => skipped.push(other),
             }
         }
     }
@@ -174,7 +191,7 @@ impl Device {
 
     /// Everything seen so far, without waiting.
     pub fn drain(&mut self) -> Vec<Seen> {
-        let mut seen = Vec::new();
+        let mut seen: Vec<Seen> = self.backlog.drain(..).collect();
         while let Ok(s) = self.rx.try_recv() {
             seen.push(s);
         }
