@@ -7,7 +7,11 @@ use actors::{
     Node,
     directory::{Directory, new_token},
     hub::ChangeHub,
-    mqtt::{Sessions, endpoint},
+    mqtt::{
+        Sessions,
+        bridge::{Bridge, BrokerUrl},
+        endpoint,
+    },
 };
 use anyhow::Context;
 use std::{future::IntoFuture, sync::Arc};
@@ -34,6 +38,8 @@ fn announce(line: std::fmt::Arguments<'_>) {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    // Installed first, so that a SIGTERM during start-up also stops the node cleanly.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let admin_token = match std::env::var("DOPPEL_ADMIN_TOKEN") {
         Ok(token) if !token.is_empty() => token,
         _ => {
@@ -59,6 +65,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         );
     }
 
+    let mut broker_subscribed = None;
     let (node, devices) = match config.devices {
         Devices::Endpoint(addr) => {
             let sessions = Sessions::new();
@@ -78,7 +85,19 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             ));
             (node, task)
         }
-        Devices::Broker(url) => anyhow::bail!("external broker mode ({url}) is not available yet"),
+        Devices::Broker(url) => {
+            let url = BrokerUrl::parse(&url).map_err(anyhow::Error::msg)?;
+            let (bridge, outbox, subscribed) =
+                Bridge::new(url.clone(), config.node.mqtt.max_packet_size);
+            let node = Node::start(directory, config.node, Arc::new(outbox), hub);
+            announce(format_args!(
+                "bridging the broker at {}:{}",
+                url.host, url.port
+            ));
+            let task = tokio::spawn(bridge.run(node.clone(), shutdown.clone()));
+            broker_subscribed = Some(subscribed);
+            (node, task)
+        }
     };
 
     let state = api::AppState::new(node.clone(), &admin_token);
@@ -91,10 +110,28 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future(),
     );
+    let signal = wait_for_signal(&mut term);
+    tokio::pin!(signal);
+    if let Some(mut subscribed) = broker_subscribed {
+        // Ready means devices are heard: in broker mode, once the subscriptions are acknowledged.
+        tokio::select! {
+            result = subscribed.wait_for(|s| *s) => { result?; }
+            result = &mut signal => { result?; return stop(&state, &shutdown, devices, &node, http_task).await; }
+        }
+    }
     state.set_ready(true);
     announce(format_args!("ready"));
+    signal.await?;
+    stop(&state, &shutdown, devices, &node, http_task).await
+}
 
-    wait_for_signal().await?;
+async fn stop(
+    state: &api::AppState,
+    shutdown: &CancellationToken,
+    devices: tokio::task::JoinHandle<()>,
+    node: &Node,
+    http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<()> {
     info!("stopping: closing device connections, flushing commits");
     state.set_ready(false);
     shutdown.cancel();
@@ -106,8 +143,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+async fn wait_for_signal(term: &mut tokio::signal::unix::Signal) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM"),
         result = tokio::signal::ctrl_c() => { result?; info!("interrupted"); }

@@ -2,6 +2,7 @@
 //! over HTTP and MQTT, drive twins directly for cross-crate tests. No mocks: every helper
 //! speaks to a real process over loopback.
 
+pub mod broker;
 pub mod device;
 pub mod node;
 pub mod twins;

@@ -7,6 +7,7 @@
 use crate::{
     ack::Ack,
     mqtt::{
+        inbound::{self, Inbound},
         packets::{
             Connect, In, Out, PacketError, Reason, Refusal, Settings, Version, read_connect,
         },
@@ -34,7 +35,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use twin_core::{Command, Op, Sample, ThingName, request};
+use twin_core::ThingName;
 
 /// Outbound QoS 1 messages a device may leave unacknowledged before it is disconnected.
 const MAX_OUTBOUND_INFLIGHT: usize = 1_000;
@@ -447,65 +448,39 @@ impl Session {
         pkid: u16,
         payload: bytes::Bytes,
     ) -> Result<(), End> {
-        let limits = &self.node.config().limits;
-        let command = match target {
-            DeviceTopic::Shadow { shadow, op, .. } => {
-                let parsed = match op {
-                    Op::Update => {
-                        request::parse_update(shadow.clone(), &payload, limits).map(Command::Update)
-                    }
-                    Op::Get => request::parse_get(shadow.clone(), &payload).map(Command::Get),
-                    Op::Delete => {
-                        request::parse_delete(shadow.clone(), &payload).map(Command::Delete)
-                    }
-                    Op::Telemetry => unreachable!("shadow topics carry get, update or delete"),
-                };
-                match parsed {
-                    Ok(command) => command,
-                    Err(rejection) => {
-                        // Refused before reaching the twin: answer on the rejected topic.
-                        let payload = twin_core::rejected(
-                            &rejection.error,
-                            rejection.client_token.as_deref(),
-                            crate::now_ms(),
-                        );
-                        let topic = topics::reply(&self.thing, &shadow, op, false);
-                        self.sessions.publish(&self.thing, topic, payload);
-                        if qos == 1 {
-                            self.acks.push_back(ready(pkid, Reason::Success));
-                        }
-                        return Ok(());
-                    }
+        match inbound::interpret(target, &payload, &self.node.config().limits) {
+            Inbound::Command(thing, command) => {
+                if qos == 1 {
+                    let (ack, done) = Ack::new();
+                    self.node.deliver_from_device(thing, command, Some(ack));
+                    self.acks.push_back(Box::pin(async move {
+                        let committed = done.await.unwrap_or(false);
+                        (pkid, committed.then_some(Reason::Success))
+                    }));
+                } else {
+                    self.node.deliver_from_device(thing, command, None);
                 }
+                Ok(())
             }
-            DeviceTopic::Telemetry { .. } => match Sample::parse(&payload) {
-                Ok(sample) => Command::Telemetry(sample),
-                Err(error) => {
-                    info!(thing = %self.thing, code = error.code, message = %error.message, "refused telemetry");
-                    if qos == 1 {
-                        self.acks.push_back(ready(pkid, Reason::PayloadInvalid));
-                    }
-                    return Ok(());
+            Inbound::Answer {
+                thing,
+                topic,
+                payload,
+            } => {
+                self.sessions.publish(&thing, topic, payload);
+                if qos == 1 {
+                    self.acks.push_back(ready(pkid, Reason::Success));
                 }
-            },
-            DeviceTopic::CommandReply { .. } | DeviceTopic::GatewayTelemetry { .. } => {
-                // Commands and gateways arrive with later parts of the device API.
-                return self.refuse(qos, pkid, Reason::NotAuthorized);
+                Ok(())
             }
-        };
-        if qos == 1 {
-            let (ack, done) = Ack::new();
-            self.node
-                .deliver_from_device(self.thing.clone(), command, Some(ack));
-            self.acks.push_back(Box::pin(async move {
-                let committed = done.await.unwrap_or(false);
-                (pkid, committed.then_some(Reason::Success))
-            }));
-        } else {
-            self.node
-                .deliver_from_device(self.thing.clone(), command, None);
+            Inbound::Refuse(Reason::PayloadInvalid) => {
+                if qos == 1 {
+                    self.acks.push_back(ready(pkid, Reason::PayloadInvalid));
+                }
+                Ok(())
+            }
+            Inbound::Refuse(reason) => self.refuse(qos, pkid, reason),
         }
-        Ok(())
     }
 }
 
