@@ -308,6 +308,18 @@ async fn wrong_credentials_and_client_ids_are_refused() {
         Some(ConnectReturnCode::BadClientId)
     );
     assert!(device::connect(addr, "pump-5", &token).await.is_ok());
+    // AWS SDKs append a metrics query to the user name; it is ignored, the name before it counts.
+    assert!(
+        device::connect_as(addr, "pump-5", "pump-5?SDK=PythonV2&Version=1.31.0", &token)
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        device::connect_as(addr, "pump-5", "pump-6?SDK=PythonV2", &token)
+            .await
+            .err(),
+        Some(ConnectReturnCode::BadClientId)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -179,7 +179,13 @@ async fn authenticate(node: &Node, connect: &Connect, dev: bool) -> Result<Thing
         }
         return Ok(thing);
     }
-    match connect.username.as_deref() {
+    // AWS IoT device SDKs append a metrics query to the user name (`pump-7?SDK=Python&…`), which
+    // AWS ignores; so does the endpoint.
+    let user = connect
+        .username
+        .as_deref()
+        .map(|u| u.split_once('?').map_or(u, |(name, _)| name));
+    match user {
         Some(user) if user == thing.as_str() => {}
         Some(_) => return Err(Refusal::BadClientId),
         None => return Err(Refusal::BadCredentials),
