@@ -130,6 +130,52 @@ impl Directory {
         Ok(Registered { record, token })
     }
 
+    /// Registers many things in one transaction: all of them or, if any name is taken or a type
+    /// unknown, none.
+    pub fn register_many(
+        &self,
+        things: Vec<(ThingName, Option<TypeName>, BTreeMap<String, String>)>,
+        now: u64,
+    ) -> Result<Vec<Registered>, NodeError> {
+        for (_, device_type, _) in &things {
+            if let Some(t) = device_type
+                && self.device_type(t).is_none()
+            {
+                return Err(NodeError::TypeNotFound(t.to_string()));
+            }
+        }
+        let registered: Vec<Registered> = things
+            .into_iter()
+            .map(|(name, device_type, attributes)| {
+                let token = new_token();
+                let record = ThingRecord {
+                    name,
+                    device_type,
+                    attributes,
+                    token_hash: hash_token(&token),
+                    created_at: now,
+                };
+                Registered { record, token }
+            })
+            .collect();
+        let taken = self.store.transact(|tx| {
+            // Every name is checked before anything is written: a taken name commits nothing.
+            for r in &registered {
+                if self.repos.things.get(tx, r.record.name.as_str())?.is_some() {
+                    return Ok(Some(r.record.name.to_string()));
+                }
+            }
+            for r in &registered {
+                self.repos.things.put(tx, &r.record)?;
+            }
+            Ok(None)
+        })?;
+        match taken {
+            Some(name) => Err(NodeError::ThingExists(name)),
+            None => Ok(registered),
+        }
+    }
+
     /// The record of a registered thing.
     pub fn thing(&self, name: &ThingName) -> Result<Option<ThingRecord>, NodeError> {
         Ok(self
@@ -208,5 +254,35 @@ mod tests {
         d.register(typed, Some(pump.clone()), BTreeMap::new(), 1)
             .unwrap();
         assert!(d.device_type(&pump).is_some());
+    }
+
+    #[test]
+    fn bulk_registration_is_all_or_nothing() {
+        let (_dir, d) = directory();
+        let names = |prefix: &str, n: usize| {
+            (0..n)
+                .map(|i| {
+                    (
+                        ThingName::new(&format!("{prefix}-{i}")).unwrap(),
+                        None,
+                        BTreeMap::new(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let done = d.register_many(names("a", 50), 1).unwrap();
+        assert_eq!(done.len(), 50);
+        assert!(d.authenticate(&done[7].record.name, &done[7].token).is_ok());
+        // One taken name refuses the whole batch.
+        let mut batch = names("b", 10);
+        batch.push((ThingName::new("a-3").unwrap(), None, BTreeMap::new()));
+        batch.push((ThingName::new("b-99").unwrap(), None, BTreeMap::new()));
+        assert!(matches!(d.register_many(batch, 1), Err(NodeError::ThingExists(n)) if n == "a-3"));
+        for name in ["b-0", "b-9", "b-99"] {
+            assert!(
+                d.thing(&ThingName::new(name).unwrap()).unwrap().is_none(),
+                "{name} was not registered"
+            );
+        }
     }
 }

@@ -159,6 +159,16 @@ impl Node {
         blocking(move || directory.register(name, device_type, attributes, now)).await?
     }
 
+    /// Registers many things in one transaction (all or none).
+    pub async fn register_many(
+        &self,
+        things: Vec<(ThingName, Option<TypeName>, BTreeMap<String, String>)>,
+    ) -> Result<Vec<Registered>, NodeError> {
+        let directory = self.directory().clone();
+        let now = crate::now_ms();
+        blocking(move || directory.register_many(things, now)).await?
+    }
+
     /// The record of a registered thing.
     pub async fn thing(&self, name: ThingName) -> Result<Option<storage::ThingRecord>, NodeError> {
         let directory = self.directory().clone();

@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/things", post(things::register))
+        .route("/v1/things/bulk", post(things::register_bulk))
         .route("/v1/things/{name}/shadow", get(things::get_shadow))
         .with_state(state)
 }

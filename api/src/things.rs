@@ -61,6 +61,72 @@ pub(crate) async fn register(
     Ok((StatusCode::CREATED, Json(reply)).into_response())
 }
 
+/// Most things registered by one bulk request.
+pub const MAX_BULK: usize = 10_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BulkBody {
+    things: Vec<RegisterBody>,
+}
+
+#[derive(Serialize)]
+struct BulkRegistered {
+    things: Vec<Registered>,
+}
+
+fn parse_registration(
+    body: RegisterBody,
+) -> Result<(ThingName, Option<TypeName>, BTreeMap<String, String>), ApiError> {
+    let name = ThingName::new(&body.name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let device_type = body
+        .device_type
+        .map(|t| TypeName::new(&t))
+        .transpose()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok((name, device_type, body.attributes))
+}
+
+fn registered(r: actors::directory::Registered) -> Registered {
+    let record = r.record;
+    Registered {
+        name: record.name.to_string(),
+        device_type: record.device_type.map(|t| t.to_string()),
+        attributes: record.attributes,
+        token: r.token,
+        created_at: record.created_at,
+    }
+}
+
+/// `POST /v1/things/bulk`: registers up to 10,000 things at once, all or none (admin).
+pub(crate) async fn register_bulk(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<BulkBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    state.require_admin(&headers)?;
+    let Json(body) = body.map_err(|e| ApiError::invalid(e.body_text()))?;
+    if body.things.is_empty() || body.things.len() > MAX_BULK {
+        return Err(ApiError::invalid(format!(
+            "register between 1 and {MAX_BULK} things per request"
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut things = Vec::with_capacity(body.things.len());
+    for thing in body.things {
+        let parsed = parse_registration(thing)?;
+        if !seen.insert(parsed.0.clone()) {
+            return Err(ApiError::invalid(format!("{} appears twice", parsed.0)));
+        }
+        things.push(parsed);
+    }
+    let done = state.node.register_many(things).await?;
+    let reply = BulkRegistered {
+        things: done.into_iter().map(registered).collect(),
+    };
+    Ok((StatusCode::CREATED, Json(reply)).into_response())
+}
+
 #[derive(Deserialize)]
 pub(crate) struct ShadowQuery {
     name: Option<String>,
