@@ -46,6 +46,17 @@ impl std::fmt::Debug for Directory {
     }
 }
 
+/// A thing to register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewThing {
+    /// Its name.
+    pub name: ThingName,
+    /// Its device type, which must be registered.
+    pub device_type: Option<TypeName>,
+    /// Free-form attributes.
+    pub attributes: BTreeMap<String, String>,
+}
+
 /// A registration: the record as stored and the token, which is never shown again.
 #[derive(Debug, Clone)]
 pub struct Registered {
@@ -134,11 +145,11 @@ impl Directory {
     /// unknown, none.
     pub fn register_many(
         &self,
-        things: Vec<(ThingName, Option<TypeName>, BTreeMap<String, String>)>,
+        things: Vec<NewThing>,
         now: u64,
     ) -> Result<Vec<Registered>, NodeError> {
-        for (_, device_type, _) in &things {
-            if let Some(t) = device_type
+        for thing in &things {
+            if let Some(t) = &thing.device_type
                 && self.device_type(t).is_none()
             {
                 return Err(NodeError::TypeNotFound(t.to_string()));
@@ -146,12 +157,12 @@ impl Directory {
         }
         let registered: Vec<Registered> = things
             .into_iter()
-            .map(|(name, device_type, attributes)| {
+            .map(|thing| {
                 let token = new_token();
                 let record = ThingRecord {
-                    name,
-                    device_type,
-                    attributes,
+                    name: thing.name,
+                    device_type: thing.device_type,
+                    attributes: thing.attributes,
                     token_hash: hash_token(&token),
                     created_at: now,
                 };
@@ -256,18 +267,20 @@ mod tests {
         assert!(d.device_type(&pump).is_some());
     }
 
+    fn new_thing(name: &str) -> NewThing {
+        NewThing {
+            name: ThingName::new(name).unwrap(),
+            device_type: None,
+            attributes: BTreeMap::new(),
+        }
+    }
+
     #[test]
     fn bulk_registration_is_all_or_nothing() {
         let (_dir, d) = directory();
         let names = |prefix: &str, n: usize| {
             (0..n)
-                .map(|i| {
-                    (
-                        ThingName::new(&format!("{prefix}-{i}")).unwrap(),
-                        None,
-                        BTreeMap::new(),
-                    )
-                })
+                .map(|i| new_thing(&format!("{prefix}-{i}")))
                 .collect::<Vec<_>>()
         };
         let done = d.register_many(names("a", 50), 1).unwrap();
@@ -275,8 +288,8 @@ mod tests {
         assert!(d.authenticate(&done[7].record.name, &done[7].token).is_ok());
         // One taken name refuses the whole batch.
         let mut batch = names("b", 10);
-        batch.push((ThingName::new("a-3").unwrap(), None, BTreeMap::new()));
-        batch.push((ThingName::new("b-99").unwrap(), None, BTreeMap::new()));
+        batch.push(new_thing("a-3"));
+        batch.push(new_thing("b-99"));
         assert!(matches!(d.register_many(batch, 1), Err(NodeError::ThingExists(n)) if n == "a-3"));
         for name in ["b-0", "b-9", "b-99"] {
             assert!(

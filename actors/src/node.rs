@@ -5,7 +5,7 @@
 use crate::{
     ack::Ack,
     config::NodeConfig,
-    directory::{AuthFailure, Directory, Registered},
+    directory::{AuthFailure, Directory, NewThing, Registered},
     error::NodeError,
     hub::ChangeHub,
     mqtt::topics,
@@ -160,10 +160,7 @@ impl Node {
     }
 
     /// Registers many things in one transaction (all or none).
-    pub async fn register_many(
-        &self,
-        things: Vec<(ThingName, Option<TypeName>, BTreeMap<String, String>)>,
-    ) -> Result<Vec<Registered>, NodeError> {
+    pub async fn register_many(&self, things: Vec<NewThing>) -> Result<Vec<Registered>, NodeError> {
         let directory = self.directory().clone();
         let now = crate::now_ms();
         blocking(move || directory.register_many(things, now)).await?

@@ -1,6 +1,7 @@
 //! Things: registration, and their shadows.
 
 use crate::{AppState, error::ApiError};
+use actors::directory::NewThing;
 use axum::{
     Json,
     extract::{Path, Query, State, rejection::JsonRejection},
@@ -75,16 +76,18 @@ struct BulkRegistered {
     things: Vec<Registered>,
 }
 
-fn parse_registration(
-    body: RegisterBody,
-) -> Result<(ThingName, Option<TypeName>, BTreeMap<String, String>), ApiError> {
+fn parse_registration(body: RegisterBody) -> Result<NewThing, ApiError> {
     let name = ThingName::new(&body.name).map_err(|e| ApiError::invalid(e.to_string()))?;
     let device_type = body
         .device_type
         .map(|t| TypeName::new(&t))
         .transpose()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    Ok((name, device_type, body.attributes))
+    Ok(NewThing {
+        name,
+        device_type,
+        attributes: body.attributes,
+    })
 }
 
 fn registered(r: actors::directory::Registered) -> Registered {
@@ -115,8 +118,8 @@ pub(crate) async fn register_bulk(
     let mut things = Vec::with_capacity(body.things.len());
     for thing in body.things {
         let parsed = parse_registration(thing)?;
-        if !seen.insert(parsed.0.clone()) {
-            return Err(ApiError::invalid(format!("{} appears twice", parsed.0)));
+        if !seen.insert(parsed.name.clone()) {
+            return Err(ApiError::invalid(format!("{} appears twice", parsed.name)));
         }
         things.push(parsed);
     }
