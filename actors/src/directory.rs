@@ -108,37 +108,9 @@ impl Directory {
     }
 
     /// Registers a thing with a new token.
-    pub fn register(
-        &self,
-        name: ThingName,
-        device_type: Option<TypeName>,
-        attributes: BTreeMap<String, String>,
-        now: u64,
-    ) -> Result<Registered, NodeError> {
-        if let Some(t) = &device_type
-            && self.device_type(t).is_none()
-        {
-            return Err(NodeError::TypeNotFound(t.to_string()));
-        }
-        let token = new_token();
-        let record = ThingRecord {
-            name,
-            device_type,
-            attributes,
-            token_hash: hash_token(&token),
-            created_at: now,
-        };
-        self.store
-            .transact(|tx| {
-                if self.repos.things.get(tx, record.name.as_str())?.is_some() {
-                    return Ok(false);
-                }
-                self.repos.things.put(tx, &record)?;
-                Ok(true)
-            })?
-            .then_some(())
-            .ok_or_else(|| NodeError::ThingExists(record.name.to_string()))?;
-        Ok(Registered { record, token })
+    pub fn register(&self, thing: NewThing, now: u64) -> Result<Registered, NodeError> {
+        let mut done = self.register_many(vec![thing], now)?;
+        Ok(done.remove(0))
     }
 
     /// Registers many things in one transaction: all of them or, if any name is taken or a type
@@ -220,7 +192,16 @@ mod tests {
     fn tokens_are_random_and_stored_hashed() {
         let (_dir, d) = directory();
         let name = ThingName::new("dev-1").unwrap();
-        let reg = d.register(name.clone(), None, BTreeMap::new(), 1).unwrap();
+        let reg = d
+            .register(
+                NewThing {
+                    name: name.clone(),
+                    device_type: None,
+                    attributes: BTreeMap::new(),
+                },
+                1,
+            )
+            .unwrap();
         assert_eq!(reg.token.len(), 64);
         assert_ne!(reg.record.token_hash, reg.token);
         let stored = d.thing(&name).unwrap().unwrap();
@@ -245,15 +226,37 @@ mod tests {
     fn names_register_once_and_types_must_exist() {
         let (_dir, d) = directory();
         let name = ThingName::new("dev-1").unwrap();
-        d.register(name.clone(), None, BTreeMap::new(), 1).unwrap();
+        d.register(
+            NewThing {
+                name: name.clone(),
+                device_type: None,
+                attributes: BTreeMap::new(),
+            },
+            1,
+        )
+        .unwrap();
         assert!(matches!(
-            d.register(name, None, BTreeMap::new(), 1),
+            d.register(
+                NewThing {
+                    name,
+                    device_type: None,
+                    attributes: BTreeMap::new()
+                },
+                1
+            ),
             Err(NodeError::ThingExists(_))
         ));
         let typed = ThingName::new("dev-2").unwrap();
         let pump = TypeName::new("Pump").unwrap();
         assert!(matches!(
-            d.register(typed.clone(), Some(pump.clone()), BTreeMap::new(), 1),
+            d.register(
+                NewThing {
+                    name: typed.clone(),
+                    device_type: Some(pump.clone()),
+                    attributes: BTreeMap::new()
+                },
+                1
+            ),
             Err(NodeError::TypeNotFound(_))
         ));
         d.put_type(DeviceType {
@@ -262,8 +265,15 @@ mod tests {
             telemetry_to_reported: Default::default(),
         })
         .unwrap();
-        d.register(typed, Some(pump.clone()), BTreeMap::new(), 1)
-            .unwrap();
+        d.register(
+            NewThing {
+                name: typed,
+                device_type: Some(pump.clone()),
+                attributes: BTreeMap::new(),
+            },
+            1,
+        )
+        .unwrap();
         assert!(d.device_type(&pump).is_some());
     }
 

@@ -14,12 +14,9 @@ use crate::{
     twin_actor::{Deliver, Origin},
 };
 use actix::{Actor, Addr, Arbiter};
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
-use twin_core::{Command, Limits, Reply, ShadowName, ThingName, TypeName};
+use twin_core::{Command, Limits, Reply, ShadowName, ThingName};
 
 /// What every shard host shares.
 pub(crate) struct Shared {
@@ -148,15 +145,10 @@ impl Node {
     }
 
     /// Registers a thing; the returned token is shown only now.
-    pub async fn register(
-        &self,
-        name: ThingName,
-        device_type: Option<TypeName>,
-        attributes: BTreeMap<String, String>,
-    ) -> Result<Registered, NodeError> {
+    pub async fn register(&self, thing: NewThing) -> Result<Registered, NodeError> {
         let directory = self.directory().clone();
         let now = crate::now_ms();
-        blocking(move || directory.register(name, device_type, attributes, now)).await?
+        blocking(move || directory.register(thing, now)).await?
     }
 
     /// Registers many things in one transaction (all or none).

@@ -41,25 +41,8 @@ pub(crate) async fn register(
 ) -> Result<Response, ApiError> {
     state.require_admin(&headers)?;
     let Json(body) = body.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let name = ThingName::new(&body.name).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let device_type = body
-        .device_type
-        .map(|t| TypeName::new(&t))
-        .transpose()
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
-    let registered = state
-        .node
-        .register(name, device_type, body.attributes)
-        .await?;
-    let record = registered.record;
-    let reply = Registered {
-        name: record.name.to_string(),
-        device_type: record.device_type.map(|t| t.to_string()),
-        attributes: record.attributes,
-        token: registered.token,
-        created_at: record.created_at,
-    };
-    Ok((StatusCode::CREATED, Json(reply)).into_response())
+    let done = state.node.register(parse_registration(body)?).await?;
+    Ok((StatusCode::CREATED, Json(registered(done))).into_response())
 }
 
 /// Most things registered by one bulk request.

@@ -173,9 +173,13 @@ async fn authenticate(node: &Node, connect: &Connect, dev: bool) -> Result<Thing
             .map_err(|_| Refusal::Unavailable)?;
         if exists.is_none() {
             warn!(%thing, "DEV MODE: registering an unknown device without credentials");
-            node.register(thing.clone(), None, BTreeMap::new())
-                .await
-                .map_err(|_| Refusal::Unavailable)?;
+            node.register(crate::directory::NewThing {
+                name: thing.clone(),
+                device_type: None,
+                attributes: BTreeMap::new(),
+            })
+            .await
+            .map_err(|_| Refusal::Unavailable)?;
         }
         return Ok(thing);
     }
