@@ -4,7 +4,7 @@
 use crate::{error::ShadowError, error::TwinError, names::TypeName};
 use jsonschema::Validator;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::fmt;
 
 /// The JSON Schemas of a device type; each is optional.
@@ -34,16 +34,11 @@ pub enum TelemetryMapping {
 }
 
 impl TelemetryMapping {
-    /// The part of a sample that goes into `reported`; `null`s are dropped.
-    pub fn select(&self, values: &Map<String, Value>) -> Map<String, Value> {
-        let keep = |(k, v): (&String, &Value)| (!v.is_null()).then(|| (k.clone(), v.clone()));
+    /// Whether the field `key` goes into `reported`.
+    pub fn keeps(&self, key: &str) -> bool {
         match self {
-            TelemetryMapping::All => values.iter().filter_map(keep).collect(),
-            TelemetryMapping::Fields(fields) => fields
-                .iter()
-                .filter_map(|f| values.get_key_value(f))
-                .filter_map(keep)
-                .collect(),
+            TelemetryMapping::All => true,
+            TelemetryMapping::Fields(fields) => fields.iter().any(|f| f == key),
         }
     }
 }
@@ -234,21 +229,18 @@ mod tests {
     }
 
     #[test]
-    fn mapping_selects_fields_and_drops_nulls() {
-        let values = json!({"temp": 1, "hum": 2, "nil": null})
-            .as_object()
-            .unwrap()
-            .clone();
-        assert_eq!(
-            Value::Object(TelemetryMapping::All.select(&values)),
-            json!({"temp": 1, "hum": 2})
-        );
-        let only = TelemetryMapping::Fields(vec!["hum".into(), "absent".into()]);
-        assert_eq!(Value::Object(only.select(&values)), json!({"hum": 2}));
-        assert!(TelemetryMapping::Fields(vec![]).select(&values).is_empty());
+    fn mapping_keeps_the_chosen_fields() {
+        assert!(TelemetryMapping::All.keeps("anything"));
+        let only = TelemetryMapping::Fields(vec!["hum".into()]);
+        assert!(only.keeps("hum") && !only.keeps("temp"));
+        assert!(!TelemetryMapping::Fields(vec![]).keeps("hum"));
         assert_eq!(
             serde_json::to_value(TelemetryMapping::All).unwrap(),
             json!("all")
+        );
+        assert_eq!(
+            serde_json::to_value(only).unwrap(),
+            json!({"fields": ["hum"]})
         );
     }
 }

@@ -251,9 +251,9 @@ impl Section {
     /// Merges a telemetry `patch` set at device time `stamp.device`, last writer wins per leaf:
     /// a leaf (or subtree) whose device time is newer than the sample's is kept. `null` fields
     /// are ignored. The fields that changed a value are copied into `applied`.
-    pub fn merge_newer(
+    pub fn merge_newer<'a>(
         &mut self,
-        patch: &Map<String, Value>,
+        patch: impl IntoIterator<Item = (&'a String, &'a Value)>,
         stamp: Stamp,
         applied: &mut Map<String, Value>,
     ) -> LwwOutcome {

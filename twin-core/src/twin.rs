@@ -562,33 +562,43 @@ impl Twin {
             unreachable!("built as an object above")
         };
         let device_time = ts.unwrap_or(now);
-        let mapping = ctx
-            .device_type
-            .map_or(NO_MAPPING, |t| &t.def().telemetry_to_reported);
-        let patch = Value::Object(mapping.select(&values));
+        if let Err(error) = self.merge_telemetry(&values, device_time, ctx, now, out) {
+            reject(out, ShadowName::CLASSIC, Op::Telemetry, error, None, now);
+        }
+        // A sample that passed the telemetry schema is recorded even if `reported` refused it.
         out.push(Effect::Telemetry {
             ts: device_time,
             values,
         });
-        if depth(&patch) > ctx.limits.max_depth {
-            let error = ShadowError::too_deep(ctx.limits.max_depth);
-            return reject(out, ShadowName::CLASSIC, Op::Telemetry, error, None, now);
-        }
-        if has_null_in_array(&patch) {
-            return reject(
-                out,
-                ShadowName::CLASSIC,
-                Op::Telemetry,
-                ShadowError::invalid_node(),
-                None,
-                now,
-            );
-        }
-        let Value::Object(patch) = patch else {
-            unreachable!("built as an object above")
+    }
+
+    /// Merges the fields of a sample that the type maps to `reported`, last writer wins.
+    fn merge_telemetry(
+        &mut self,
+        values: &Map<String, Value>,
+        device_time: u64,
+        ctx: &Context<'_>,
+        now: u64,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), ShadowError> {
+        let mapping = ctx
+            .device_type
+            .map_or(NO_MAPPING, |t| &t.def().telemetry_to_reported);
+        // The mapped fields, borrowed from the sample (no copy on the ingest path).
+        let fields = || {
+            values
+                .iter()
+                .filter(|(key, value)| !value.is_null() && mapping.keeps(key))
         };
-        if patch.is_empty() {
-            return;
+        if fields().next().is_none() {
+            return Ok(());
+        }
+        // As a section, the fields nest one level deeper than their own values.
+        if 1 + fields().map(|(_, v)| depth(v)).max().unwrap_or(0) > ctx.limits.max_depth {
+            return Err(ShadowError::too_deep(ctx.limits.max_depth));
+        }
+        if fields().any(|(_, v)| has_null_in_array(v)) {
+            return Err(ShadowError::invalid_node());
         }
         let idx = self.index(&ShadowName::CLASSIC);
         let empty = Shadow::default();
@@ -599,24 +609,17 @@ impl Twin {
             at: now,
             device: device_time,
         };
-        let outcome = reported.merge_newer(&patch, stamp, &mut applied);
+        let outcome = reported.merge_newer(fields(), stamp, &mut applied);
         if !outcome.changed && !outcome.restamped {
-            return;
+            return Ok(());
         }
         if outcome.changed {
             if Shadow::state_len(&current.desired, &reported) > ctx.limits.max_state_bytes {
-                return reject(
-                    out,
-                    ShadowName::CLASSIC,
-                    Op::Telemetry,
-                    ShadowError::too_large(),
-                    None,
-                    now,
-                );
+                return Err(ShadowError::too_large());
             }
             let schema = ctx.device_type.filter(|t| t.has_reported_schema());
             if let Some(Err(error)) = schema.map(|t| t.check_reported(&reported.to_json())) {
-                return reject(out, ShadowName::CLASSIC, Op::Telemetry, error, None, now);
+                return Err(error);
             }
         }
         let base = current.base_version(now);
@@ -633,7 +636,7 @@ impl Twin {
         let Some(delta_before) = delta_before else {
             // Same values, newer device time: remembered (so older samples stay out) but not a
             // new version.
-            return;
+            return Ok(());
         };
         shadow.version = base + 1;
         shadow.updated = now;
@@ -645,7 +648,6 @@ impl Twin {
         let documents = ctx
             .documents
             .then(|| documents_notice(previous.as_ref(), shadow, now, None));
-        let reported = Patch::Merge(applied);
         self.notify(
             ShadowName::CLASSIC,
             version,
@@ -654,9 +656,10 @@ impl Twin {
             delta_notice,
             documents,
             Patch::Absent,
-            reported,
+            Patch::Merge(applied),
             out,
         );
+        Ok(())
     }
 
     /// The twin's durable form.
