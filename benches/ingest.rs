@@ -228,15 +228,24 @@ async fn memory(node: &Node, twins: usize) {
         let _ = task.await;
     }
     let took = started.elapsed();
-    let after = node.rss_bytes();
+    let busy = node.rss_bytes();
+    // Twins stay decoded for `keep_decoded` (2 s) after their last message; then only their
+    // encoded form remains. Measure again once every twin is idle.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let idle = node.rss_bytes();
     let failed = failures.load(Ordering::Relaxed);
+    let per_twin = |rss: u64| {
+        (rss.saturating_sub(after_registration)) as f64 / (twins as u64 - failed).max(1) as f64
+    };
     println!(
-        "memory: {twins} twins activated with ~200 B of state each in {:.1} s ({failed} failed); node RSS {:.0} MB before, {:.0} MB after registration, {:.0} MB with all twins active: {:.0} bytes per active twin",
+        "memory: {twins} twins activated with ~200 B of state each in {:.1} s ({failed} failed); node RSS {:.0} MB before, {:.0} MB after registration, {:.0} MB just after activation ({:.0} B per twin), {:.0} MB once idle ({:.0} B per active twin)",
         took.as_secs_f64(),
         before as f64 / 1e6,
         after_registration as f64 / 1e6,
-        after as f64 / 1e6,
-        (after.saturating_sub(after_registration)) as f64 / (twins as u64 - failed).max(1) as f64,
+        busy as f64 / 1e6,
+        per_twin(busy),
+        idle as f64 / 1e6,
+        per_twin(idle),
     );
 }
 
@@ -249,7 +258,15 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let node = Node::start(env!("CARGO_BIN_EXE_doppel"), Options::default());
+        // DOPPEL_BENCH_CONFIG: a TOML configuration for the node (e.g. "[node]\nkeep_decoded = \"0s\"").
+        let config = std::env::var("DOPPEL_BENCH_CONFIG").ok();
+        let node = Node::start(
+            env!("CARGO_BIN_EXE_doppel"),
+            Options {
+                config,
+                ..Options::default()
+            },
+        );
         ingest(&node, connections, seconds).await;
         memory(&node, twins).await;
     });

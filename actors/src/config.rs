@@ -23,9 +23,6 @@ pub struct NodeConfig {
     pub passivate_after: Duration,
     /// Twins loaded from the store in one read transaction at most.
     pub load_batch: usize,
-    /// A twin idle this long is kept only in its encoded form (0: never kept decoded).
-    #[serde(with = "humantime_serde")]
-    pub keep_decoded: Duration,
     /// Shadow limits.
     pub limits: Limits,
     /// The MQTT endpoint.
@@ -41,7 +38,6 @@ impl Default for NodeConfig {
             commit_max_twins: 2_000,
             passivate_after: Duration::from_secs(600),
             load_batch: 256,
-            keep_decoded: Duration::from_secs(2),
             limits: Limits::default(),
             mqtt: MqttConfig::default(),
         }

@@ -183,7 +183,6 @@ impl ShardHost {
                 record,
                 device_type,
                 self.shared.limits.clone(),
-                self.shared.config.keep_decoded,
                 ctx.address(),
             );
             let addr = actor.start();

@@ -1,16 +1,13 @@
 //! The twin actor: one actix actor per active thing, hosting twin-core's state machine. Its
-//! mailbox is the only way to change the twin. A busy twin is kept decoded; once it has been
-//! idle for `keep_decoded` only its encoded form stays (the same bytes that go to the store,
-//! about a fifth of the size), which keeps a million resident twins small. Every command's new
-//! record and effects go to the shard host, which commits and then releases them.
+//! mailbox is the only way to change the twin. Between messages it keeps the twin in its
+//! encoded form (the same bytes that go to the store), which keeps a million resident twins
+//! small; every command decodes it, applies the command, and hands the new record and the
+//! effects to its shard host, which commits and then releases them.
 
 use crate::{ack::Ack, shard::ShardHost};
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, Addr, Context, Handler, Message};
 use bytes::Bytes;
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::sync::Arc;
 use tokio::sync::oneshot;
 use twin_core::{Command, CompiledType, Effect, Limits, Reply, ShadowError, ThingName, Twin};
 
@@ -65,13 +62,8 @@ impl Message for Passivate {
 
 pub(crate) struct TwinActor {
     thing: ThingName,
-    /// The encoded twin (always current); `None` until its first change.
+    /// The encoded twin; `None` until its first change.
     record: Option<Bytes>,
-    /// The decoded twin, while it is busy.
-    decoded: Option<Twin>,
-    last_used: Instant,
-    keep_decoded: Duration,
-    cooling: bool,
     device_type: Option<Arc<CompiledType>>,
     limits: Arc<Limits>,
     host: Addr<ShardHost>,
@@ -83,40 +75,21 @@ impl TwinActor {
         record: Option<Bytes>,
         device_type: Option<Arc<CompiledType>>,
         limits: Arc<Limits>,
-        keep_decoded: Duration,
         host: Addr<ShardHost>,
     ) -> Self {
         Self {
             thing,
             record,
-            decoded: None,
-            last_used: Instant::now(),
-            keep_decoded,
-            cooling: false,
             device_type,
             limits,
             host,
         }
     }
 
-    fn twin(&mut self) -> Result<&mut Twin, twin_core::TwinError> {
-        if self.decoded.is_none() {
-            self.decoded = Some(match &self.record {
-                Some(bytes) => Twin::decode(self.thing.clone(), bytes)?,
-                None => Twin::new(self.thing.clone()),
-            });
-        }
-        Ok(self.decoded.as_mut().expect("decoded above"))
-    }
-
-    /// Drops the decoded twin once it has been idle for `keep_decoded`.
-    fn cool(&mut self, ctx: &mut Context<Self>) {
-        let idle = self.last_used.elapsed();
-        if idle >= self.keep_decoded {
-            self.decoded = None;
-            self.cooling = false;
-        } else {
-            ctx.run_later(self.keep_decoded - idle, Self::cool);
+    fn twin(&self) -> Result<Twin, twin_core::TwinError> {
+        match &self.record {
+            Some(bytes) => Twin::decode(self.thing.clone(), bytes),
+            None => Ok(Twin::new(self.thing.clone())),
         }
     }
 }
@@ -128,30 +101,22 @@ impl Actor for TwinActor {
 impl Handler<Deliver> for TwinActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) {
         let now = crate::now_ms();
-        self.last_used = Instant::now();
         let mut effects = Vec::with_capacity(4);
         let mut record = None;
-        let (limits, device_type) = (self.limits.clone(), self.device_type.clone());
         match self.twin() {
-            Ok(twin) => {
-                let context = twin_core::Context {
-                    limits: &limits,
-                    device_type: device_type.as_deref(),
+            Ok(mut twin) => {
+                let ctx = twin_core::Context {
+                    limits: &self.limits,
+                    device_type: self.device_type.as_deref(),
                     documents: msg.documents,
                 };
-                twin.handle(msg.command, &context, now, &mut effects);
+                twin.handle(msg.command, &ctx, now, &mut effects);
                 if twin.take_dirty() {
                     let bytes = Bytes::from(twin.encode());
                     self.record = Some(bytes.clone());
                     record = Some(bytes);
-                }
-                if self.keep_decoded.is_zero() {
-                    self.decoded = None;
-                } else if !self.cooling {
-                    self.cooling = true;
-                    ctx.run_later(self.keep_decoded, Self::cool);
                 }
             }
             Err(error) => {
