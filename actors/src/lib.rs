@@ -19,6 +19,7 @@ mod twin_actor;
 pub use config::{MqttConfig, NodeConfig};
 pub use error::NodeError;
 pub use node::Node;
+pub use shard::HostStats;
 pub use twin_actor::{Deliver, Origin};
 
 /// Server time, epoch milliseconds.

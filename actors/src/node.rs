@@ -10,7 +10,7 @@ use crate::{
     hub::ChangeHub,
     mqtt::topics,
     outbox::Outbox,
-    shard::{Flush, Route, ShardHost},
+    shard::{Flush, HostStats, Route, ShardHost, Stats},
     twin_actor::{Deliver, Origin},
 };
 use actix::{Actor, Addr, Arbiter};
@@ -174,6 +174,25 @@ impl Node {
         blocking(move || directory.authenticate(&name, &token))
             .await
             .unwrap_or(Err(AuthFailure::Unavailable))
+    }
+
+    /// Counts summed over all hosts (`sweeps`: the fewest any host ran, so that "every host
+    /// swept at least n times" can be waited for).
+    pub async fn stats(&self) -> HostStats {
+        let mut total = HostStats {
+            sweeps: u64::MAX,
+            ..HostStats::default()
+        };
+        for host in &self.inner.hosts {
+            if let Ok(s) = host.send(Stats).await {
+                total.active += s.active;
+                total.loading += s.loading;
+                total.passivated += s.passivated;
+                total.pending += s.pending;
+                total.sweeps = total.sweeps.min(s.sweeps);
+            }
+        }
+        total
     }
 
     /// Waits until everything delivered so far is committed and released.

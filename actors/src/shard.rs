@@ -42,6 +42,27 @@ impl Message for Flush {
     type Result = ();
 }
 
+/// Counts of one host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostStats {
+    /// Twin actors running.
+    pub active: usize,
+    /// Twins being loaded.
+    pub loading: usize,
+    /// Twins passivated since the host started.
+    pub passivated: u64,
+    /// Dirty twins waiting in the commit window.
+    pub pending: usize,
+    /// Passivation sweeps run.
+    pub sweeps: u64,
+}
+
+pub(crate) struct Stats;
+
+impl Message for Stats {
+    type Result = HostStats;
+}
+
 struct Entry {
     addr: Addr<TwinActor>,
     last_active: Instant,
@@ -81,6 +102,8 @@ pub(crate) struct ShardHost {
     committing: bool,
     flush_armed: bool,
     flush_waiters: Vec<oneshot::Sender<()>>,
+    passivated: u64,
+    sweeps: u64,
 }
 
 /// Store retries back off up to this long.
@@ -102,6 +125,8 @@ impl ShardHost {
             committing: false,
             flush_armed: false,
             flush_waiters: Vec::new(),
+            passivated: 0,
+            sweeps: 0,
         }
     }
 
@@ -217,6 +242,7 @@ impl ShardHost {
     // ---- passivation ------------------------------------------------------------------
 
     fn sweep(&mut self) {
+        self.sweeps += 1;
         let idle = self.shared.config.passivate_after;
         let now = Instant::now();
         let before = self.twins.len();
@@ -230,6 +256,7 @@ impl ShardHost {
             !passivate
         });
         let passivated = before - self.twins.len();
+        self.passivated += passivated as u64;
         if passivated > 0 {
             debug!(
                 host = self.index,
@@ -483,6 +510,20 @@ impl Handler<Handled> for ShardHost {
             self.arm_flush(ctx);
         }
         self.check_idle();
+    }
+}
+
+impl Handler<Stats> for ShardHost {
+    type Result = actix::MessageResult<Stats>;
+
+    fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
+        actix::MessageResult(HostStats {
+            active: self.twins.len(),
+            loading: self.loading.len(),
+            passivated: self.passivated,
+            pending: self.window.records.len(),
+            sweeps: self.sweeps,
+        })
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Options {
     pub args: Vec<String>,
     /// A TOML configuration file's content.
     pub config: Option<String>,
+    /// Start without `DOPPEL_ADMIN_TOKEN`, so that the node generates one.
+    pub no_admin_token: bool,
 }
 
 /// A running `doppel serve`.
@@ -38,6 +40,8 @@ pub struct Node {
     pub http: SocketAddr,
     options: Options,
     log: PathBuf,
+    /// What the node printed on stdout before it was ready.
+    pub announced: Vec<String>,
 }
 
 impl Node {
@@ -54,6 +58,7 @@ impl Node {
             mqtt: None,
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             options,
+            announced: Vec::new(),
         };
         node.spawn();
         node
@@ -65,7 +70,6 @@ impl Node {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--http-listen", "127.0.0.1:0"])
-            .env("DOPPEL_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("DOPPEL_LOG", "info,fjall=warn,lsm_tree=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
@@ -75,6 +79,11 @@ impl Node {
                     .open(&self.log)
                     .unwrap(),
             ));
+        if self.options.no_admin_token {
+            cmd.env_remove("DOPPEL_ADMIN_TOKEN");
+        } else {
+            cmd.env("DOPPEL_ADMIN_TOKEN", ADMIN_TOKEN);
+        }
         if !self
             .options
             .args
@@ -104,6 +113,7 @@ impl Node {
             let line = rx
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("node did not get ready:\n{}", self.log()));
+            self.announced.push(line.clone());
             if let Some(addr) = line.strip_prefix("doppel: mqtt endpoint listening on ") {
                 self.mqtt = Some(addr.parse().unwrap());
             } else if let Some(addr) = line.strip_prefix("doppel: http listening on ") {
