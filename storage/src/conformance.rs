@@ -6,7 +6,8 @@
 //! (feature `fdb`, `FDB_CLUSTER_FILE` set) runs [`run_all`] against a live cluster.
 
 use crate::{
-    KeyRange, MAX_KEY_BYTES, MAX_VALUE_BYTES, RangeOptions, Repos, StoreError, ThingRecord,
+    AuditEntry, KeyRange, KeyRecord, MAX_KEY_BYTES, MAX_VALUE_BYTES, RangeOptions, Repos, Role,
+    StoreError, ThingRecord,
     kv::{Store, Transaction},
     repo::blob,
 };
@@ -422,6 +423,173 @@ pub fn records_are_listed_in_name_order_with_a_cursor<S: Store>(store: &S, root:
     );
 }
 
+/// Audit entries list in time order, page by page, between two times.
+pub fn audit_entries_list_in_time_order<S: Store>(store: &S, root: &Subspace) {
+    let repos = Repos::new(root);
+    let entry = |at: u64, target: &str| AuditEntry {
+        at,
+        actor: "k1".into(),
+        action: "thing.register".into(),
+        target: target.into(),
+        before: None,
+        after: Some(1),
+        details: None,
+    };
+    store
+        .transact(|tx| {
+            for (at, target) in [(30, "c"), (10, "a"), (20, "b"), (20, "b2"), (40, "d")] {
+                repos.audit.append(tx, &entry(at, target))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let page = |after, limit| {
+        store
+            .transact(|tx| repos.audit.list(tx, 10, 40, after, limit))
+            .unwrap()
+    };
+    let first = page(None, 2);
+    assert_eq!(
+        first.iter().map(|(_, e)| e.at).collect::<Vec<_>>(),
+        [10, 20]
+    );
+    let rest = page(Some(first[1].0), 10);
+    let targets: Vec<&str> = first
+        .iter()
+        .chain(&rest)
+        .map(|(_, e)| e.target.as_str())
+        .collect();
+    assert_eq!(targets.len(), 4, "40 is outside [10, 40)");
+    assert_eq!(targets[0], "a");
+    assert_eq!(targets[3], "c");
+    assert_eq!(rest.last().unwrap().1, entry(30, "c"));
+}
+
+/// Telemetry history: samples by thing and time across days, hourly aggregates, the rollup
+/// mark, and retention by day.
+pub fn telemetry_history_is_kept_by_day<S: Store>(store: &S, root: &Subspace) {
+    use crate::repo::{DAY_MS, FieldAgg, HOUR_MS};
+    let repos = Repos::new(root);
+    let (a, b) = (ThingName::new("a").unwrap(), ThingName::new("b").unwrap());
+    let day0 = 20_000 * DAY_MS;
+    store
+        .transact(|tx| {
+            for (thing, ts) in [
+                (&a, day0 + 5),
+                (&b, day0 + 6),
+                (&a, day0 + DAY_MS + 1),
+                (&a, day0 + 2 * DAY_MS + 7),
+            ] {
+                repos
+                    .history
+                    .append(tx, thing, ts, format!("{{\"ts\":{ts}}}").as_bytes())?;
+            }
+            // A redelivered sample overwrites itself.
+            repos.history.append(tx, &a, day0 + 5, b"{\"again\":true}")
+        })
+        .unwrap();
+    let raw = store
+        .transact(|tx| repos.history.raw(tx, &a, day0, day0 + 3 * DAY_MS, 100))
+        .unwrap();
+    assert_eq!(
+        raw.iter().map(|(ts, _)| *ts).collect::<Vec<_>>(),
+        [day0 + 5, day0 + DAY_MS + 1, day0 + 2 * DAY_MS + 7]
+    );
+    assert_eq!(raw[0].1, b"{\"again\":true}");
+    assert_eq!(
+        store
+            .transact(|tx| repos.history.raw(tx, &a, day0, day0 + 3 * DAY_MS, 2))
+            .unwrap()
+            .len(),
+        2,
+        "limit"
+    );
+    let day = store
+        .transact(|tx| repos.history.raw_day(tx, 20_000, None, 10))
+        .unwrap();
+    assert_eq!(
+        day.iter().map(|(t, _, _)| t.as_str()).collect::<Vec<_>>(),
+        ["a", "b"],
+        "thing by thing"
+    );
+    let after = store
+        .transact(|tx| repos.history.raw_day(tx, 20_000, Some(("a", day0 + 5)), 10))
+        .unwrap();
+    assert_eq!(after.len(), 1);
+
+    let mut agg = crate::repo::HourAgg::new();
+    agg.insert("temp".into(), FieldAgg::of(21.5));
+    store
+        .transact(|tx| repos.history.put_hourly(tx, "a", day0 + HOUR_MS, &agg))
+        .unwrap();
+    let hourly = store
+        .transact(|tx| repos.history.hourly(tx, &a, day0, day0 + DAY_MS))
+        .unwrap();
+    assert_eq!(hourly, vec![(day0 + HOUR_MS, agg)]);
+
+    assert_eq!(
+        store.transact(|tx| repos.history.rolled_up_to(tx)).unwrap(),
+        None
+    );
+    store
+        .transact(|tx| repos.history.set_rolled_up_to(tx, 20_000))
+        .unwrap();
+    assert_eq!(
+        store.transact(|tx| repos.history.rolled_up_to(tx)).unwrap(),
+        Some(20_000)
+    );
+
+    assert_eq!(
+        store
+            .transact(|tx| repos.history.oldest_raw_day(tx))
+            .unwrap(),
+        Some(20_000)
+    );
+    store
+        .transact(|tx| repos.history.drop_raw_before(tx, 20_001))
+        .unwrap();
+    assert_eq!(
+        store
+            .transact(|tx| repos.history.oldest_raw_day(tx))
+            .unwrap(),
+        Some(20_001)
+    );
+    store
+        .transact(|tx| repos.history.drop_hourly_before(tx, 20_001))
+        .unwrap();
+    assert!(
+        store
+            .transact(|tx| repos.history.hourly(tx, &a, day0, day0 + DAY_MS))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// API keys are stored with their secret hashed.
+pub fn api_keys_are_stored_by_id<S: Store>(store: &S, root: &Subspace) {
+    let repos = Repos::new(root);
+    let key = KeyRecord {
+        id: "k1".into(),
+        role: Role::Operator,
+        types: Some(vec![TypeName::new("Pump").unwrap()]),
+        secret_hash: "ab".repeat(32),
+        created_by: "bootstrap".into(),
+        created_at: 5,
+    };
+    store.transact(|tx| repos.keys.put(tx, &key)).unwrap();
+    assert_eq!(
+        store.transact(|tx| repos.keys.get(tx, "k1")).unwrap(),
+        Some(key)
+    );
+    assert!(store.transact(|tx| repos.keys.delete(tx, "k1")).unwrap());
+    assert!(
+        store
+            .transact(|tx| repos.keys.list(tx, None, 10))
+            .unwrap()
+            .is_empty()
+    );
+}
+
 fn run_case<S: Store>(store: &S, root: &Subspace, name: &str, case: fn(&S, &Subspace)) {
     let space = root.subspace(&name);
     let clear = || {
@@ -480,4 +648,7 @@ suite!($
     large_blobs_are_split_and_reassembled,
     twins_round_trip,
     records_are_listed_in_name_order_with_a_cursor,
+    audit_entries_list_in_time_order,
+    telemetry_history_is_kept_by_day,
+    api_keys_are_stored_by_id,
 );

@@ -6,12 +6,20 @@
 //! | twins | `(root, "twin", thing, chunk)` | the twin's record (`Twin::encode`), split into 100 kB chunks |
 //! | things | `(root, "thing", name)` | [`ThingRecord`] as JSON |
 //! | types | `(root, "type", name)` | `DeviceType` as JSON |
+//! | keys | `(root, "key", id)` | [`KeyRecord`] as JSON (the secret only hashed) |
+//! | audit | `(root, "audit", at_ms, seq)` | [`AuditEntry`] as JSON |
+//! | telemetry | `(root, "telemetry", "raw", day, thing, ts)` | the sample's fields as JSON |
+//! | | `(root, "telemetry", "hourly", day, thing, hour)` | [`HourAgg`] as JSON |
 
+mod audit;
 pub mod blob;
+mod history;
 mod records;
 mod twins;
 
-pub use records::{Keyed, Records, ThingRecord};
+pub use audit::{Audit, AuditEntry, Cursor};
+pub use history::{DAY_MS, FieldAgg, HOUR_MS, History, HourAgg, RawSample, day_of};
+pub use records::{KeyRecord, Keyed, Records, Role, ThingRecord};
 pub use twins::Twins;
 
 use foundationdb_tuple::Subspace;
@@ -31,6 +39,12 @@ pub struct Repos {
     pub things: Records<ThingRecord>,
     /// Device types.
     pub types: Records<DeviceType>,
+    /// API keys.
+    pub keys: Records<KeyRecord>,
+    /// Who changed what.
+    pub audit: Audit,
+    /// Telemetry history.
+    pub history: History,
 }
 
 impl Repos {
@@ -40,6 +54,9 @@ impl Repos {
             twins: Twins::new(root.subspace(&"twin")),
             things: Records::new(root.subspace(&"thing")),
             types: Records::new(root.subspace(&"type")),
+            keys: Records::new(root.subspace(&"key")),
+            audit: Audit::new(root.subspace(&"audit")),
+            history: History::new(root.subspace(&"telemetry")),
         }
     }
 }

@@ -131,3 +131,39 @@ impl<T: Keyed + Serialize + DeserializeOwned> Records<T> {
             .collect()
     }
 }
+
+/// What an API key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads.
+    Viewer,
+    /// Reads, and writes desired state and rules.
+    Operator,
+    /// Everything, including things, device types and keys.
+    Admin,
+}
+
+/// An API key; the secret is stored only as a hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The key's public id.
+    pub id: String,
+    /// What it may do.
+    pub role: Role,
+    /// The device types it is limited to; `None`: all things.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<Vec<TypeName>>,
+    /// SHA-256 of the secret, hex.
+    pub secret_hash: String,
+    /// Who created it (a key id).
+    pub created_by: String,
+    /// Creation time, epoch ms.
+    pub created_at: u64,
+}
+
+impl Keyed for KeyRecord {
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
