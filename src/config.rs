@@ -21,6 +21,15 @@ pub struct ServeArgs {
     /// Address of the HTTP API.
     #[arg(long)]
     http_listen: Option<SocketAddr>,
+    /// PEM certificate chain: serve HTTPS, and MQTT over TLS on --mqtt-tls-listen.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Address of the MQTT endpoint's TLS port (with --tls-cert).
+    #[arg(long)]
+    mqtt_tls_listen: Option<SocketAddr>,
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -37,6 +46,9 @@ struct FileConfig {
     mqtt_listen: SocketAddr,
     mqtt_url: Option<String>,
     http_listen: SocketAddr,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    mqtt_tls_listen: SocketAddr,
     node: NodeConfig,
 }
 
@@ -47,6 +59,9 @@ impl Default for FileConfig {
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             mqtt_url: None,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert: None,
+            tls_key: None,
+            mqtt_tls_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
             node: NodeConfig::default(),
         }
     }
@@ -61,12 +76,24 @@ pub enum Devices {
     Broker(String),
 }
 
+/// TLS for the listeners.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// The MQTT endpoint's TLS address.
+    pub mqtt_listen: SocketAddr,
+}
+
 /// Resolved settings of `doppel serve`.
 #[derive(Debug)]
 pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub devices: Devices,
     pub http_listen: SocketAddr,
+    pub tls: Option<Tls>,
     pub node: NodeConfig,
 }
 
@@ -88,6 +115,21 @@ impl ServeConfig {
         if let Some(addr) = args.http_listen {
             file.http_listen = addr;
         }
+        if let Some(addr) = args.mqtt_tls_listen {
+            file.mqtt_tls_listen = addr;
+        }
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(Tls {
+                cert,
+                key,
+                mqtt_listen: file.mqtt_tls_listen,
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("TLS needs both a certificate (tls_cert) and a key (tls_key)"),
+        };
         let devices = match (args.mqtt_listen, args.mqtt_url.or(file.mqtt_url)) {
             (Some(addr), _) => Devices::Endpoint(addr),
             (None, Some(url)) => Devices::Broker(url),
@@ -101,6 +143,7 @@ impl ServeConfig {
             data_dir: file.data_dir,
             devices,
             http_listen: file.http_listen,
+            tls,
             node: file.node,
         })
     }

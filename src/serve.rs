@@ -14,7 +14,7 @@ use actors::{
     },
 };
 use anyhow::Context;
-use std::{future::IntoFuture, sync::Arc};
+use std::sync::Arc;
 use storage::{AnyStore, FjallStore, Repos};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -57,7 +57,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
     );
     let directory = Arc::new(Directory::load(store, Repos::default())?);
-    let hub = ChangeHub::new(4096);
+    let hub = ChangeHub::new();
+    let metrics = install_metrics()?;
+    let tls = match &config.tls {
+        Some(tls) => Some(actors::tls::server_config(&tls.cert, &tls.key)?),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     if config.node.mqtt.dev {
         warn!(
@@ -77,10 +82,27 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 "mqtt endpoint listening on {}",
                 listener.local_addr()?
             ));
+            if let (Some(tls), Some(tls_config)) = (&config.tls, &tls) {
+                let tls_listener = TcpListener::bind(tls.mqtt_listen)
+                    .await
+                    .with_context(|| format!("binding the MQTT TLS port to {}", tls.mqtt_listen))?;
+                announce(format_args!(
+                    "mqtt endpoint (tls) listening on {}",
+                    tls_listener.local_addr()?
+                ));
+                tokio::spawn(endpoint::serve(
+                    tls_listener,
+                    node.clone(),
+                    sessions.clone(),
+                    Some(tls_config.clone()),
+                    shutdown.clone(),
+                ));
+            }
             let task = tokio::spawn(endpoint::serve(
                 listener,
                 node.clone(),
                 sessions,
+                None,
                 shutdown.clone(),
             ));
             (node, task)
@@ -100,16 +122,23 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     };
 
-    let state = api::AppState::new(node.clone(), &admin_token);
+    let state = api::AppState::new(
+        node.clone(),
+        &admin_token,
+        Some(metrics),
+        api::WsConfig::default(),
+    );
     let http = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding the HTTP API to {}", config.http_listen))?;
-    announce(format_args!("http listening on {}", http.local_addr()?));
-    let http_task = tokio::spawn(
-        axum::serve(http, api::router(state.clone()))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
-    );
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    announce(format_args!("{scheme} listening on {}", http.local_addr()?));
+    let http_task = tokio::spawn(api::serve(
+        http,
+        api::router(state.clone()),
+        tls,
+        shutdown.clone().cancelled_owned(),
+    ));
     let signal = wait_for_signal(&mut term);
     tokio::pin!(signal);
     if let Some(mut subscribed) = broker_subscribed {
@@ -141,6 +170,20 @@ async fn stop(
     node.stop();
     info!("stopped");
     Ok(())
+}
+
+/// The Prometheus recorder that `/metrics` renders.
+fn install_metrics() -> anyhow::Result<api::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let seconds = [
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ];
+    let sizes = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0];
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full("doppel_commit_seconds".into()), &seconds)?
+        .set_buckets_for_metric(Matcher::Full("doppel_commit_twins".into()), &sizes)?
+        .set_buckets_for_metric(Matcher::Full("doppel_commit_samples".into()), &sizes)?
+        .install_recorder()?)
 }
 
 async fn wait_for_signal(term: &mut tokio::signal::unix::Signal) -> anyhow::Result<()> {

@@ -185,7 +185,7 @@ async fn shadow_reads_answer_404_for_unknown_things_and_shadows() {
     let (status, body) = node.shadow("nobody", None).await;
     assert_eq!(
         (status, body["message"].as_str()),
-        (404, Some("Thing not found"))
+        (404, Some("thing nobody not found"))
     );
     node.register("known").await;
     let (status, body) = node.shadow("known", None).await;
@@ -195,9 +195,7 @@ async fn shadow_reads_answer_404_for_unknown_things_and_shadows() {
     );
     let (status, _) = node.shadow("known", Some("bad/name")).await;
     assert_eq!(status, 400);
-    let response = reqwest::get(node.url("/v1/things/a%2Fb/shadow"))
-        .await
-        .unwrap();
+    let response = node.get("/v1/things/a%2Fb/shadow").await;
     assert_eq!(response.status(), 400);
 }
 
@@ -218,9 +216,7 @@ async fn the_shadow_carries_its_version_as_etag() {
         )
         .await;
     }
-    let response = reqwest::get(node.url("/v1/things/tagged/shadow"))
-        .await
-        .unwrap();
+    let response = node.get("/v1/things/tagged/shadow").await;
     assert_eq!(response.headers()["etag"], "\"3\"");
     assert_eq!(response.json::<Value>().await.unwrap()["version"], 3);
 }

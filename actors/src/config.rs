@@ -25,6 +25,8 @@ pub struct NodeConfig {
     pub load_batch: usize,
     /// Shadow limits.
     pub limits: Limits,
+    /// Telemetry history.
+    pub history: HistoryConfig,
     /// The MQTT endpoint.
     pub mqtt: MqttConfig,
 }
@@ -39,6 +41,7 @@ impl Default for NodeConfig {
             passivate_after: Duration::from_secs(600),
             load_batch: 256,
             limits: Limits::default(),
+            history: HistoryConfig::default(),
             mqtt: MqttConfig::default(),
         }
     }
@@ -80,6 +83,34 @@ impl Default for MqttConfig {
             connect_timeout: Duration::from_secs(10),
             outbound_queue: 1_024,
             dev: false,
+        }
+    }
+}
+
+/// Telemetry history: raw samples, hourly aggregates, and how long each is kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Record samples at all.
+    pub enabled: bool,
+    /// How long raw samples are kept (whole UTC days).
+    #[serde(with = "humantime_serde")]
+    pub raw_retention: Duration,
+    /// How long hourly aggregates are kept (whole UTC days).
+    #[serde(with = "humantime_serde")]
+    pub hourly_retention: Duration,
+    /// How often finished days are rolled up and expired data removed.
+    #[serde(with = "humantime_serde")]
+    pub maintenance_every: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            raw_retention: Duration::from_secs(7 * 86_400),
+            hourly_retention: Duration::from_secs(90 * 86_400),
+            maintenance_every: Duration::from_secs(600),
         }
     }
 }

@@ -1,25 +1,33 @@
-//! Registered things, their credentials and device types. Device tokens are random, shown
-//! once at registration and stored only as SHA-256 hashes. Store calls block: async callers
-//! use the `Node` wrappers, which run them on the blocking pool.
+//! Registered things and their device tokens, device types, API keys and the audit log.
+//! Secrets (device tokens, API key secrets) are random, shown once and stored only as SHA-256
+//! hashes. Every write is audited in the same transaction as the write. Store calls block:
+//! async callers use the `Node` wrappers, which run them on the blocking pool.
 
 use crate::error::NodeError;
 use rand::RngCore;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, RwLock},
 };
-use storage::{AnyStore, Repos, Store, ThingRecord};
+use storage::{AnyStore, Repos, Store, Transaction};
 use twin_core::{CompiledType, DeviceType, ThingName, TypeName};
 
-/// A fresh device token: 32 random bytes, hex.
+pub use storage::{AuditEntry, KeyRecord, Role, ThingRecord, repo::Cursor};
+
+/// A fresh secret: 32 random bytes, hex.
 pub fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
+    random_hex(32)
 }
 
-/// The stored form of a token.
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+/// The stored form of a secret.
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -33,16 +41,39 @@ pub enum AuthFailure {
     Unavailable,
 }
 
-/// Things, credentials and device types of one deployment.
-pub struct Directory {
-    store: AnyStore,
-    repos: Repos,
-    types: RwLock<HashMap<TypeName, Arc<CompiledType>>>,
+/// Who is calling the API, and what they may touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The API key's id (`bootstrap` for the bootstrap admin token).
+    pub id: String,
+    /// What it may do.
+    pub role: Role,
+    /// The device types it is limited to; `None`: every thing.
+    pub types: Option<Vec<TypeName>>,
 }
 
-impl std::fmt::Debug for Directory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Directory").finish_non_exhaustive()
+impl Principal {
+    /// The bootstrap admin (the `DOPPEL_ADMIN_TOKEN`).
+    pub fn bootstrap() -> Self {
+        Self {
+            id: "bootstrap".into(),
+            role: Role::Admin,
+            types: None,
+        }
+    }
+
+    /// Whether the principal may see things of `device_type`.
+    pub fn sees(&self, device_type: Option<&TypeName>) -> bool {
+        match (&self.types, device_type) {
+            (None, _) => true,
+            (Some(scope), Some(t)) => scope.contains(t),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Whether the principal's role is at least `role`.
+    pub fn is(&self, role: Role) -> bool {
+        self.role >= role
     }
 }
 
@@ -66,10 +97,72 @@ pub struct Registered {
     pub token: String,
 }
 
+/// Which things to list.
+#[derive(Debug, Clone, Default)]
+pub struct ThingQuery {
+    /// Start after this name (cursor).
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: usize,
+    /// Only things of this type.
+    pub device_type: Option<TypeName>,
+    /// Only things with all these attributes.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A new API key: its record and the key to hand out, shown only now.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// The stored record.
+    pub record: KeyRecord,
+    /// `dk_<id>_<secret>`.
+    pub key: String,
+}
+
+/// Things, credentials, device types, API keys and the audit log of one deployment.
+pub struct Directory {
+    store: AnyStore,
+    repos: Repos,
+    types: RwLock<HashMap<TypeName, Arc<CompiledType>>>,
+    keys: RwLock<HashMap<String, KeyRecord>>,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory").finish_non_exhaustive()
+    }
+}
+
+/// Builds an audit entry.
+pub fn audit(
+    actor: &str,
+    action: &str,
+    target: &str,
+    before: Option<u64>,
+    after: Option<u64>,
+    details: Option<Value>,
+    at: u64,
+) -> AuditEntry {
+    AuditEntry {
+        at,
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        before,
+        after,
+        details,
+    }
+}
+
 impl Directory {
-    /// Opens the directory, compiling every registered device type.
+    /// Opens the directory: compiles every device type and loads the API keys.
     pub fn load(store: AnyStore, repos: Repos) -> Result<Self, NodeError> {
-        let defs = store.transact(|tx| repos.types.list(tx, None, usize::MAX))?;
+        let (defs, keys) = store.transact(|tx| {
+            Ok((
+                repos.types.list(tx, None, usize::MAX)?,
+                repos.keys.list(tx, None, usize::MAX)?,
+            ))
+        })?;
         let mut types = HashMap::new();
         for def in defs {
             let name = def.name.clone();
@@ -79,6 +172,7 @@ impl Directory {
             store,
             repos,
             types: RwLock::new(types),
+            keys: RwLock::new(keys.into_iter().map(|k| (k.id.clone(), k)).collect()),
         })
     }
 
@@ -92,24 +186,61 @@ impl Directory {
         &self.repos
     }
 
+    // ---- device types ------------------------------------------------------------------
+
     /// A compiled device type.
     pub fn device_type(&self, name: &TypeName) -> Option<Arc<CompiledType>> {
         self.types.read().ok()?.get(name).cloned()
     }
 
-    /// Registers (or replaces) a device type.
-    pub fn put_type(&self, def: DeviceType) -> Result<Arc<CompiledType>, NodeError> {
+    /// Every device type, by name.
+    pub fn device_types(&self) -> Vec<DeviceType> {
+        let mut defs: Vec<DeviceType> = self
+            .types
+            .read()
+            .map(|t| t.values().map(|c| c.def().clone()).collect())
+            .unwrap_or_default();
+        defs.sort_by(|a, b| a.name.cmp(&b.name));
+        defs
+    }
+
+    /// Registers or replaces a device type; twins of the type use it from their next command.
+    pub fn put_type(
+        &self,
+        def: DeviceType,
+        actor: &str,
+        now: u64,
+    ) -> Result<Arc<CompiledType>, NodeError> {
         let compiled = Arc::new(CompiledType::compile(def.clone())?);
-        self.store.transact(|tx| self.repos.types.put(tx, &def))?;
+        let existed = self.device_type(&def.name).is_some();
+        self.store.transact(|tx| {
+            self.repos.types.put(tx, &def)?;
+            let action = if existed {
+                "type.replace"
+            } else {
+                "type.create"
+            };
+            self.repos.audit.append(
+                tx,
+                &audit(actor, action, def.name.as_str(), None, None, None, now),
+            )
+        })?;
         if let Ok(mut types) = self.types.write() {
             types.insert(def.name.clone(), compiled.clone());
         }
         Ok(compiled)
     }
 
+    // ---- things ------------------------------------------------------------------------
+
     /// Registers a thing with a new token.
-    pub fn register(&self, thing: NewThing, now: u64) -> Result<Registered, NodeError> {
-        let mut done = self.register_many(vec![thing], now)?;
+    pub fn register(
+        &self,
+        thing: NewThing,
+        actor: &str,
+        now: u64,
+    ) -> Result<Registered, NodeError> {
+        let mut done = self.register_many(vec![thing], actor, now)?;
         Ok(done.remove(0))
     }
 
@@ -118,6 +249,7 @@ impl Directory {
     pub fn register_many(
         &self,
         things: Vec<NewThing>,
+        actor: &str,
         now: u64,
     ) -> Result<Vec<Registered>, NodeError> {
         for thing in &things {
@@ -150,6 +282,19 @@ impl Directory {
             }
             for r in &registered {
                 self.repos.things.put(tx, &r.record)?;
+                let details = r.record.device_type.as_ref().map(|t| json!({ "type": t }));
+                self.repos.audit.append(
+                    tx,
+                    &audit(
+                        actor,
+                        "thing.register",
+                        r.record.name.as_str(),
+                        None,
+                        None,
+                        details,
+                        now,
+                    ),
+                )?;
             }
             Ok(None)
         })?;
@@ -166,6 +311,107 @@ impl Directory {
             .transact(|tx| self.repos.things.get(tx, name.as_str()))?)
     }
 
+    /// Things matching `query` that `principal` may see, in name order; and whether more follow.
+    pub fn list_things(
+        &self,
+        query: &ThingQuery,
+        principal: &Principal,
+    ) -> Result<(Vec<ThingRecord>, bool), NodeError> {
+        const PAGE: usize = 1_000;
+        let mut found = Vec::new();
+        let mut after = query.after.clone();
+        loop {
+            let page = self
+                .store
+                .transact(|tx| self.repos.things.list(tx, after.as_deref(), PAGE))?;
+            let exhausted = page.len() < PAGE;
+            after = page.last().map(|r| r.name.to_string());
+            for record in page {
+                let matches = principal.sees(record.device_type.as_ref())
+                    && query
+                        .device_type
+                        .as_ref()
+                        .is_none_or(|t| record.device_type.as_ref() == Some(t))
+                    && query
+                        .attributes
+                        .iter()
+                        .all(|(k, v)| record.attributes.get(k) == Some(v));
+                if matches {
+                    if found.len() == query.limit {
+                        return Ok((found, true));
+                    }
+                    found.push(record);
+                }
+            }
+            if exhausted {
+                return Ok((found, false));
+            }
+        }
+    }
+
+    /// Changes a thing's attributes: keys with a string set it, keys with `null` remove it.
+    pub fn update_attributes(
+        &self,
+        name: &ThingName,
+        patch: &BTreeMap<String, Option<String>>,
+        actor: &str,
+        now: u64,
+    ) -> Result<ThingRecord, NodeError> {
+        let updated = self.store.transact(|tx| {
+            let Some(mut record) = self.repos.things.get(tx, name.as_str())? else {
+                return Ok(None);
+            };
+            for (key, value) in patch {
+                match value {
+                    Some(v) => record.attributes.insert(key.clone(), v.clone()),
+                    None => record.attributes.remove(key),
+                };
+            }
+            self.repos.things.put(tx, &record)?;
+            let details = json!({ "attributes": patch });
+            self.repos.audit.append(
+                tx,
+                &audit(
+                    actor,
+                    "thing.update",
+                    name.as_str(),
+                    None,
+                    None,
+                    Some(details),
+                    now,
+                ),
+            )?;
+            Ok(Some(record))
+        })?;
+        updated.ok_or_else(|| NodeError::ThingNotFound(name.to_string()))
+    }
+
+    /// Removes a thing: its record (so its token no longer works) and its twin.
+    pub fn remove_thing(&self, name: &ThingName, actor: &str, now: u64) -> Result<(), NodeError> {
+        let existed = self.store.transact(|tx| {
+            if !self.repos.things.delete(tx, name.as_str())? {
+                return Ok(false);
+            }
+            self.repos.twins.remove(tx, name)?;
+            self.repos.audit.append(
+                tx,
+                &audit(
+                    actor,
+                    "thing.decommission",
+                    name.as_str(),
+                    None,
+                    None,
+                    None,
+                    now,
+                ),
+            )?;
+            Ok(true)
+        })?;
+        existed
+            .then_some(())
+            .ok_or_else(|| NodeError::ThingNotFound(name.to_string()))
+    }
+
     /// Checks a device's token.
     pub fn authenticate(&self, name: &ThingName, token: &str) -> Result<ThingRecord, AuthFailure> {
         let record = self.thing(name).map_err(|_| AuthFailure::Unavailable)?;
@@ -173,6 +419,133 @@ impl Directory {
             Some(record) if record.token_hash == hash_token(token) => Ok(record),
             _ => Err(AuthFailure::BadCredentials),
         }
+    }
+
+    // ---- API keys ----------------------------------------------------------------------
+
+    /// Creates an API key. Only an admin may create keys, and a key is never wider than its
+    /// creator's scope.
+    pub fn create_key(
+        &self,
+        role: Role,
+        types: Option<Vec<TypeName>>,
+        creator: &Principal,
+        now: u64,
+    ) -> Result<NewKey, NodeError> {
+        if let Some(types) = &types
+            && let Some(unknown) = types.iter().find(|t| self.device_type(t).is_none())
+        {
+            return Err(NodeError::TypeNotFound(unknown.to_string()));
+        }
+        let types = match (&creator.types, types) {
+            (None, requested) => requested,
+            (Some(scope), None) => Some(scope.clone()),
+            (Some(scope), Some(requested)) => {
+                if let Some(outside) = requested.iter().find(|t| !scope.contains(t)) {
+                    return Err(NodeError::Forbidden(format!(
+                        "type {outside} is outside the creator's scope"
+                    )));
+                }
+                Some(requested)
+            }
+        };
+        let id = random_hex(8);
+        let secret = new_token();
+        let record = KeyRecord {
+            id: id.clone(),
+            role,
+            types,
+            secret_hash: hash_token(&secret),
+            created_by: creator.id.clone(),
+            created_at: now,
+        };
+        self.store.transact(|tx| {
+            self.repos.keys.put(tx, &record)?;
+            let details = json!({ "role": record.role, "types": record.types });
+            self.repos.audit.append(
+                tx,
+                &audit(
+                    &creator.id,
+                    "key.create",
+                    &id,
+                    None,
+                    None,
+                    Some(details),
+                    now,
+                ),
+            )
+        })?;
+        if let Ok(mut keys) = self.keys.write() {
+            keys.insert(id.clone(), record.clone());
+        }
+        Ok(NewKey {
+            key: format!("dk_{id}_{secret}"),
+            record,
+        })
+    }
+
+    /// Every API key (records only; secrets are not kept).
+    pub fn keys(&self) -> Vec<KeyRecord> {
+        let mut keys: Vec<KeyRecord> = self
+            .keys
+            .read()
+            .map(|k| k.values().cloned().collect())
+            .unwrap_or_default();
+        keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        keys
+    }
+
+    /// Revokes an API key at once; returns whether it existed.
+    pub fn revoke_key(&self, id: &str, actor: &str, now: u64) -> Result<bool, NodeError> {
+        let existed = self.store.transact(|tx| {
+            let existed = self.repos.keys.delete(tx, id)?;
+            if existed {
+                self.repos
+                    .audit
+                    .append(tx, &audit(actor, "key.revoke", id, None, None, None, now))?;
+            }
+            Ok(existed)
+        })?;
+        if let Ok(mut keys) = self.keys.write() {
+            keys.remove(id);
+        }
+        Ok(existed)
+    }
+
+    /// The principal behind a presented API key (`dk_<id>_<secret>`), if the key is valid.
+    pub fn authenticate_key(&self, presented: &str) -> Option<Principal> {
+        let (id, secret) = presented.strip_prefix("dk_")?.split_once('_')?;
+        let keys = self.keys.read().ok()?;
+        let record = keys.get(id)?;
+        (record.secret_hash == hash_token(secret)).then(|| Principal {
+            id: record.id.clone(),
+            role: record.role,
+            types: record.types.clone(),
+        })
+    }
+
+    // ---- audit -------------------------------------------------------------------------
+
+    /// Records a write that has no transaction of its own here.
+    pub fn append_audit(
+        &self,
+        tx: &mut impl Transaction,
+        entry: &AuditEntry,
+    ) -> Result<(), NodeError> {
+        Ok(self.repos.audit.append(tx, entry)?)
+    }
+
+    /// Audit entries with `from <= at < to`, oldest first.
+    pub fn audit_log(
+        &self,
+        from: u64,
+        to: u64,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Vec<(Cursor, AuditEntry)>, NodeError> {
+        Ok(self
+            .store
+            .transact(|tx| self.repos.audit.list(tx, from, to, after, limit))?)
     }
 }
 
@@ -188,20 +561,35 @@ mod tests {
         (dir, directory)
     }
 
+    fn new_thing(name: &str) -> NewThing {
+        NewThing {
+            name: ThingName::new(name).unwrap(),
+            device_type: None,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    fn typed(name: &str, t: &str) -> NewThing {
+        NewThing {
+            device_type: Some(TypeName::new(t).unwrap()),
+            ..new_thing(name)
+        }
+    }
+
+    fn put_type(d: &Directory, name: &str) {
+        let def = DeviceType {
+            name: TypeName::new(name).unwrap(),
+            schemas: Default::default(),
+            telemetry_to_reported: Default::default(),
+        };
+        d.put_type(def, "test", 1).unwrap();
+    }
+
     #[test]
     fn tokens_are_random_and_stored_hashed() {
         let (_dir, d) = directory();
         let name = ThingName::new("dev-1").unwrap();
-        let reg = d
-            .register(
-                NewThing {
-                    name: name.clone(),
-                    device_type: None,
-                    attributes: BTreeMap::new(),
-                },
-                1,
-            )
-            .unwrap();
+        let reg = d.register(new_thing("dev-1"), "test", 1).unwrap();
         assert_eq!(reg.token.len(), 64);
         assert_ne!(reg.record.token_hash, reg.token);
         let stored = d.thing(&name).unwrap().unwrap();
@@ -225,64 +613,18 @@ mod tests {
     #[test]
     fn names_register_once_and_types_must_exist() {
         let (_dir, d) = directory();
-        let name = ThingName::new("dev-1").unwrap();
-        d.register(
-            NewThing {
-                name: name.clone(),
-                device_type: None,
-                attributes: BTreeMap::new(),
-            },
-            1,
-        )
-        .unwrap();
+        d.register(new_thing("dev-1"), "test", 1).unwrap();
         assert!(matches!(
-            d.register(
-                NewThing {
-                    name,
-                    device_type: None,
-                    attributes: BTreeMap::new()
-                },
-                1
-            ),
+            d.register(new_thing("dev-1"), "test", 1),
             Err(NodeError::ThingExists(_))
         ));
-        let typed = ThingName::new("dev-2").unwrap();
-        let pump = TypeName::new("Pump").unwrap();
         assert!(matches!(
-            d.register(
-                NewThing {
-                    name: typed.clone(),
-                    device_type: Some(pump.clone()),
-                    attributes: BTreeMap::new()
-                },
-                1
-            ),
+            d.register(typed("dev-2", "Pump"), "test", 1),
             Err(NodeError::TypeNotFound(_))
         ));
-        d.put_type(DeviceType {
-            name: pump.clone(),
-            schemas: Default::default(),
-            telemetry_to_reported: Default::default(),
-        })
-        .unwrap();
-        d.register(
-            NewThing {
-                name: typed,
-                device_type: Some(pump.clone()),
-                attributes: BTreeMap::new(),
-            },
-            1,
-        )
-        .unwrap();
-        assert!(d.device_type(&pump).is_some());
-    }
-
-    fn new_thing(name: &str) -> NewThing {
-        NewThing {
-            name: ThingName::new(name).unwrap(),
-            device_type: None,
-            attributes: BTreeMap::new(),
-        }
+        put_type(&d, "Pump");
+        d.register(typed("dev-2", "Pump"), "test", 1).unwrap();
+        assert!(d.device_type(&TypeName::new("Pump").unwrap()).is_some());
     }
 
     #[test]
@@ -293,19 +635,173 @@ mod tests {
                 .map(|i| new_thing(&format!("{prefix}-{i}")))
                 .collect::<Vec<_>>()
         };
-        let done = d.register_many(names("a", 50), 1).unwrap();
+        let done = d.register_many(names("a", 50), "test", 1).unwrap();
         assert_eq!(done.len(), 50);
         assert!(d.authenticate(&done[7].record.name, &done[7].token).is_ok());
         // One taken name refuses the whole batch.
         let mut batch = names("b", 10);
         batch.push(new_thing("a-3"));
         batch.push(new_thing("b-99"));
-        assert!(matches!(d.register_many(batch, 1), Err(NodeError::ThingExists(n)) if n == "a-3"));
+        assert!(
+            matches!(d.register_many(batch, "test", 1), Err(NodeError::ThingExists(n)) if n == "a-3")
+        );
         for name in ["b-0", "b-9", "b-99"] {
             assert!(
                 d.thing(&ThingName::new(name).unwrap()).unwrap().is_none(),
                 "{name} was not registered"
             );
         }
+    }
+
+    #[test]
+    fn keys_authenticate_until_revoked_and_survive_a_reload() {
+        let (dir, d) = directory();
+        let new = d
+            .create_key(Role::Viewer, None, &Principal::bootstrap(), 1)
+            .unwrap();
+        assert!(new.key.starts_with(&format!("dk_{}_", new.record.id)));
+        let principal = d.authenticate_key(&new.key).unwrap();
+        assert_eq!(
+            (principal.role, principal.id.as_str()),
+            (Role::Viewer, new.record.id.as_str())
+        );
+        assert!(d.authenticate_key("dk_nope_x").is_none());
+        assert!(
+            d.authenticate_key(&new.key.replace(&new.record.id, "0000000000000000"))
+                .is_none()
+        );
+        assert!(d.authenticate_key(&format!("{}x", new.key)).is_none());
+        drop(d);
+        let store = AnyStore::from(FjallStore::open(dir.path()).unwrap());
+        let d = Directory::load(store, Repos::default()).unwrap();
+        assert!(
+            d.authenticate_key(&new.key).is_some(),
+            "keys are loaded at start"
+        );
+        assert!(d.revoke_key(&new.record.id, "bootstrap", 2).unwrap());
+        assert!(d.authenticate_key(&new.key).is_none(), "revoked at once");
+        assert!(!d.revoke_key(&new.record.id, "bootstrap", 2).unwrap());
+    }
+
+    #[test]
+    fn scoped_keys_see_only_their_types_and_cannot_widen() {
+        let (_dir, d) = directory();
+        put_type(&d, "Pump");
+        put_type(&d, "Valve");
+        let pump = TypeName::new("Pump").unwrap();
+        let valve = TypeName::new("Valve").unwrap();
+        let scoped = d
+            .create_key(
+                Role::Admin,
+                Some(vec![pump.clone()]),
+                &Principal::bootstrap(),
+                1,
+            )
+            .unwrap();
+        let principal = d.authenticate_key(&scoped.key).unwrap();
+        assert!(
+            principal.sees(Some(&pump)) && !principal.sees(Some(&valve)) && !principal.sees(None)
+        );
+        assert!(matches!(
+            d.create_key(Role::Viewer, Some(vec![valve]), &principal, 1),
+            Err(NodeError::Forbidden(_))
+        ));
+        let inherited = d.create_key(Role::Viewer, None, &principal, 1).unwrap();
+        assert_eq!(
+            inherited.record.types,
+            Some(vec![pump]),
+            "a scoped creator's keys inherit its scope"
+        );
+
+        d.register(typed("p-1", "Pump"), "test", 1).unwrap();
+        d.register(typed("v-1", "Valve"), "test", 1).unwrap();
+        d.register(new_thing("untyped"), "test", 1).unwrap();
+        let all = ThingQuery {
+            limit: 10,
+            ..ThingQuery::default()
+        };
+        let (seen, _) = d.list_things(&all, &principal).unwrap();
+        assert_eq!(
+            seen.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["p-1"]
+        );
+        let (seen, _) = d.list_things(&all, &Principal::bootstrap()).unwrap();
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
+    fn listing_pages_and_filters_by_type_and_attributes() {
+        let (_dir, d) = directory();
+        put_type(&d, "Pump");
+        for i in 0..5 {
+            let mut t = typed(&format!("p-{i}"), "Pump");
+            t.attributes.insert(
+                "site".into(),
+                if i % 2 == 0 { "north" } else { "south" }.into(),
+            );
+            d.register(t, "test", 1).unwrap();
+        }
+        d.register(new_thing("x"), "test", 1).unwrap();
+        let admin = Principal::bootstrap();
+        let query = |after: Option<&str>, limit| ThingQuery {
+            after: after.map(str::to_owned),
+            limit,
+            device_type: Some(TypeName::new("Pump").unwrap()),
+            attributes: [("site".to_owned(), "north".to_owned())].into(),
+        };
+        let (page, more) = d.list_things(&query(None, 2), &admin).unwrap();
+        assert_eq!(
+            (
+                page.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+                more
+            ),
+            (vec!["p-0", "p-2"], true)
+        );
+        let (page, more) = d.list_things(&query(Some("p-2"), 2), &admin).unwrap();
+        assert_eq!(
+            (
+                page.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+                more
+            ),
+            (vec!["p-4"], false)
+        );
+    }
+
+    #[test]
+    fn writes_are_audited_in_their_transaction() {
+        let (_dir, d) = directory();
+        let name = ThingName::new("dev-1").unwrap();
+        d.register(new_thing("dev-1"), "k1", 10).unwrap();
+        d.update_attributes(
+            &name,
+            &[("site".to_owned(), Some("north".to_owned()))].into(),
+            "k2",
+            20,
+        )
+        .unwrap();
+        assert_eq!(d.thing(&name).unwrap().unwrap().attributes["site"], "north");
+        d.update_attributes(&name, &[("site".to_owned(), None)].into(), "k2", 25)
+            .unwrap();
+        assert!(d.thing(&name).unwrap().unwrap().attributes.is_empty());
+        d.remove_thing(&name, "k3", 30).unwrap();
+        assert!(matches!(
+            d.remove_thing(&name, "k3", 31),
+            Err(NodeError::ThingNotFound(_))
+        ));
+        let log: Vec<(String, String, u64)> = d
+            .audit_log(0, 100, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| (e.actor, e.action, e.at))
+            .collect();
+        assert_eq!(
+            log,
+            [
+                ("k1".to_owned(), "thing.register".to_owned(), 10),
+                ("k2".to_owned(), "thing.update".to_owned(), 20),
+                ("k2".to_owned(), "thing.update".to_owned(), 25),
+                ("k3".to_owned(), "thing.decommission".to_owned(), 30),
+            ]
+        );
     }
 }

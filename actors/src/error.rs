@@ -17,6 +17,9 @@ pub enum NodeError {
     /// A device type named by a request is not registered.
     #[error("device type {0} is not registered")]
     TypeNotFound(String),
+    /// The caller may not do this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// A name or document was refused.
     #[error(transparent)]
     Invalid(#[from] twin_core::TwinError),

@@ -9,18 +9,20 @@ pub mod ack;
 pub mod config;
 pub mod directory;
 mod error;
+pub mod history;
 pub mod hub;
 pub mod mqtt;
 mod node;
 pub mod outbox;
 mod shard;
+pub mod tls;
 mod twin_actor;
 
-pub use config::{MqttConfig, NodeConfig};
+pub use config::{HistoryConfig, MqttConfig, NodeConfig};
 pub use error::NodeError;
 pub use node::Node;
 pub use shard::HostStats;
-pub use twin_actor::{Deliver, Origin};
+pub use twin_actor::{Deliver, Origin, ThingMeta};
 
 /// Server time, epoch milliseconds.
 pub fn now_ms() -> u64 {

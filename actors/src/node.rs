@@ -10,11 +10,12 @@ use crate::{
     hub::ChangeHub,
     mqtt::topics,
     outbox::Outbox,
-    shard::{Flush, HostStats, Route, ShardHost, Stats},
-    twin_actor::{Deliver, Origin},
+    shard::{Evict, Flush, HostStats, Refresh, Route, ShardHost, Stats},
+    twin_actor::{Deliver, Origin, ThingMeta},
 };
 use actix::{Actor, Addr, Arbiter};
 use std::sync::{Arc, Mutex};
+use storage::Store;
 use tokio::sync::oneshot;
 use twin_core::{Command, Limits, Reply, ShadowName, ThingName};
 
@@ -73,6 +74,9 @@ impl Node {
             }));
             arbiters.push(arbiter);
         }
+        if shared.config.history.enabled {
+            tokio::spawn(maintain_history(shared.clone()));
+        }
         Node {
             inner: Arc::new(Inner {
                 hosts,
@@ -125,13 +129,19 @@ impl Node {
             origin: Origin::Device,
             ack,
             documents,
+            audit: None,
         };
         self.host(&thing).do_send(Route { thing, deliver });
     }
 
     /// Sends a command from inside the node and waits for its reply, which comes once the
-    /// change is durable.
-    pub async fn call(&self, thing: ThingName, command: Command) -> Result<Reply, NodeError> {
+    /// change is durable. A change is recorded in the audit log under `audit` (a key id).
+    pub async fn call(
+        &self,
+        thing: ThingName,
+        command: Command,
+        audit: Option<&str>,
+    ) -> Result<Reply, NodeError> {
         let (tx, rx) = oneshot::channel();
         let documents = self.wants_documents(&thing, command.target().0);
         let deliver = Deliver {
@@ -139,29 +149,70 @@ impl Node {
             origin: Origin::Caller(tx),
             ack: None,
             documents,
+            audit: audit.map(Arc::from),
         };
         self.host(&thing).do_send(Route { thing, deliver });
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
-    /// Registers a thing; the returned token is shown only now.
-    pub async fn register(&self, thing: NewThing) -> Result<Registered, NodeError> {
+    /// Runs `f` against the directory on the blocking pool (its calls reach the store).
+    pub async fn with_directory<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Directory) -> Result<T, NodeError> + Send + 'static,
+    ) -> Result<T, NodeError> {
         let directory = self.directory().clone();
-        let now = crate::now_ms();
-        blocking(move || directory.register(thing, now)).await?
+        blocking(move || f(&directory)).await?
+    }
+
+    /// Registers a thing; the returned token is shown only now.
+    pub async fn register(&self, thing: NewThing, actor: &str) -> Result<Registered, NodeError> {
+        let actor = actor.to_owned();
+        self.with_directory(move |d| d.register(thing, &actor, crate::now_ms()))
+            .await
     }
 
     /// Registers many things in one transaction (all or none).
-    pub async fn register_many(&self, things: Vec<NewThing>) -> Result<Vec<Registered>, NodeError> {
-        let directory = self.directory().clone();
-        let now = crate::now_ms();
-        blocking(move || directory.register_many(things, now)).await?
+    pub async fn register_many(
+        &self,
+        things: Vec<NewThing>,
+        actor: &str,
+    ) -> Result<Vec<Registered>, NodeError> {
+        let actor = actor.to_owned();
+        self.with_directory(move |d| d.register_many(things, &actor, crate::now_ms()))
+            .await
     }
 
     /// The record of a registered thing.
     pub async fn thing(&self, name: ThingName) -> Result<Option<storage::ThingRecord>, NodeError> {
-        let directory = self.directory().clone();
-        blocking(move || directory.thing(&name)).await?
+        self.with_directory(move |d| d.thing(&name)).await
+    }
+
+    /// Tells the thing's twin, if active, its new type and attributes.
+    pub fn refresh(&self, record: &storage::ThingRecord) {
+        let meta = Arc::new(ThingMeta {
+            device_type: record.device_type.clone(),
+            attributes: record.attributes.clone(),
+        });
+        self.host(&record.name)
+            .do_send(Refresh(record.name.clone(), meta));
+    }
+
+    /// Decommissions a thing at once: its token stops working, a live device session is
+    /// closed, its twin is stopped and its state removed.
+    pub async fn decommission(&self, thing: ThingName, actor: &str) -> Result<(), NodeError> {
+        let (name, actor) = (thing.clone(), actor.to_owned());
+        self.with_directory(move |d| d.remove_thing(&name, &actor, crate::now_ms()))
+            .await?;
+        self.inner.shared.outbox.disconnect(&thing);
+        let (tx, rx) = oneshot::channel();
+        self.host(&thing).do_send(Evict(thing.clone(), tx));
+        rx.await.map_err(|_| NodeError::Stopped)?;
+        // A commit that was in flight during the removal may have written the twin again.
+        let name = thing.clone();
+        self.with_directory(move |d| {
+            Ok(d.store().transact(|tx| d.repos().twins.remove(tx, &name))?)
+        })
+        .await
     }
 
     /// Checks a device's credentials.
@@ -226,4 +277,27 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| NodeError::Io(e.to_string()))
+}
+
+/// Rolls telemetry history up and expires it, now and every `maintenance_every`, for as long as
+/// the node runs.
+async fn maintain_history(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(
+        shared
+            .config
+            .history
+            .maintenance_every
+            .max(std::time::Duration::from_millis(10)),
+    );
+    loop {
+        every.tick().await;
+        let for_job = shared.clone();
+        let done = blocking(move || {
+            crate::history::maintain(&for_job.directory, &for_job.config.history, crate::now_ms())
+        })
+        .await;
+        if let Ok(Err(error)) | Err(error) = done {
+            tracing::error!(%error, "telemetry history maintenance failed");
+        }
+    }
 }

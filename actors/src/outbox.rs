@@ -9,4 +9,6 @@ pub trait Outbox: Send + Sync + 'static {
     fn publish(&self, thing: &ThingName, topic: String, payload: Bytes);
     /// Whether anyone may listen to `topic` of `thing` (documents are built only then).
     fn wants(&self, thing: &ThingName, topic: &str) -> bool;
+    /// Closes the device's live connection, if the outbox holds it; returns whether it did.
+    fn disconnect(&self, thing: &ThingName) -> bool;
 }

@@ -8,18 +8,21 @@
 
 use crate::{
     ack::Ack,
+    directory::audit,
+    hub::ChangeEvent,
     mqtt::topics,
     node::Shared,
-    twin_actor::{Deliver, Handled, Origin, Passivate, TwinActor},
+    twin_actor::{Deliver, Handled, Origin, SetMeta, Stop, ThingMeta, TwinActor},
 };
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
 use bytes::Bytes;
+use serde_json::json;
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
-use storage::{Store, StoreError};
+use storage::{AuditEntry, Store, StoreError};
 use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 use twin_core::{Effect, Op, ShadowError, ThingName, Twin};
@@ -63,6 +66,21 @@ impl Message for Stats {
     type Result = HostStats;
 }
 
+/// Stops a decommissioned thing's twin and drops its uncommitted record; answers once no
+/// commit holding an older record can still land.
+pub(crate) struct Evict(pub ThingName, pub oneshot::Sender<()>);
+
+impl Message for Evict {
+    type Result = ();
+}
+
+/// A thing's type or attributes changed.
+pub(crate) struct Refresh(pub ThingName, pub Arc<ThingMeta>);
+
+impl Message for Refresh {
+    type Result = ();
+}
+
 struct Entry {
     addr: Addr<TwinActor>,
     last_active: Instant,
@@ -79,14 +97,39 @@ struct Released {
     effects: Vec<Effect>,
     origin: Origin,
     ack: Option<Ack>,
+    meta: Arc<ThingMeta>,
 }
 
+/// What the next commit writes, and the effects waiting for it.
 #[derive(Default)]
 struct Window {
     /// Latest record per dirty twin and its write count.
     records: HashMap<ThingName, (Bytes, u64)>,
+    /// Audit entries of changes made through the API.
+    audits: Vec<AuditEntry>,
+    /// Telemetry samples for the history: thing, device time, fields as JSON.
+    telemetry: Vec<(ThingName, u64, Vec<u8>)>,
     bytes: usize,
     released: Vec<Released>,
+}
+
+impl Window {
+    fn has_writes(&self) -> bool {
+        !self.records.is_empty() || !self.telemetry.is_empty() || !self.audits.is_empty()
+    }
+
+    fn is_full(&self, max_twins: usize) -> bool {
+        self.records.len() >= max_twins
+            || self.telemetry.len() >= 4 * max_twins
+            || self.bytes >= MAX_WINDOW_BYTES
+    }
+}
+
+/// A batch being committed.
+struct Batch {
+    records: Vec<(ThingName, Bytes, u64)>,
+    audits: Vec<AuditEntry>,
+    telemetry: Vec<(ThingName, u64, Vec<u8>)>,
 }
 
 type Loaded = Vec<(ThingName, Option<storage::ThingRecord>, Option<Vec<u8>>)>;
@@ -98,10 +141,14 @@ pub(crate) struct ShardHost {
     loading: HashMap<ThingName, Vec<Deliver>>,
     load_queue: VecDeque<ThingName>,
     load_in_flight: bool,
+    /// Things decommissioned while their load was in flight.
+    cancelled: HashSet<ThingName>,
     window: Window,
     committing: bool,
     flush_armed: bool,
     flush_waiters: Vec<oneshot::Sender<()>>,
+    /// Answered when the commit in flight completes.
+    after_commit: Vec<oneshot::Sender<()>>,
     passivated: u64,
     sweeps: u64,
 }
@@ -121,10 +168,12 @@ impl ShardHost {
             loading: HashMap::new(),
             load_queue: VecDeque::new(),
             load_in_flight: false,
+            cancelled: HashSet::new(),
             window: Window::default(),
             committing: false,
             flush_armed: false,
             flush_waiters: Vec::new(),
+            after_commit: Vec::new(),
             passivated: 0,
             sweeps: 0,
         }
@@ -183,6 +232,8 @@ impl ShardHost {
         let now = Instant::now();
         for (name, thing, record) in rows {
             let queued = self.loading.remove(&name).unwrap_or_default();
+            // Decommissioned while loading: the load may have read the thing before it went.
+            let thing = thing.filter(|_| !self.cancelled.remove(&name));
             let Some(thing) = thing else {
                 for deliver in queued {
                     self.refuse(&name, deliver, ShadowError::thing_not_found());
@@ -199,15 +250,15 @@ impl ShardHost {
                 }
                 continue;
             }
-            let device_type = thing
-                .device_type
-                .as_ref()
-                .and_then(|t| self.shared.directory.device_type(t));
+            let meta = Arc::new(ThingMeta {
+                device_type: thing.device_type,
+                attributes: thing.attributes,
+            });
             let actor = TwinActor::new(
                 name.clone(),
                 record,
-                device_type,
-                self.shared.limits.clone(),
+                meta,
+                self.shared.clone(),
                 ctx.address(),
             );
             let addr = actor.start();
@@ -236,6 +287,7 @@ impl ShardHost {
             effects: vec![Effect::Reply(reply)],
             origin: deliver.origin,
             ack: deliver.ack,
+            meta: Arc::default(),
         });
     }
 
@@ -251,7 +303,7 @@ impl ShardHost {
                 && e.written == e.committed
                 && now.duration_since(e.last_active) >= idle;
             if passivate {
-                e.addr.do_send(Passivate);
+                e.addr.do_send(Stop);
             }
             !passivate
         });
@@ -284,7 +336,7 @@ impl ShardHost {
         if self.committing {
             return;
         }
-        if self.window.records.is_empty() {
+        if !self.window.has_writes() {
             // Nothing to write: effects waiting only to keep their order go out now.
             for released in std::mem::take(&mut self.window.released) {
                 self.release(released);
@@ -293,18 +345,22 @@ impl ShardHost {
             return;
         }
         let window = std::mem::take(&mut self.window);
-        let records: Vec<(ThingName, Bytes, u64)> = window
-            .records
-            .into_iter()
-            .map(|(thing, (bytes, written))| (thing, bytes, written))
-            .collect();
+        let batch = Batch {
+            records: window
+                .records
+                .into_iter()
+                .map(|(thing, (bytes, written))| (thing, bytes, written))
+                .collect(),
+            audits: window.audits,
+            telemetry: window.telemetry,
+        };
         self.committing = true;
-        self.commit(records, window.released, Duration::ZERO, ctx);
+        self.commit(batch, window.released, Duration::ZERO, ctx);
     }
 
     fn commit(
         &mut self,
-        records: Vec<(ThingName, Bytes, u64)>,
+        batch: Batch,
         released: Vec<Released>,
         backoff: Duration,
         ctx: &mut Context<Self>,
@@ -314,22 +370,32 @@ impl ShardHost {
         let job = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let result = store.transact(|tx| {
-                for (thing, bytes, _) in &records {
+                for (thing, bytes, _) in &batch.records {
                     repos.twins.save_encoded(tx, thing, bytes)?;
+                }
+                for entry in &batch.audits {
+                    repos.audit.append(tx, entry)?;
+                }
+                for (thing, ts, json) in &batch.telemetry {
+                    repos.history.append(tx, thing, *ts, json)?;
                 }
                 Ok(())
             });
-            (records, result, started.elapsed())
+            (batch, result, started.elapsed())
         });
         ctx.spawn(job.into_actor(self).map(move |joined, host, ctx| match joined {
-            Ok((records, Ok(()), took)) => {
-                debug!(host = host.index, twins = records.len(), ?took, "group commit");
-                host.committed(records, released, ctx);
+            Ok((batch, Ok(()), took)) => {
+                debug!(host = host.index, twins = batch.records.len(), samples = batch.telemetry.len(), ?took, "group commit");
+                metrics::histogram!("doppel_commit_seconds").record(took.as_secs_f64());
+                metrics::histogram!("doppel_commit_twins").record(batch.records.len() as f64);
+                metrics::histogram!("doppel_commit_samples").record(batch.telemetry.len() as f64);
+                host.committed(batch, released, ctx);
             }
-            Ok((records, Err(error), _)) => {
+            Ok((batch, Err(error), _)) => {
                 let backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_BACKOFF);
-                error!(host = host.index, %error, twins = records.len(), ?backoff, "group commit failed; retrying");
-                ctx.run_later(backoff, move |host, ctx| host.commit(records, released, backoff, ctx));
+                error!(host = host.index, %error, twins = batch.records.len(), ?backoff, "group commit failed; retrying");
+                metrics::counter!("doppel_commit_failures_total").increment(1);
+                ctx.run_later(backoff, move |host, ctx| host.commit(batch, released, backoff, ctx));
             }
             Err(panic) => {
                 // Nothing was acknowledged; dropping the acks tells every sender so.
@@ -339,13 +405,8 @@ impl ShardHost {
         }));
     }
 
-    fn committed(
-        &mut self,
-        records: Vec<(ThingName, Bytes, u64)>,
-        released: Vec<Released>,
-        ctx: &mut Context<Self>,
-    ) {
-        for (thing, _, written) in &records {
+    fn committed(&mut self, batch: Batch, released: Vec<Released>, ctx: &mut Context<Self>) {
+        for (thing, _, written) in &batch.records {
             if let Some(entry) = self.twins.get_mut(thing) {
                 entry.committed = entry.committed.max(*written);
             }
@@ -354,14 +415,13 @@ impl ShardHost {
             self.release(item);
         }
         self.committing = false;
-        if self.window.records.len() >= self.shared.config.commit_max_twins
-            || self.window.bytes >= MAX_WINDOW_BYTES
-        {
+        for waiter in self.after_commit.drain(..) {
+            let _ = waiter.send(());
+        }
+        if self.window.is_full(self.shared.config.commit_max_twins) || !self.window.has_writes() {
             self.flush(ctx);
-        } else if !self.window.records.is_empty() {
-            self.arm_flush(ctx);
         } else {
-            self.flush(ctx);
+            self.arm_flush(ctx);
         }
     }
 
@@ -372,6 +432,7 @@ impl ShardHost {
             effects,
             origin,
             ack,
+            meta,
         } = item;
         let outbox = &self.shared.outbox;
         let mut caller = match origin {
@@ -382,6 +443,9 @@ impl ShardHost {
             match effect {
                 Effect::Reply(reply) => {
                     let accepted = reply.outcome.is_ok();
+                    if let Err(error) = &reply.outcome {
+                        metrics::counter!("doppel_rejections_total", "code" => error.code.to_string()).increment(1);
+                    }
                     if let Some(tx) = caller.take() {
                         // Accepted changes made through the API are announced to the device too.
                         if accepted && matches!(reply.op, Op::Update | Op::Delete) {
@@ -408,7 +472,10 @@ impl ShardHost {
                 } => {
                     outbox.publish(&thing, topics::documents(&thing, &shadow), payload);
                 }
-                Effect::Changed(change) => self.shared.hub.publish(Arc::new(change)),
+                Effect::Changed(change) => self
+                    .shared
+                    .hub
+                    .publish(Arc::new(ChangeEvent::new(change, meta.clone()))),
                 Effect::Telemetry { .. } => {}
             }
         }
@@ -424,7 +491,7 @@ impl ShardHost {
         let idle = !self.committing
             && !self.load_in_flight
             && self.loading.is_empty()
-            && self.window.records.is_empty()
+            && !self.window.has_writes()
             && self.window.released.is_empty()
             && self.twins.values().all(|e| e.in_flight == 0);
         if idle {
@@ -473,9 +540,11 @@ impl Handler<Handled> for ShardHost {
         let Handled {
             thing,
             record,
-            effects,
+            mut effects,
             origin,
             ack,
+            audit: actor,
+            meta,
         } = handled;
         let mut written = 0;
         if let Some(entry) = self.twins.get_mut(&thing) {
@@ -484,6 +553,23 @@ impl Handler<Handled> for ShardHost {
                 entry.written += 1;
             }
             written = entry.written;
+        }
+        if let Some(actor) = actor
+            && record.is_some()
+            && let Some(entry) = audit_entry(&thing, &effects, &actor)
+        {
+            self.window.audits.push(entry);
+        }
+        if self.shared.config.history.enabled {
+            effects.retain(|effect| match effect {
+                Effect::Telemetry { ts, values } => {
+                    let json = serde_json::to_vec(values).unwrap_or_default();
+                    self.window.bytes += json.len();
+                    self.window.telemetry.push((thing.clone(), *ts, json));
+                    false
+                }
+                _ => true,
+            });
         }
         if let Some(bytes) = record {
             self.window.bytes += bytes.len();
@@ -496,20 +582,79 @@ impl Handler<Handled> for ShardHost {
             effects,
             origin,
             ack,
+            meta,
         };
-        if self.window.records.is_empty() && !self.committing {
+        if !self.window.has_writes() && !self.committing {
             self.release(released);
         } else {
             self.window.released.push(released);
         }
-        if self.window.records.len() >= self.shared.config.commit_max_twins
-            || self.window.bytes >= MAX_WINDOW_BYTES
-        {
+        if self.window.is_full(self.shared.config.commit_max_twins) {
             self.flush(ctx);
-        } else if !self.window.records.is_empty() {
+        } else if self.window.has_writes() {
             self.arm_flush(ctx);
         }
         self.check_idle();
+    }
+}
+
+/// The audit entry of a change made through the API.
+fn audit_entry(thing: &ThingName, effects: &[Effect], actor: &str) -> Option<AuditEntry> {
+    let reply = effects.iter().find_map(|e| match e {
+        Effect::Reply(r) => Some(r),
+        _ => None,
+    })?;
+    let version = *reply.outcome.as_ref().ok()?;
+    let (action, before, after) = match reply.op {
+        Op::Update => (
+            "shadow.update",
+            version.checked_sub(1).filter(|v| *v > 0),
+            version,
+        ),
+        // The reply reports the deleted document's version; the deletion takes the next one.
+        Op::Delete => ("shadow.delete", Some(version), version + 1),
+        Op::Get | Op::Telemetry => return None,
+    };
+    let details = reply.shadow.name().map(|name| json!({ "shadow": name }));
+    Some(audit(
+        actor,
+        action,
+        thing.as_str(),
+        before,
+        Some(after),
+        details,
+        crate::now_ms(),
+    ))
+}
+
+impl Handler<Evict> for ShardHost {
+    type Result = ();
+
+    fn handle(&mut self, Evict(thing, done): Evict, _: &mut Context<Self>) {
+        if let Some(entry) = self.twins.remove(&thing) {
+            entry.addr.do_send(Stop);
+        }
+        if self.loading.contains_key(&thing) {
+            self.cancelled.insert(thing.clone());
+        }
+        if let Some((bytes, _)) = self.window.records.remove(&thing) {
+            self.window.bytes -= bytes.len();
+        }
+        if self.committing {
+            self.after_commit.push(done);
+        } else {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl Handler<Refresh> for ShardHost {
+    type Result = ();
+
+    fn handle(&mut self, Refresh(thing, meta): Refresh, _: &mut Context<Self>) {
+        if let Some(entry) = self.twins.get(&thing) {
+            entry.addr.do_send(SetMeta(meta));
+        }
     }
 }
 

@@ -4,12 +4,12 @@
 //! small; every command decodes it, applies the command, and hands the new record and the
 //! effects to its shard host, which commits and then releases them.
 
-use crate::{ack::Ack, shard::ShardHost};
+use crate::{ack::Ack, node::Shared, shard::ShardHost};
 use actix::{Actor, ActorContext, Addr, Context, Handler, Message};
 use bytes::Bytes;
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 use tokio::sync::oneshot;
-use twin_core::{Command, CompiledType, Effect, Limits, Reply, ShadowError, ThingName, Twin};
+use twin_core::{Command, Effect, Reply, ShadowError, ThingName, Twin, TypeName};
 
 /// Who sent a command, and so where its reply goes.
 #[derive(Debug)]
@@ -32,10 +32,21 @@ pub struct Deliver {
     pub ack: Option<Ack>,
     /// Whether to build `…/update/documents` notices.
     pub documents: bool,
+    /// Record the change in the audit log under this actor (an API key id).
+    pub audit: Option<Arc<str>>,
 }
 
 impl Message for Deliver {
     type Result = ();
+}
+
+/// What a thing is, as far as watchers filter on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThingMeta {
+    /// The thing's device type.
+    pub device_type: Option<TypeName>,
+    /// Its attributes.
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// What a twin actor hands back to its host after a command.
@@ -47,16 +58,26 @@ pub(crate) struct Handled {
     pub effects: Vec<Effect>,
     pub origin: Origin,
     pub ack: Option<Ack>,
+    pub audit: Option<Arc<str>>,
+    pub meta: Arc<ThingMeta>,
 }
 
 impl Message for Handled {
     type Result = ();
 }
 
-/// Stops a twin actor (passivation); the host sends it only when nothing is pending.
-pub(crate) struct Passivate;
+/// Stops a twin actor (passivation, decommissioning); the host sends it only when nothing is
+/// in flight.
+pub(crate) struct Stop;
 
-impl Message for Passivate {
+impl Message for Stop {
+    type Result = ();
+}
+
+/// New type or attributes of the thing.
+pub(crate) struct SetMeta(pub Arc<ThingMeta>);
+
+impl Message for SetMeta {
     type Result = ();
 }
 
@@ -64,8 +85,8 @@ pub(crate) struct TwinActor {
     thing: ThingName,
     /// The encoded twin; `None` until its first change.
     record: Option<Bytes>,
-    device_type: Option<Arc<CompiledType>>,
-    limits: Arc<Limits>,
+    meta: Arc<ThingMeta>,
+    shared: Arc<Shared>,
     host: Addr<ShardHost>,
 }
 
@@ -73,15 +94,15 @@ impl TwinActor {
     pub(crate) fn new(
         thing: ThingName,
         record: Option<Bytes>,
-        device_type: Option<Arc<CompiledType>>,
-        limits: Arc<Limits>,
+        meta: Arc<ThingMeta>,
+        shared: Arc<Shared>,
         host: Addr<ShardHost>,
     ) -> Self {
         Self {
             thing,
             record,
-            device_type,
-            limits,
+            meta,
+            shared,
             host,
         }
     }
@@ -107,9 +128,15 @@ impl Handler<Deliver> for TwinActor {
         let mut record = None;
         match self.twin() {
             Ok(mut twin) => {
+                // The type is looked up per command, so a replaced type applies at once.
+                let device_type = self
+                    .meta
+                    .device_type
+                    .as_ref()
+                    .and_then(|t| self.shared.directory.device_type(t));
                 let ctx = twin_core::Context {
-                    limits: &self.limits,
-                    device_type: self.device_type.as_deref(),
+                    limits: &self.shared.limits,
+                    device_type: device_type.as_deref(),
                     documents: msg.documents,
                 };
                 twin.handle(msg.command, &ctx, now, &mut effects);
@@ -123,8 +150,9 @@ impl Handler<Deliver> for TwinActor {
                 // The loader checked the stored record and this actor encodes every record it
                 // keeps, so this is corruption in memory: refuse rather than overwrite.
                 tracing::error!(thing = %self.thing, %error, "twin record does not decode");
-                let reply = msg.command.refuse(ShadowError::internal(), now);
-                effects.push(Effect::Reply(reply));
+                effects.push(Effect::Reply(
+                    msg.command.refuse(ShadowError::internal(), now),
+                ));
             }
         }
         self.host.do_send(Handled {
@@ -133,14 +161,24 @@ impl Handler<Deliver> for TwinActor {
             effects,
             origin: msg.origin,
             ack: msg.ack,
+            audit: msg.audit,
+            meta: self.meta.clone(),
         });
     }
 }
 
-impl Handler<Passivate> for TwinActor {
+impl Handler<Stop> for TwinActor {
     type Result = ();
 
-    fn handle(&mut self, _: Passivate, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+
+impl Handler<SetMeta> for TwinActor {
+    type Result = ();
+
+    fn handle(&mut self, SetMeta(meta): SetMeta, _: &mut Context<Self>) {
+        self.meta = meta;
     }
 }

@@ -25,7 +25,7 @@ fn run<F: Future<Output = ()>>(f: F) {
 fn start(dir: &std::path::Path, config: NodeConfig) -> Node {
     let store = AnyStore::from(FjallStore::open(dir).unwrap());
     let directory = Arc::new(Directory::load(store, Repos::default()).unwrap());
-    Node::start(directory, config, Sessions::new(), ChangeHub::new(16))
+    Node::start(directory, config, Sessions::new(), ChangeHub::new())
 }
 
 async fn until<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
@@ -44,11 +44,14 @@ fn thing(name: &str) -> ThingName {
 }
 
 async fn register(node: &Node, name: &str) {
-    node.register(NewThing {
-        name: thing(name),
-        device_type: None,
-        attributes: BTreeMap::new(),
-    })
+    node.register(
+        NewThing {
+            name: thing(name),
+            device_type: None,
+            attributes: BTreeMap::new(),
+        },
+        "test",
+    )
     .await
     .unwrap();
 }
@@ -60,7 +63,9 @@ async fn update(node: &Node, name: &str, body: Value) -> Reply {
         &node.config().limits,
     )
     .unwrap();
-    node.call(thing(name), Command::Update(req)).await.unwrap()
+    node.call(thing(name), Command::Update(req), None)
+        .await
+        .unwrap()
 }
 
 async fn get(node: &Node, name: &str) -> Reply {
@@ -70,6 +75,7 @@ async fn get(node: &Node, name: &str) -> Reply {
             shadow: ShadowName::CLASSIC,
             client_token: None,
         }),
+        None,
     )
     .await
     .unwrap()
@@ -143,7 +149,9 @@ fn a_twin_with_a_pending_commit_is_not_passivated() {
         .unwrap();
         let node2 = node.clone();
         let answer =
-            actix_rt::spawn(async move { node2.call(thing("busy"), Command::Update(req)).await });
+            actix_rt::spawn(
+                async move { node2.call(thing("busy"), Command::Update(req), None).await },
+            );
         until("the change to wait in the window", async || {
             Some(node.stats().await).filter(|s| s.pending == 1)
         })

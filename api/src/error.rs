@@ -19,12 +19,17 @@ pub struct ApiError {
     details: Option<Value>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
-    message: &'a str,
+/// The body of every error: a stable code, a message, and details where they help.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code (`unauthenticated`, `forbidden`, `not_found`, …).
+    code: String,
+    /// What went wrong.
+    message: String,
+    /// More, where it helps.
     #[serde(skip_serializing_if = "Option::is_none")]
-    details: &'a Option<Value>,
+    details: Option<Value>,
 }
 
 impl ApiError {
@@ -47,9 +52,39 @@ impl ApiError {
         )
     }
 
-    /// 400 with details.
+    /// 400.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 403: authenticated, but the role or scope does not allow it.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 412: `If-Match` names another version.
+    pub fn precondition_failed() -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "the shadow is not at the version in If-Match",
+        )
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// Adds machine-readable details.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
     }
 
     /// A shadow rejection, with the AWS code and message.
@@ -71,6 +106,12 @@ impl ApiError {
     }
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
 impl From<NodeError> for ApiError {
     fn from(error: NodeError) -> Self {
         match &error {
@@ -84,6 +125,7 @@ impl From<NodeError> for ApiError {
                 Self::new(StatusCode::BAD_REQUEST, "type_not_found", error.to_string())
             }
             NodeError::Invalid(_) => Self::invalid(error.to_string()),
+            NodeError::Forbidden(_) => Self::forbidden(error.to_string()),
             NodeError::Stopped => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -103,10 +145,10 @@ impl From<NodeError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            code: self.code,
-            message: &self.message,
-            details: &self.details,
+        let body = ErrorBody {
+            code: self.code.to_owned(),
+            message: self.message,
+            details: self.details,
         };
         (self.status, Json(body)).into_response()
     }

@@ -1,16 +1,28 @@
-//! doppel's HTTP API for apps and operators (axum). The only crate that knows HTTP wire
-//! formats: JSON bodies, status codes, `{code, message, details?}` errors, bearer tokens.
+//! doppel's HTTP and WebSocket API for apps and operators (axum). The only crate that knows
+//! HTTP and WebSocket wire formats: JSON bodies, status codes, `{code, message, details?}`
+//! errors, bearer tokens, frames.
 
+mod auth;
 mod error;
+mod keys;
+mod metrics;
+mod openapi;
+mod serve;
+mod telemetry;
 mod things;
+mod ws;
 
+pub use auth::Caller;
 pub use error::ApiError;
+pub use metrics_exporter_prometheus::PrometheusHandle;
+pub use serve::serve;
+pub use ws::WsConfig;
 
 use actors::Node;
 use axum::{
     Router,
     extract::State,
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::IntoResponse,
     routing::{get, post},
 };
@@ -26,6 +38,8 @@ pub struct AppState {
     node: Node,
     admin_token_hash: Arc<String>,
     ready: Arc<AtomicBool>,
+    metrics: Option<PrometheusHandle>,
+    ws: WsConfig,
 }
 
 impl std::fmt::Debug for AppState {
@@ -35,33 +49,26 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State for a node; `admin_token` is the bootstrap admin bearer token.
-    pub fn new(node: Node, admin_token: &str) -> Self {
+    /// State for a node; `admin_token` is the bootstrap admin bearer token; `metrics` renders
+    /// `/metrics` when the process installed a Prometheus recorder.
+    pub fn new(
+        node: Node,
+        admin_token: &str,
+        metrics: Option<PrometheusHandle>,
+        ws: WsConfig,
+    ) -> Self {
         Self {
             node,
             admin_token_hash: Arc::new(hash(admin_token)),
             ready: Arc::new(AtomicBool::new(false)),
+            metrics,
+            ws,
         }
     }
 
     /// Marks the node ready (store open, listeners up): `/readyz` answers 200 from now on.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
-    }
-
-    /// Checks `Authorization: Bearer <admin token>`.
-    fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(ApiError::unauthenticated)?;
-        // Comparing hashes keeps the comparison's timing independent of the secret.
-        if hash(token) == *self.admin_token_hash {
-            Ok(())
-        } else {
-            Err(ApiError::unauthenticated())
-        }
     }
 }
 
@@ -74,10 +81,38 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/things", post(things::register))
+        .route("/metrics", get(metrics::metrics))
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/things", post(things::register).get(things::list))
         .route("/v1/things/bulk", post(things::register_bulk))
-        .route("/v1/things/{name}/shadow", get(things::get_shadow))
+        .route(
+            "/v1/things/{name}",
+            get(things::get)
+                .patch(things::update)
+                .delete(things::decommission),
+        )
+        .route(
+            "/v1/things/{name}/shadow",
+            get(things::get_shadow)
+                .patch(things::patch_shadow)
+                .delete(things::delete_shadow),
+        )
+        .route("/v1/things/{name}/telemetry", get(telemetry::get))
+        .route("/v1/types", get(things::list_types))
+        .route(
+            "/v1/types/{type}",
+            get(things::get_type).put(things::put_type),
+        )
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/v1/audit", get(keys::audit))
+        .route("/v1/ws", get(ws::upgrade))
+        .fallback(not_found)
         .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
 }
 
 async fn healthz() -> &'static str {

@@ -156,9 +156,7 @@ impl Node {
     /// `GET /v1/things/{thing}/shadow[?name=]`: status and body.
     pub async fn shadow(&self, thing: &str, name: Option<&str>) -> (u16, Value) {
         let query = name.map(|n| format!("?name={n}")).unwrap_or_default();
-        let response = reqwest::get(self.url(&format!("/v1/things/{thing}/shadow{query}")))
-            .await
-            .unwrap();
+        let response = self.get(&format!("/v1/things/{thing}/shadow{query}")).await;
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -172,6 +170,16 @@ impl Node {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS in /proc/<pid>/status");
         kib * 1024
+    }
+
+    /// `GET path` with the admin token.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
     }
 
     fn pid(&self) -> Pid {

@@ -110,6 +110,13 @@ impl Outbox for BrokerOutbox {
         // Who listens behind the broker is unknown: build every notice, as AWS does.
         true
     }
+
+    fn disconnect(&self, thing: &ThingName) -> bool {
+        // The broker holds the device's connection and credentials; revoking them there is the
+        // broker operator's step (see deploy/mosquitto/README.md).
+        tracing::warn!(%thing, "decommissioned behind a broker: remove the device's broker account too");
+        false
+    }
 }
 
 /// A connected (or connecting) bridge, before it runs.

@@ -40,21 +40,33 @@ use twin_core::ThingName;
 /// Outbound QoS 1 messages a device may leave unacknowledged before it is disconnected.
 const MAX_OUTBOUND_INFLIGHT: usize = 1_000;
 
-/// Accepts device connections until `shutdown` is cancelled.
+/// Accepts device connections until `shutdown` is cancelled; with `tls`, each connection is a
+/// TLS 1.3 session first.
 pub async fn serve(
     listener: TcpListener,
     node: Node,
     sessions: Arc<Sessions>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let (node, sessions, shutdown) = (node.clone(), sessions.clone(), shutdown.clone());
+                    let acceptor = acceptor.clone();
                     tokio::spawn(async move {
-                        connection(stream, peer, node, sessions, shutdown).await;
+                        let Some(acceptor) = acceptor else {
+                            return connection(stream, peer, node, sessions, shutdown).await;
+                        };
+                        let timeout = node.config().mqtt.connect_timeout;
+                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => connection(tls, peer, node, sessions, shutdown).await,
+                            Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
+                            Err(_) => debug!(%peer, "TLS handshake timed out"),
+                        }
                     });
                 }
                 Err(error) => {
@@ -117,6 +129,8 @@ pub async fn connection<S>(
         Ok(thing) => thing,
         Err(refusal) => {
             info!(%peer, client_id = %connect.client_id, ?refusal, "refused a device");
+            metrics::counter!("doppel_mqtt_refused_total", "reason" => format!("{refusal:?}"))
+                .increment(1);
             let _ = version.write(Out::ConnAck(Err(refusal)), &mut output, &settings);
             let _ = writer.write_all(&output).await;
             let _ = writer.shutdown().await;
@@ -135,6 +149,7 @@ pub async fn connection<S>(
         previous.close(Reason::SessionTakenOver);
     }
     debug!(%peer, %thing, ?version, "device connected");
+    metrics::gauge!("doppel_mqtt_connections").increment(1.0);
     let mut session = Session {
         thing: thing.clone(),
         version,
@@ -160,6 +175,7 @@ pub async fn connection<S>(
         )
         .await;
     sessions.remove(&thing, handle.id);
+    metrics::gauge!("doppel_mqtt_connections").decrement(1.0);
     let _ = writer.shutdown().await;
     debug!(%peer, %thing, %outcome, "device disconnected");
 }
@@ -173,13 +189,14 @@ async fn authenticate(node: &Node, connect: &Connect, dev: bool) -> Result<Thing
             .map_err(|_| Refusal::Unavailable)?;
         if exists.is_none() {
             warn!(%thing, "DEV MODE: registering an unknown device without credentials");
-            node.register(crate::directory::NewThing {
+            let thing = crate::directory::NewThing {
                 name: thing.clone(),
                 device_type: None,
                 attributes: BTreeMap::new(),
-            })
-            .await
-            .map_err(|_| Refusal::Unavailable)?;
+            };
+            node.register(thing, "dev-mode")
+                .await
+                .map_err(|_| Refusal::Unavailable)?;
         }
         return Ok(thing);
     }

@@ -27,6 +27,18 @@ pub(crate) enum Inbound {
 
 /// Interprets a message published on `target`.
 pub(crate) fn interpret(target: DeviceTopic, payload: &[u8], limits: &Limits) -> Inbound {
+    let kind = match &target {
+        DeviceTopic::Shadow { op, .. } => match op {
+            Op::Get => "shadow_get",
+            Op::Update => "shadow_update",
+            Op::Delete => "shadow_delete",
+            Op::Telemetry => "telemetry",
+        },
+        DeviceTopic::Telemetry { .. } => "telemetry",
+        DeviceTopic::CommandReply { .. } => "command_reply",
+        DeviceTopic::GatewayTelemetry { .. } => "gateway_telemetry",
+    };
+    metrics::counter!("doppel_messages_in_total", "kind" => kind).increment(1);
     match target {
         DeviceTopic::Shadow { thing, shadow, op } => {
             let parsed = match op {

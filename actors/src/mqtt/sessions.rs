@@ -101,7 +101,7 @@ impl Sessions {
     }
 
     /// Closes the live session of `thing` (decommissioning); returns whether there was one.
-    pub fn disconnect(&self, thing: &ThingName) -> bool {
+    pub fn close_session(&self, thing: &ThingName) -> bool {
         let handle = self.map.read().ok().and_then(|m| m.get(thing).cloned());
         match handle {
             Some(handle) => {
@@ -156,5 +156,9 @@ impl Outbox for Sessions {
     fn wants(&self, thing: &ThingName, topic: &str) -> bool {
         self.handle(thing)
             .is_some_and(|h| h.qos_for(topic).is_some())
+    }
+
+    fn disconnect(&self, thing: &ThingName) -> bool {
+        self.close_session(thing)
     }
 }

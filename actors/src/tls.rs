@@ -1,0 +1,30 @@
+//! TLS for the node's listeners (MQTT endpoint, HTTP): rustls, TLS 1.3 only, from PEM files.
+
+use crate::error::NodeError;
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use std::{path::Path, sync::Arc};
+
+/// A TLS server configuration from a PEM certificate chain and a PEM private key.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, NodeError> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| NodeError::Io(format!("reading certificates from {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(NodeError::Io(format!(
+            "no certificate in {}",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        NodeError::Io(format!(
+            "reading the private key from {}: {e}",
+            key.display()
+        ))
+    })?;
+    let config = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| NodeError::Io(format!("TLS configuration: {e}")))?;
+    Ok(Arc::new(config))
+}

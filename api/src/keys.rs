@@ -1,0 +1,259 @@
+//! API keys (create, list, revoke) and the audit log.
+
+use crate::{AppState, auth::Caller, error::ApiError, things::json_body};
+use actors::directory::{AuditEntry, KeyRecord, Role};
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::JsonRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use twin_core::TypeName;
+use utoipa::{IntoParams, ToSchema};
+
+/// A key to create.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyBody {
+    /// `admin`, `operator` or `viewer`.
+    #[schema(value_type = String)]
+    role: Role,
+    /// Limit the key to things of these device types.
+    #[serde(default)]
+    types: Option<Vec<String>>,
+}
+
+/// A created key. `key` is shown only in this answer.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct KeyCreated {
+    id: String,
+    /// The bearer token: `dk_<id>_<secret>`.
+    key: String,
+    #[schema(value_type = String)]
+    role: Role,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    types: Option<Vec<String>>,
+}
+
+/// A key as listed (its secret is never kept).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct KeyView {
+    id: String,
+    #[schema(value_type = String)]
+    role: Role,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    types: Option<Vec<String>>,
+    created_by: String,
+    /// Creation time, epoch ms.
+    created_at: u64,
+}
+
+impl From<KeyRecord> for KeyView {
+    fn from(k: KeyRecord) -> Self {
+        Self {
+            id: k.id,
+            role: k.role,
+            types: k
+                .types
+                .map(|t| t.into_iter().map(|t| t.to_string()).collect()),
+            created_by: k.created_by,
+            created_at: k.created_at,
+        }
+    }
+}
+
+/// Creates an API key (admin). A key limited to device types can only create keys within them.
+#[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = KeyBody, security(("bearer" = [])),
+    responses((status = 201, body = KeyCreated), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<KeyBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let body = json_body(body)?;
+    let types = body
+        .types
+        .map(|t| {
+            t.iter()
+                .map(|n| TypeName::new(n))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let creator = caller.0.clone();
+    let new = state
+        .node
+        .with_directory(move |d| d.create_key(body.role, types, &creator, actors::now_ms()))
+        .await?;
+    let reply = KeyCreated {
+        id: new.record.id,
+        key: new.key,
+        role: new.record.role,
+        types: new
+            .record
+            .types
+            .map(|t| t.into_iter().map(|t| t.to_string()).collect()),
+    };
+    Ok((StatusCode::CREATED, Json(reply)).into_response())
+}
+
+/// The keys.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct KeyList {
+    keys: Vec<KeyView>,
+}
+
+/// Lists API keys (admin; a scoped admin sees the keys within its types).
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", security(("bearer" = [])),
+    responses((status = 200, body = KeyList), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<KeyList>, ApiError> {
+    caller.require(Role::Admin)?;
+    let within = |k: &KeyRecord| match (&caller.0.types, &k.types) {
+        (None, _) => true,
+        (Some(scope), Some(types)) => types.iter().all(|t| scope.contains(t)),
+        (Some(_), None) => false,
+    };
+    let keys = state
+        .node
+        .directory()
+        .keys()
+        .into_iter()
+        .filter(within)
+        .map(KeyView::from)
+        .collect();
+    Ok(Json(KeyList { keys }))
+}
+
+/// Revokes an API key at once (admin).
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Admin)?;
+    let visible = state
+        .node
+        .directory()
+        .keys()
+        .into_iter()
+        .find(|k| k.id == id)
+        .is_some_and(|k| match (&caller.0.types, &k.types) {
+            (None, _) => true,
+            (Some(scope), Some(types)) => types.iter().all(|t| scope.contains(t)),
+            (Some(_), None) => false,
+        });
+    if !visible {
+        return Err(ApiError::not_found(format!("key {id} not found")));
+    }
+    let actor = caller.id().to_owned();
+    state
+        .node
+        .with_directory(move |d| d.revoke_key(&id, &actor, actors::now_ms()))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Which audit entries.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AuditQuery {
+    /// From, epoch ms (default 0).
+    from: Option<u64>,
+    /// To, epoch ms, exclusive (default now).
+    to: Option<u64>,
+    /// Continue after this entry (the `next` of the previous page).
+    cursor: Option<String>,
+    /// At most this many (default 100, at most 1,000).
+    limit: Option<usize>,
+}
+
+/// One recorded write.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AuditView {
+    /// Epoch ms.
+    at: u64,
+    /// The key id that made the write.
+    actor: String,
+    action: String,
+    target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    before: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    details: Option<Value>,
+}
+
+impl From<AuditEntry> for AuditView {
+    fn from(e: AuditEntry) -> Self {
+        Self {
+            at: e.at,
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            before: e.before,
+            after: e.after,
+            details: e.details,
+        }
+    }
+}
+
+/// A page of the audit log.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AuditPage {
+    entries: Vec<AuditView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// The audit log: every write, who made it, the versions before and after (an admin key not
+/// limited to device types).
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery), security(("bearer" = [])),
+    responses((status = 200, body = AuditPage), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
+    caller.require_unscoped_admin()?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1_000 {
+        return Err(ApiError::invalid("limit must be between 1 and 1000"));
+    }
+    let after = q
+        .cursor
+        .map(|c| {
+            let (at, seq) = c.split_once('-').ok_or(())?;
+            Ok::<_, ()>((at.parse().map_err(|_| ())?, seq.parse().map_err(|_| ())?))
+        })
+        .transpose()
+        .map_err(|()| ApiError::invalid("cursor must come from a previous page"))?;
+    let (from, to) = (
+        q.from.unwrap_or(0),
+        q.to.unwrap_or_else(|| actors::now_ms() + 1),
+    );
+    let entries = state
+        .node
+        .with_directory(move |d| d.audit_log(from, to, after, limit + 1))
+        .await?;
+    let more = entries.len() > limit;
+    let entries: Vec<_> = entries.into_iter().take(limit).collect();
+    let next = more
+        .then(|| entries.last().map(|((at, seq), _)| format!("{at}-{seq}")))
+        .flatten();
+    Ok(Json(AuditPage {
+        entries: entries.into_iter().map(|(_, e)| e.into()).collect(),
+        next,
+    }))
+}

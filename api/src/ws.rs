@@ -1,0 +1,555 @@
+//! The WebSocket change stream, `/v1/ws`. Authenticated on upgrade (`Authorization: Bearer`),
+//! JSON text frames, each an object whose `type` names it.
+//!
+//! Client → server: `subscribe {id, things?, thing_type?, filter?, since?}`, `unsubscribe {id}`,
+//! `get {id?, thing, shadow?}`, `update {id?, thing, shadow?, desired, version?}`.
+//! Server → client: `snapshot`, `change`, `resync`, `ack`, `error` (and `event` from rules).
+//!
+//! Per subscription and shadow, versions sent strictly increase: a change at or below the last
+//! version sent is skipped. When the client falls behind, the hub collapses what it missed into
+//! shadows to resync, sent here in their current state, so nothing is lost without notice and
+//! memory stays bounded. Each change is serialized once for all subscribers.
+
+use crate::{AppState, auth::Caller, error::ApiError};
+use actors::{
+    directory::Role,
+    hub::{ChangeEvent, Delivery, Resync, Selector, Watcher},
+};
+use axum::{
+    extract::{
+        FromRequestParts, State,
+        ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+    },
+    http::request::Parts,
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
+use tokio::time::Instant;
+use twin_core::{Command, GetRequest, ShadowName, ThingName, TypeName, request};
+
+/// Limits of one WebSocket connection.
+#[derive(Clone, Copy, Debug)]
+pub struct WsConfig {
+    /// Subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Things named by one subscription.
+    pub max_things: usize,
+    /// Changes queued for a connection before it is switched to resyncs.
+    pub max_queue: usize,
+    /// Ping interval; a connection silent for three of them is closed.
+    pub heartbeat: Duration,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            max_subscriptions: 100,
+            max_things: 1_000,
+            max_queue: 1_024,
+            heartbeat: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum ClientMessage {
+    Subscribe {
+        id: String,
+        things: Option<Vec<String>>,
+        thing_type: Option<String>,
+        #[serde(default)]
+        filter: BTreeMap<String, String>,
+        #[serde(default)]
+        since: BTreeMap<String, u64>,
+    },
+    Unsubscribe {
+        id: String,
+    },
+    Get {
+        id: Option<String>,
+        thing: String,
+        shadow: Option<String>,
+    },
+    Update {
+        id: Option<String>,
+        thing: String,
+        shadow: Option<String>,
+        desired: Value,
+        version: Option<u64>,
+    },
+}
+
+/// `GET /v1/ws`: upgrades an authenticated request to the change stream.
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    parts: Parts,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let mut parts = parts;
+    let caller = match Caller::from_request_parts(&mut parts, &state).await {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    ws.max_message_size(64 * 1024)
+        .max_write_buffer_size(1 << 20)
+        .on_upgrade(move |socket| Session::new(state, caller).run(socket))
+}
+
+fn shadow_of(name: Option<&str>) -> Result<ShadowName, String> {
+    match name {
+        None | Some("") => Ok(ShadowName::CLASSIC),
+        Some(n) => ShadowName::named(n).map_err(|e| e.to_string()),
+    }
+}
+
+fn shadow_text(shadow: &ShadowName) -> &str {
+    shadow.name().unwrap_or("")
+}
+
+/// The part of a change frame after `"sub":…`, shared by every subscriber.
+fn change_tail(event: &ChangeEvent) -> Bytes {
+    #[derive(Serialize)]
+    struct Changed<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reported: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        desired: Option<&'a Value>,
+    }
+    #[derive(Serialize)]
+    struct Tail<'a> {
+        thing: &'a str,
+        shadow: &'a str,
+        version: u64,
+        changed: Changed<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delta: Option<&'a Value>,
+        ts: u64,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
+    }
+    let c = &event.change;
+    let tail = Tail {
+        thing: c.thing.as_str(),
+        shadow: shadow_text(&c.shadow),
+        version: c.version,
+        changed: Changed {
+            reported: c.reported.as_ref(),
+            desired: c.desired.as_ref(),
+        },
+        delta: c.delta.as_ref(),
+        ts: c.ts,
+        deleted: c.deleted,
+    };
+    let mut json = serde_json::to_vec(&tail).unwrap_or_default();
+    // `{"thing":…}` → `"thing":…}`: the subscriber's prefix supplies the opening brace.
+    json.remove(0);
+    Bytes::from(json)
+}
+
+struct Session {
+    state: AppState,
+    caller: Caller,
+    config: WsConfig,
+    watcher: Arc<Watcher>,
+    subscriptions: HashMap<String, Selector>,
+    /// Last version sent per subscription and shadow.
+    sent: HashMap<(Arc<str>, ThingName, ShadowName), u64>,
+}
+
+impl Session {
+    fn new(state: AppState, caller: Caller) -> Self {
+        let config = state.ws;
+        let watcher = state
+            .node
+            .hub()
+            .watch(caller.0.types.clone(), config.max_queue);
+        Self {
+            state,
+            caller,
+            config,
+            watcher,
+            subscriptions: HashMap::new(),
+            sent: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, socket: WebSocket) {
+        metrics::gauge!("doppel_ws_connections").increment(1.0);
+        let (mut sink, mut stream) = socket.split();
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
+        let mut last_heard = Instant::now();
+        let watcher = self.watcher.clone();
+        loop {
+            let frames = tokio::select! {
+                incoming = stream.next() => match incoming {
+                    Some(Ok(Message::Text(text))) => {
+                        last_heard = Instant::now();
+                        self.on_message(&text).await
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        vec![error_frame(None, "invalid_request", "frames are JSON text")]
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        last_heard = Instant::now();
+                        Vec::new()
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                },
+                delivery = watcher.next() => self.on_delivery(delivery).await,
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > 3 * self.config.heartbeat {
+                        break;
+                    }
+                    if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                        break;
+                    }
+                    Vec::new()
+                }
+            };
+            let mut failed = false;
+            for frame in frames {
+                if sink.feed(Message::Text(frame)).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed || sink.flush().await.is_err() {
+                break;
+            }
+        }
+        metrics::gauge!("doppel_ws_connections").decrement(1.0);
+    }
+
+    async fn on_message(&mut self, text: &str) -> Vec<Utf8Bytes> {
+        let message: ClientMessage = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => return vec![error_frame(None, "invalid_request", &e.to_string())],
+        };
+        match message {
+            ClientMessage::Subscribe {
+                id,
+                things,
+                thing_type,
+                filter,
+                since,
+            } => self.subscribe(id, things, thing_type, filter, since).await,
+            ClientMessage::Unsubscribe { id } => {
+                if self.subscriptions.remove(&id).is_some() {
+                    self.watcher.unsubscribe(&id);
+                    self.sent.retain(|(sub, _, _), _| **sub != *id);
+                    Vec::new()
+                } else {
+                    vec![error_frame(Some(&id), "not_found", "no such subscription")]
+                }
+            }
+            ClientMessage::Get { id, thing, shadow } => self.get(id, thing, shadow).await,
+            ClientMessage::Update {
+                id,
+                thing,
+                shadow,
+                desired,
+                version,
+            } => self.update(id, thing, shadow, desired, version).await,
+        }
+    }
+
+    /// The thing, if the caller may see it.
+    async fn visible(&self, name: &str) -> Result<ThingName, (&'static str, String)> {
+        let thing = ThingName::new(name).map_err(|e| ("invalid_request", e.to_string()))?;
+        match self.state.node.thing(thing.clone()).await {
+            Ok(Some(r)) if self.caller.sees(r.device_type.as_ref()) => Ok(thing),
+            Ok(_) => Err(("not_found", format!("thing {name} not found"))),
+            Err(e) => Err(("internal", e.to_string())),
+        }
+    }
+
+    /// The current state of a shadow: version and `{desired, reported, delta}`, or `None`.
+    async fn current(
+        &self,
+        thing: &ThingName,
+        shadow: &ShadowName,
+    ) -> Result<Option<(u64, Value)>, ApiError> {
+        let command = Command::Get(GetRequest {
+            shadow: shadow.clone(),
+            client_token: None,
+        });
+        let reply = self.state.node.call(thing.clone(), command, None).await?;
+        Ok(match reply.outcome {
+            Ok(version) => {
+                let doc: Value = serde_json::from_slice(&reply.payload).unwrap_or(Value::Null);
+                Some((version, doc.get("state").cloned().unwrap_or(json!({}))))
+            }
+            Err(_) => None,
+        })
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: String,
+        things: Option<Vec<String>>,
+        thing_type: Option<String>,
+        filter: BTreeMap<String, String>,
+        since: BTreeMap<String, u64>,
+    ) -> Vec<Utf8Bytes> {
+        if self.subscriptions.contains_key(&id) {
+            return vec![error_frame(
+                Some(&id),
+                "conflict",
+                "a subscription with this id exists",
+            )];
+        }
+        if self.subscriptions.len() >= self.config.max_subscriptions {
+            let message = format!(
+                "at most {} subscriptions per connection",
+                self.config.max_subscriptions
+            );
+            return vec![error_frame(Some(&id), "too_many_subscriptions", &message)];
+        }
+        let device_type = match thing_type.as_deref().map(TypeName::new).transpose() {
+            Ok(t) => t,
+            Err(e) => return vec![error_frame(Some(&id), "invalid_request", &e.to_string())],
+        };
+        if let Some(t) = &device_type
+            && !self.caller.sees(Some(t))
+        {
+            return vec![error_frame(
+                Some(&id),
+                "forbidden",
+                "the key does not see this device type",
+            )];
+        }
+        let mut names = Vec::new();
+        if let Some(list) = &things {
+            if list.is_empty() || list.len() > self.config.max_things {
+                let message = format!("name 1 to {} things", self.config.max_things);
+                return vec![error_frame(Some(&id), "invalid_request", &message)];
+            }
+            for name in list {
+                match self.visible(name).await {
+                    Ok(thing) => names.push(thing),
+                    Err((code, message)) => return vec![error_frame(Some(&id), code, &message)],
+                }
+            }
+        }
+        let selector = Selector {
+            things: things.is_some().then(|| names.clone()),
+            device_type,
+            attributes: filter,
+        };
+        // Subscribed before the snapshots are read: a change committed in between arrives as a
+        // change (or is skipped if the snapshot already holds it).
+        self.watcher.subscribe(&id, selector.clone());
+        self.subscriptions.insert(id.clone(), selector);
+        metrics::gauge!("doppel_ws_subscriptions").increment(1.0);
+        let sub: Arc<str> = Arc::from(id.as_str());
+        let mut frames = Vec::new();
+        for thing in names {
+            let shadow = ShadowName::CLASSIC;
+            let known = since.get(thing.as_str()).copied();
+            match self.current(&thing, &shadow).await {
+                Ok(Some((version, state))) => {
+                    if known.is_some_and(|k| k >= version) {
+                        self.sent
+                            .insert((sub.clone(), thing, shadow), known.unwrap_or(version));
+                        continue;
+                    }
+                    frames.push(state_frame(
+                        "snapshot",
+                        Some(("sub", &id)),
+                        &thing,
+                        &shadow,
+                        version,
+                        state,
+                    ));
+                    self.sent.insert((sub.clone(), thing, shadow), version);
+                }
+                Ok(None) => {
+                    if let Some(k) = known {
+                        self.sent.insert((sub.clone(), thing, shadow), k);
+                    }
+                }
+                Err(e) => frames.push(error_frame(Some(&id), "internal", &e.to_string())),
+            }
+        }
+        frames
+    }
+
+    async fn get(
+        &mut self,
+        id: Option<String>,
+        thing: String,
+        shadow: Option<String>,
+    ) -> Vec<Utf8Bytes> {
+        let shadow = match shadow_of(shadow.as_deref()) {
+            Ok(s) => s,
+            Err(m) => return vec![error_frame(id.as_deref(), "invalid_request", &m)],
+        };
+        let thing = match self.visible(&thing).await {
+            Ok(t) => t,
+            Err((code, message)) => return vec![error_frame(id.as_deref(), code, &message)],
+        };
+        match self.current(&thing, &shadow).await {
+            Ok(Some((version, state))) => {
+                let tag = id.as_deref().map(|i| ("id", i));
+                vec![state_frame(
+                    "snapshot", tag, &thing, &shadow, version, state,
+                )]
+            }
+            Ok(None) => vec![error_frame(id.as_deref(), "not_found", "no such shadow")],
+            Err(e) => vec![error_frame(id.as_deref(), "internal", &e.to_string())],
+        }
+    }
+
+    async fn update(
+        &mut self,
+        id: Option<String>,
+        thing: String,
+        shadow: Option<String>,
+        desired: Value,
+        version: Option<u64>,
+    ) -> Vec<Utf8Bytes> {
+        let id = id.as_deref();
+        if !self.caller.0.is(Role::Operator) {
+            return vec![error_frame(id, "forbidden", "this needs the operator role")];
+        }
+        let shadow = match shadow_of(shadow.as_deref()) {
+            Ok(s) => s,
+            Err(m) => return vec![error_frame(id, "invalid_request", &m)],
+        };
+        let thing = match self.visible(&thing).await {
+            Ok(t) => t,
+            Err((code, message)) => return vec![error_frame(id, code, &message)],
+        };
+        let mut body = json!({ "state": { "desired": desired } });
+        if let Some(v) = version {
+            body["version"] = json!(v);
+        }
+        let update = match request::parse_update(
+            shadow.clone(),
+            body.to_string().as_bytes(),
+            &self.state.node.config().limits,
+        ) {
+            Ok(u) => u,
+            Err(r) => return vec![error_frame(id, "invalid_shadow_request", &r.error.message)],
+        };
+        match self
+            .state
+            .node
+            .call(
+                thing.clone(),
+                Command::Update(update),
+                Some(self.caller.id()),
+            )
+            .await
+        {
+            Ok(reply) => match reply.outcome {
+                Ok(version) => {
+                    let mut frame = json!({"type": "ack", "thing": thing, "shadow": shadow_text(&shadow), "version": version});
+                    if let Some(id) = id {
+                        frame["id"] = json!(id);
+                    }
+                    vec![Utf8Bytes::from(frame.to_string())]
+                }
+                Err(e) => {
+                    let code = ApiError::shadow(&e);
+                    vec![error_frame(id, code.code(), &e.message)]
+                }
+            },
+            Err(e) => vec![error_frame(id, "internal", &e.to_string())],
+        }
+    }
+
+    async fn on_delivery(&mut self, delivery: Delivery) -> Vec<Utf8Bytes> {
+        match delivery {
+            Delivery::Change(sub, event) => {
+                let c = &event.change;
+                let key = (sub.clone(), c.thing.clone(), c.shadow.clone());
+                if self.sent.get(&key).is_some_and(|v| *v >= c.version) {
+                    return Vec::new();
+                }
+                self.sent.insert(key, c.version);
+                let tail = event.frame(change_tail);
+                let mut frame = String::with_capacity(32 + sub.len() + tail.len());
+                frame.push_str("{\"type\":\"change\",\"sub\":");
+                frame.push_str(&serde_json::to_string(&*sub).unwrap_or_default());
+                frame.push(',');
+                frame.push_str(std::str::from_utf8(tail).unwrap_or("}"));
+                metrics::counter!("doppel_ws_changes_sent").increment(1);
+                vec![Utf8Bytes::from(frame)]
+            }
+            Delivery::Resync(marks) => self.resync(marks).await,
+        }
+    }
+
+    async fn resync(&mut self, marks: Vec<Resync>) -> Vec<Utf8Bytes> {
+        metrics::counter!("doppel_ws_resyncs").increment(1);
+        let mut frames = Vec::with_capacity(marks.len());
+        for (sub, thing, shadow) in marks {
+            if !self.subscriptions.contains_key(&*sub) {
+                continue;
+            }
+            match self.current(&thing, &shadow).await {
+                Ok(Some((version, state))) => {
+                    frames.push(state_frame(
+                        "resync",
+                        Some(("sub", &sub)),
+                        &thing,
+                        &shadow,
+                        version,
+                        state,
+                    ));
+                    self.sent.insert((sub, thing, shadow), version);
+                }
+                Ok(None) => {
+                    let frame = json!({"type": "resync", "sub": &*sub, "thing": thing, "shadow": shadow_text(&shadow), "version": null, "state": null});
+                    frames.push(Utf8Bytes::from(frame.to_string()));
+                }
+                Err(e) => frames.push(error_frame(Some(&sub), "internal", &e.to_string())),
+            }
+        }
+        frames
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        metrics::gauge!("doppel_ws_subscriptions").decrement(self.subscriptions.len() as f64);
+    }
+}
+
+fn state_frame(
+    kind: &str,
+    tag: Option<(&str, &str)>,
+    thing: &ThingName,
+    shadow: &ShadowName,
+    version: u64,
+    state: Value,
+) -> Utf8Bytes {
+    let mut frame = Map::new();
+    frame.insert("type".into(), json!(kind));
+    if let Some((key, value)) = tag {
+        frame.insert(key.into(), json!(value));
+    }
+    frame.insert("thing".into(), json!(thing));
+    frame.insert("shadow".into(), json!(shadow_text(shadow)));
+    frame.insert("version".into(), json!(version));
+    frame.insert("state".into(), state);
+    Utf8Bytes::from(Value::Object(frame).to_string())
+}
+
+fn error_frame(id: Option<&str>, code: &str, message: &str) -> Utf8Bytes {
+    let mut frame = json!({"type": "error", "code": code, "message": message});
+    if let Some(id) = id {
+        frame["id"] = json!(id);
+    }
+    Utf8Bytes::from(frame.to_string())
+}
