@@ -50,6 +50,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     mqtt_tls_listen: SocketAddr,
     node: NodeConfig,
+    ws: api::WsConfig,
 }
 
 impl Default for FileConfig {
@@ -63,6 +64,7 @@ impl Default for FileConfig {
             tls_key: None,
             mqtt_tls_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
             node: NodeConfig::default(),
+            ws: api::WsConfig::default(),
         }
     }
 }
@@ -95,6 +97,7 @@ pub struct ServeConfig {
     pub http_listen: SocketAddr,
     pub tls: Option<Tls>,
     pub node: NodeConfig,
+    pub ws: api::WsConfig,
 }
 
 impl ServeConfig {
@@ -145,6 +148,7 @@ impl ServeConfig {
             http_listen: file.http_listen,
             tls,
             node: file.node,
+            ws: file.ws,
         })
     }
 }

@@ -122,12 +122,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     };
 
-    let state = api::AppState::new(
-        node.clone(),
-        &admin_token,
-        Some(metrics),
-        api::WsConfig::default(),
-    );
+    let state = api::AppState::new(node.clone(), &admin_token, Some(metrics), config.ws);
     let http = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding the HTTP API to {}", config.http_listen))?;

@@ -465,12 +465,16 @@ pub(crate) async fn delete_shadow(
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TypeBody {
-    #[serde(default)]
+    #[serde(default = "no_schemas")]
     #[schema(value_type = Object)]
     schemas: Value,
     #[serde(default = "all_fields")]
     #[schema(value_type = Object)]
     telemetry_to_reported: Value,
+}
+
+fn no_schemas() -> Value {
+    Value::Object(serde_json::Map::new())
 }
 
 fn all_fields() -> Value {

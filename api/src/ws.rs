@@ -35,8 +35,9 @@ use std::{
 use tokio::time::Instant;
 use twin_core::{Command, GetRequest, ShadowName, ThingName, TypeName, request};
 
-/// Limits of one WebSocket connection.
-#[derive(Clone, Copy, Debug)]
+/// Limits of one WebSocket connection (the `[ws]` table of the configuration file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WsConfig {
     /// Subscriptions per connection.
     pub max_subscriptions: usize,
@@ -45,6 +46,7 @@ pub struct WsConfig {
     /// Changes queued for a connection before it is switched to resyncs.
     pub max_queue: usize,
     /// Ping interval; a connection silent for three of them is closed.
+    #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
 }
 

@@ -2,10 +2,12 @@
 //! over HTTP and MQTT, drive twins directly for cross-crate tests. No mocks: every helper
 //! speaks to a real process over loopback.
 
+pub mod api;
 pub mod broker;
 pub mod device;
 pub mod node;
 pub mod twins;
+pub mod ws;
 
 use std::time::{Duration, Instant};
 
