@@ -270,6 +270,10 @@ pub struct HubStats {
     pub subscriptions: usize,
     /// Times a watcher fell behind and was switched to resync.
     pub resyncs: u64,
+    /// Changes queued across watchers (each watcher holds at most its `max_queue`).
+    pub queued: usize,
+    /// Shadows marked for resync across watchers (at most one per subscribed shadow).
+    pub behind: usize,
 }
 
 impl ChangeHub {
@@ -338,10 +342,22 @@ impl ChangeHub {
 
     /// Current counts.
     pub fn stats(&self) -> HubStats {
+        let watchers: Vec<Arc<Watcher>> = self
+            .inner
+            .watchers
+            .read()
+            .map(|w| w.values().filter_map(std::sync::Weak::upgrade).collect())
+            .unwrap_or_default();
+        let (queued, behind) = watchers
+            .iter()
+            .map(|w| w.backlog())
+            .fold((0, 0), |(q, b), (wq, wb)| (q + wq, b + wb));
         HubStats {
-            watchers: self.inner.watchers.read().map(|w| w.len()).unwrap_or(0),
+            watchers: watchers.len(),
             subscriptions: self.inner.index.read().map(|i| i.count).unwrap_or(0),
             resyncs: self.inner.resyncs.load(Ordering::Relaxed),
+            queued,
+            behind,
         }
     }
 }
@@ -431,7 +447,9 @@ mod tests {
             HubStats {
                 watchers: 0,
                 subscriptions: 0,
-                resyncs: 0
+                resyncs: 0,
+                queued: 0,
+                behind: 0,
             }
         );
     }

@@ -42,6 +42,8 @@ pub(crate) async fn metrics(
     metrics::gauge!("doppel_ws_watchers").set(hub.watchers as f64);
     metrics::gauge!("doppel_hub_subscriptions").set(hub.subscriptions as f64);
     metrics::gauge!("doppel_ws_fell_behind_total").set(hub.resyncs as f64);
+    metrics::gauge!("doppel_ws_queued_changes").set(hub.queued as f64);
+    metrics::gauge!("doppel_ws_resync_pending").set(hub.behind as f64);
     if let Some(rss) = process_rss_bytes() {
         metrics::gauge!("doppel_process_resident_memory_bytes").set(rss);
     }

@@ -501,6 +501,13 @@ impl Session {
             }
             match self.current(&thing, &shadow).await {
                 Ok(Some((version, state))) => {
+                    let key = (sub, thing, shadow);
+                    if self.sent.get(&key).is_some_and(|v| *v >= version) {
+                        // Changes marked while an earlier resync read the state it already
+                        // holds: the client is up to date.
+                        continue;
+                    }
+                    let (sub, thing, shadow) = key;
                     frames.push(state_frame(
                         "resync",
                         Some(("sub", &sub)),

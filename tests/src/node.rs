@@ -38,6 +38,10 @@ pub struct Node {
     pub mqtt: Option<SocketAddr>,
     /// The HTTP API.
     pub http: SocketAddr,
+    /// The MQTT endpoint's TLS port, if the node serves TLS.
+    pub mqtt_tls: Option<SocketAddr>,
+    /// Whether the HTTP API is served over TLS.
+    pub https: bool,
     options: Options,
     log: PathBuf,
     /// What the node printed on stdout before it was ready.
@@ -57,6 +61,8 @@ impl Node {
             _dir: Some(dir),
             mqtt: None,
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mqtt_tls: None,
+            https: false,
             options,
             announced: Vec::new(),
         };
@@ -116,8 +122,15 @@ impl Node {
             self.announced.push(line.clone());
             if let Some(addr) = line.strip_prefix("doppel: mqtt endpoint listening on ") {
                 self.mqtt = Some(addr.parse().unwrap());
+            } else if let Some(addr) =
+                line.strip_prefix("doppel: mqtt endpoint (tls) listening on ")
+            {
+                self.mqtt_tls = Some(addr.parse().unwrap());
             } else if let Some(addr) = line.strip_prefix("doppel: http listening on ") {
                 self.http = addr.parse().unwrap();
+            } else if let Some(addr) = line.strip_prefix("doppel: https listening on ") {
+                self.http = addr.parse().unwrap();
+                self.https = true;
             } else if line == "doppel: ready" {
                 break;
             }
