@@ -22,7 +22,12 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, NodeE
             key.display()
         ))
     })?;
-    let config = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+    // The provider is named rather than taken from the process default, which rustls cannot
+    // pick when more than one provider is compiled in.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NodeError::Io(format!("TLS configuration: {e}")))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| NodeError::Io(format!("TLS configuration: {e}")))?;
