@@ -1,10 +1,14 @@
 //! API keys (create, list, revoke) and the audit log.
 
-use crate::{AppState, auth::Caller, error::ApiError, things::json_body};
+use crate::{
+    AppState,
+    auth::Caller,
+    error::ApiError,
+    extract::{Json, Path, Query},
+};
 use actors::directory::{AuditEntry, KeyRecord, Role};
 use axum::{
-    Json,
-    extract::{Path, Query, State, rejection::JsonRejection},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -18,10 +22,11 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub(crate) struct KeyBody {
     /// `admin`, `operator` or `viewer`.
-    #[schema(value_type = String)]
+    #[schema(value_type = crate::openapi::RoleName)]
     role: Role,
     /// Limit the key to things of these device types.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<crate::openapi::TypeNameString>>)]
     types: Option<Vec<String>>,
 }
 
@@ -31,7 +36,7 @@ pub(crate) struct KeyCreated {
     id: String,
     /// The bearer token: `dk_<id>_<secret>`.
     key: String,
-    #[schema(value_type = String)]
+    #[schema(value_type = crate::openapi::RoleName)]
     role: Role,
     #[serde(skip_serializing_if = "Option::is_none")]
     types: Option<Vec<String>>,
@@ -41,7 +46,7 @@ pub(crate) struct KeyCreated {
 #[derive(Serialize, ToSchema)]
 pub(crate) struct KeyView {
     id: String,
-    #[schema(value_type = String)]
+    #[schema(value_type = crate::openapi::RoleName)]
     role: Role,
     #[serde(skip_serializing_if = "Option::is_none")]
     types: Option<Vec<String>>,
@@ -66,15 +71,14 @@ impl From<KeyRecord> for KeyView {
 
 /// Creates an API key (admin). A key limited to device types can only create keys within them.
 #[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = KeyBody, security(("bearer" = [])),
-    responses((status = 201, body = KeyCreated), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+    responses((status = 201, body = KeyCreated), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 415, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    body: Result<Json<KeyBody>, JsonRejection>,
+    Json(body): Json<KeyBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Admin)?;
-    let body = json_body(body)?;
     let types = body
         .types
         .map(|t| {
@@ -132,8 +136,8 @@ pub(crate) async fn list(
 }
 
 /// Revokes an API key at once (admin).
-#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path)), security(("bearer" = [])),
-    responses((status = 204), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path, pattern = "^[0-9a-f]{16}$")), security(("bearer" = [])),
+    responses((status = 204), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
@@ -167,12 +171,16 @@ pub(crate) async fn revoke(
 #[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
     /// From, epoch ms (default 0).
+    #[param(maximum = 253_402_300_799_999_u64)]
     from: Option<u64>,
     /// To, epoch ms, exclusive (default now).
+    #[param(maximum = 253_402_300_799_999_u64)]
     to: Option<u64>,
     /// Continue after this entry (the `next` of the previous page).
+    #[param(pattern = "^[0-9]{1,18}-[0-9]{1,18}$")]
     cursor: Option<String>,
     /// At most this many (default 100, at most 1,000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -231,6 +239,8 @@ pub(crate) async fn audit(
     if limit == 0 || limit > 1_000 {
         return Err(ApiError::invalid("limit must be between 1 and 1000"));
     }
+    crate::check_time("from", q.from)?;
+    crate::check_time("to", q.to)?;
     let after = q
         .cursor
         .map(|c| {

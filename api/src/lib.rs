@@ -4,6 +4,7 @@
 
 mod auth;
 mod error;
+mod extract;
 mod keys;
 mod metrics;
 mod openapi;
@@ -69,6 +70,18 @@ impl AppState {
     /// Marks the node ready (store open, listeners up): `/readyz` answers 200 from now on.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+    }
+}
+
+/// The latest time a query may name: 9999-12-31T23:59:59.999Z, in epoch ms.
+const LATEST_MS: u64 = 253_402_300_799_999;
+
+fn check_time(name: &str, ms: Option<u64>) -> Result<(), ApiError> {
+    match ms {
+        Some(ms) if ms > LATEST_MS => Err(ApiError::invalid(format!(
+            "{name} must be an epoch-ms time no later than {LATEST_MS}"
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -1,11 +1,14 @@
 //! Telemetry history: raw samples, or downsampled buckets.
 
-use crate::{AppState, auth::Caller, error::ApiError, things::visible_thing};
-use actors::history::{self, Agg, Query as HistoryQuery, QueryError, Series};
-use axum::{
-    Json,
-    extract::{Path, Query, State},
+use crate::{
+    AppState,
+    auth::Caller,
+    error::ApiError,
+    extract::{Json, Path, Query},
+    things::visible_thing,
 };
+use actors::history::{self, Agg, Query as HistoryQuery, QueryError, Series};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -15,17 +18,22 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct TelemetryQuery {
-    /// Start, epoch ms (default: one hour ago).
+    /// Start, epoch ms (default: one hour before `to`).
+    #[param(maximum = 253_402_300_799_999_u64)]
     from: Option<u64>,
     /// End, epoch ms, exclusive (default: now).
+    #[param(maximum = 253_402_300_799_999_u64)]
     to: Option<u64>,
     /// Bucket width: `30s`, `5m`, `1h`… Without it, raw samples are returned.
+    #[param(pattern = "^[1-9][0-9]{0,5}(ms|s|m|h|d)$")]
     step: Option<String>,
     /// `avg` (default), `min`, `max`, `sum`, `count` or `last`.
+    #[param(pattern = "^(avg|min|max|sum|count|last)$")]
     agg: Option<String>,
     /// Only these fields, comma-separated.
     fields: Option<String>,
     /// Most samples or buckets (default and maximum 10,000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 
@@ -63,7 +71,7 @@ pub(crate) struct TelemetryReply {
 
 /// A thing's telemetry history. Recent data (the raw retention, 7 days by default) comes from
 /// raw samples; older data from hourly aggregates (90 days), in whole-hour steps.
-#[utoipa::path(get, path = "/v1/things/{name}/telemetry", tag = "telemetry", params(("name" = String, Path), TelemetryQuery), security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/things/{name}/telemetry", tag = "telemetry", params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$"), TelemetryQuery), security(("bearer" = [])),
     responses((status = 200, body = TelemetryReply), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn get(
@@ -87,10 +95,12 @@ pub(crate) async fn get(
         Some(a) => Agg::parse(a)
             .ok_or_else(|| ApiError::invalid("agg must be avg, min, max, sum, count or last"))?,
     };
-    let limit = q.limit.unwrap_or(10_000).min(10_000);
-    if limit == 0 {
-        return Err(ApiError::invalid("limit must be positive"));
+    let limit = q.limit.unwrap_or(10_000);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::invalid("limit must be between 1 and 10000"));
     }
+    crate::check_time("from", q.from)?;
+    crate::check_time("to", q.to)?;
     let query = HistoryQuery {
         from,
         to,

@@ -1,12 +1,15 @@
 //! Things (register, bulk register, list, get, update attributes, decommission), their shadows
 //! (get with ETag, patch with If-Match, delete) and device types.
 
-use crate::{AppState, auth::Caller, error::ApiError};
+use crate::{
+    AppState,
+    auth::Caller,
+    error::ApiError,
+    extract::{Body, Json, Path, Query},
+};
 use actors::directory::{NewThing, Registered as NewRegistration, Role, ThingQuery, ThingRecord};
 use axum::{
-    Json,
-    body::Bytes,
-    extract::{Path, Query, State, rejection::JsonRejection},
+    extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -22,11 +25,6 @@ use utoipa::{IntoParams, ToSchema};
 pub const MAX_BULK: usize = 10_000;
 /// Most things listed per page.
 pub const MAX_PAGE: usize = 1_000;
-
-pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(b)| b)
-        .map_err(|e| ApiError::invalid(e.body_text()))
-}
 
 pub(crate) fn thing_name(name: &str) -> Result<ThingName, ApiError> {
     ThingName::new(name).map_err(|e| ApiError::invalid(e.to_string()))
@@ -55,9 +53,11 @@ pub(crate) async fn visible_thing(
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegisterBody {
     /// 1 to 128 characters of `a-zA-Z0-9:_-`.
+    #[schema(pattern = "^[a-zA-Z0-9:_-]{1,128}$")]
     name: String,
     /// A registered device type.
     #[serde(rename = "type", default)]
+    #[schema(pattern = "^[a-zA-Z0-9:_-]{1,128}$")]
     device_type: Option<String>,
     /// Free-form attributes.
     #[serde(default)]
@@ -127,15 +127,15 @@ fn check_scope(caller: &Caller, thing: &NewThing) -> Result<(), ApiError> {
 /// Registers a thing and issues its device token.
 #[utoipa::path(post, path = "/v1/things", tag = "things", request_body = RegisterBody,
     security(("bearer" = [])),
-    responses((status = 201, body = Registered), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+    responses((status = 201, body = Registered), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 415, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub(crate) async fn register(
     State(state): State<AppState>,
     caller: Caller,
-    body: Result<Json<RegisterBody>, JsonRejection>,
+    Json(body): Json<RegisterBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Admin)?;
-    let thing = new_thing(json_body(body)?)?;
+    let thing = new_thing(body)?;
     check_scope(&caller, &thing)?;
     let done = state.node.register(thing, caller.id()).await?;
     Ok((StatusCode::CREATED, Json(Registered::from(done))).into_response())
@@ -146,6 +146,7 @@ pub(crate) async fn register(
 #[serde(deny_unknown_fields)]
 pub(crate) struct BulkBody {
     /// 1 to 10,000 things.
+    #[schema(min_items = 1, max_items = 10000)]
     things: Vec<RegisterBody>,
 }
 
@@ -158,15 +159,14 @@ pub(crate) struct BulkRegistered {
 /// Registers up to 10,000 things at once: all of them, or none.
 #[utoipa::path(post, path = "/v1/things/bulk", tag = "things", request_body = BulkBody,
     security(("bearer" = [])),
-    responses((status = 201, body = BulkRegistered), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+    responses((status = 201, body = BulkRegistered), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 415, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub(crate) async fn register_bulk(
     State(state): State<AppState>,
     caller: Caller,
-    body: Result<Json<BulkBody>, JsonRejection>,
+    Json(body): Json<BulkBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Admin)?;
-    let body = json_body(body)?;
     if body.things.is_empty() || body.things.len() > MAX_BULK {
         return Err(ApiError::invalid(format!(
             "register between 1 and {MAX_BULK} things per request"
@@ -196,13 +196,14 @@ pub(crate) struct ListQuery {
     /// Continue after this thing (the `next` of the previous page).
     cursor: Option<String>,
     /// At most this many (default 100, at most 1,000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Only things of this type.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", pattern = "^[a-zA-Z0-9:_-]{1,128}$")]
     device_type: Option<String>,
-    /// Only things with this attribute, as `key:value` (repeat the parameter in `attribute=`
-    /// form is not supported; use one).
+    /// Only things with this attribute value, as `key:value`.
+    #[param(pattern = "^[^:]*:")]
     attribute: Option<String>,
 }
 
@@ -257,8 +258,8 @@ pub(crate) async fn list(
 }
 
 /// One thing.
-#[utoipa::path(get, path = "/v1/things/{name}", tag = "things", params(("name" = String, Path)), security(("bearer" = [])),
-    responses((status = 200, body = ThingView), (status = 401, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/things/{name}", tag = "things", params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$")), security(("bearer" = [])),
+    responses((status = 200, body = ThingView), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -271,23 +272,21 @@ pub(crate) async fn get(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateBody {
-    #[schema(value_type = Object)]
     attributes: BTreeMap<String, Option<String>>,
 }
 
 /// Changes a thing's attributes.
-#[utoipa::path(patch, path = "/v1/things/{name}", tag = "things", params(("name" = String, Path)), request_body = UpdateBody,
+#[utoipa::path(patch, path = "/v1/things/{name}", tag = "things", params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$")), request_body = UpdateBody,
     security(("bearer" = [])),
-    responses((status = 200, body = ThingView), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+    responses((status = 200, body = ThingView), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 415, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    body: Result<Json<UpdateBody>, JsonRejection>,
+    Json(body): Json<UpdateBody>,
 ) -> Result<Json<ThingView>, ApiError> {
     caller.require(Role::Admin)?;
-    let body = json_body(body)?;
     let record = visible_thing(&state, &caller, &name).await?;
     let actor = caller.id().to_owned();
     let record = state
@@ -302,8 +301,8 @@ pub(crate) async fn update(
 
 /// Decommissions a thing: its token stops working and its live MQTT session closes at once;
 /// its twin is removed.
-#[utoipa::path(delete, path = "/v1/things/{name}", tag = "things", params(("name" = String, Path)), security(("bearer" = [])),
-    responses((status = 204), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/things/{name}", tag = "things", params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$")), security(("bearer" = [])),
+    responses((status = 204), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn decommission(
     State(state): State<AppState>,
     caller: Caller,
@@ -321,7 +320,8 @@ pub(crate) async fn decommission(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ShadowQuery {
-    /// A named shadow; the classic shadow when absent.
+    /// A named shadow; the classic shadow when absent or empty.
+    #[param(pattern = "^[a-zA-Z0-9:_-]{0,64}$")]
     name: Option<String>,
 }
 
@@ -372,8 +372,8 @@ fn answer(reply: Reply, status: StatusCode, checked: bool) -> Result<Response, A
 
 /// The shadow as an AWS document (`state`, `metadata`, `version`, `timestamp`), with its version
 /// as the ETag.
-#[utoipa::path(get, path = "/v1/things/{name}/shadow", tag = "shadows", params(("name" = String, Path), ShadowQuery), security(("bearer" = [])),
-    responses((status = 200, description = "AWS shadow document", body = Object), (status = 401, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/things/{name}/shadow", tag = "shadows", params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$"), ShadowQuery), security(("bearer" = [])),
+    responses((status = 200, description = "AWS shadow document", body = Object), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn get_shadow(
     State(state): State<AppState>,
     caller: Caller,
@@ -393,9 +393,9 @@ pub(crate) async fn get_shadow(
 /// Changes a shadow with an AWS update document (`{"state": {"desired": {…}}}`). `If-Match:
 /// "<version>"` makes the change conditional: 412 if the shadow moved on. Operators may change
 /// `desired`; changing `reported` takes an admin.
-#[utoipa::path(patch, path = "/v1/things/{name}/shadow", tag = "shadows", params(("name" = String, Path), ShadowQuery,
-        ("If-Match" = Option<String>, Header, description = "the version the shadow must have")),
-    request_body(content = Object, description = "AWS update document"), security(("bearer" = [])),
+#[utoipa::path(patch, path = "/v1/things/{name}/shadow", tag = "shadows", params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$"), ShadowQuery,
+        ("If-Match" = Option<String>, Header, nullable = false, description = "the version the shadow must have, as in the ETag", pattern = "^(W/)?\"?[0-9]{1,18}\"?$")),
+    request_body(content = crate::openapi::UpdateDocument, description = "AWS update document"), security(("bearer" = [])),
     responses((status = 200, description = "AWS accepted document", body = Object), (status = 400, body = crate::error::ErrorBody),
         (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody), (status = 412, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody),
@@ -406,7 +406,7 @@ pub(crate) async fn patch_shadow(
     Path(name): Path<String>,
     Query(query): Query<ShadowQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
     let shadow = shadow_name(&query)?;
@@ -430,10 +430,10 @@ pub(crate) async fn patch_shadow(
 }
 
 /// Deletes a shadow (admin). `If-Match` makes it conditional.
-#[utoipa::path(delete, path = "/v1/things/{name}/shadow", tag = "shadows", params(("name" = String, Path), ShadowQuery,
-        ("If-Match" = Option<String>, Header, description = "the version the shadow must have")),
+#[utoipa::path(delete, path = "/v1/things/{name}/shadow", tag = "shadows", params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$"), ShadowQuery,
+        ("If-Match" = Option<String>, Header, nullable = false, description = "the version the shadow must have, as in the ETag", pattern = "^(W/)?\"?[0-9]{1,18}\"?$")),
     security(("bearer" = [])),
-    responses((status = 200, description = "AWS delete document", body = Object), (status = 401, body = crate::error::ErrorBody),
+    responses((status = 200, description = "AWS delete document", body = Object), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 412, body = crate::error::ErrorBody)))]
 pub(crate) async fn delete_shadow(
     State(state): State<AppState>,
@@ -466,10 +466,10 @@ pub(crate) async fn delete_shadow(
 #[serde(deny_unknown_fields)]
 pub(crate) struct TypeBody {
     #[serde(default = "no_schemas")]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::openapi::type_schemas)]
     schemas: Value,
     #[serde(default = "all_fields")]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::openapi::telemetry_mapping)]
     telemetry_to_reported: Value,
 }
 
@@ -485,9 +485,9 @@ fn all_fields() -> Value {
 #[derive(Serialize, ToSchema)]
 pub(crate) struct TypeView {
     name: String,
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::openapi::type_schemas)]
     schemas: Value,
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::openapi::telemetry_mapping)]
     telemetry_to_reported: Value,
 }
 
@@ -504,14 +504,14 @@ impl From<DeviceType> for TypeView {
 
 /// Registers or replaces a device type (admin). Twins of the type use it from their next
 /// message.
-#[utoipa::path(put, path = "/v1/types/{type}", tag = "types", params(("type" = String, Path)), request_body = TypeBody, security(("bearer" = [])),
-    responses((status = 200, body = TypeView), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+#[utoipa::path(put, path = "/v1/types/{type}", tag = "types", params(("type" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$")), request_body = TypeBody, security(("bearer" = [])),
+    responses((status = 200, body = TypeView), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 415, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody)))]
 pub(crate) async fn put_type(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    body: Result<Json<TypeBody>, JsonRejection>,
+    Json(body): Json<TypeBody>,
 ) -> Result<Json<TypeView>, ApiError> {
     caller.require(Role::Admin)?;
     let name = type_name(&name)?;
@@ -520,7 +520,11 @@ pub(crate) async fn put_type(
             "type {name} is outside the key's device types"
         )));
     }
-    let body = json_body(body)?;
+    if !body.schemas.is_object() {
+        return Err(ApiError::invalid(
+            "schemas must be an object with reported, desired and telemetry schemas",
+        ));
+    }
     let def: DeviceType = serde_json::from_value(serde_json::json!({
         "name": name, "schemas": body.schemas, "telemetry_to_reported": body.telemetry_to_reported
     }))
@@ -535,8 +539,8 @@ pub(crate) async fn put_type(
 }
 
 /// One device type.
-#[utoipa::path(get, path = "/v1/types/{type}", tag = "types", params(("type" = String, Path)), security(("bearer" = [])),
-    responses((status = 200, body = TypeView), (status = 401, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/types/{type}", tag = "types", params(("type" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$")), security(("bearer" = [])),
+    responses((status = 200, body = TypeView), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn get_type(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,0 +1,59 @@
+"""Schemathesis hooks for doppel's API fuzzing (tests/schemathesis.rs).
+
+`role_allows_request` fails a test case when a key got a 2xx for a request its role may not
+make. The role under test comes from the DOPPEL_ROLE environment variable:
+
+- viewer: reads only (GET);
+- operator: reads, and changes desired state (PATCH /v1/things/{name}/shadow without
+  `reported`);
+- admin (or unset): everything, so the check passes.
+"""
+
+import json
+
+import schemathesis
+
+SHADOW_SUFFIX = "/shadow"
+
+
+def _touches_reported(body):
+    if isinstance(body, (bytes, str)):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return False
+    if not isinstance(body, dict):
+        return False
+    if "state" not in body:
+        return False
+    state = body["state"]
+    # `"state": null` clears reported as well as desired.
+    return state is None or (isinstance(state, dict) and "reported" in state)
+
+
+def _allowed(role, method, path, body):
+    if method == "GET" or role == "admin":
+        return True
+    if role == "operator":
+        return (
+            method == "PATCH"
+            and path.startswith("/v1/things/")
+            and path.endswith(SHADOW_SUFFIX)
+            and not _touches_reported(body)
+        )
+    return False
+
+
+@schemathesis.check
+def role_allows_request(ctx, response, case):
+    import os
+
+    role = os.environ.get("DOPPEL_ROLE", "admin")
+    method = case.method.upper()
+    if 200 <= response.status_code < 300 and not _allowed(
+        role, method, case.path, case.body
+    ):
+        raise AssertionError(
+            f"a {role} key got {response.status_code} for {method} {case.path}"
+        )
+    return None
