@@ -614,7 +614,21 @@ async fn metrics_describe_the_node() {
         "$aws/things/m-1/shadow/update/rejected",
     )
     .await;
+    assert_eq!(Api::with(&node, None).get("/v1/things").await.0, 401);
     let viewer = admin.create_key("viewer", None).await;
+    let mut app = doppel_tests::ws::connect(&node, Some(&viewer))
+        .await
+        .unwrap();
+    app.send(json!({"type": "subscribe", "id": "s", "things": ["m-1"]}))
+        .await;
+    app.next_of("snapshot").await;
+    d.request(
+        "$aws/things/m-1/shadow/update",
+        &json!({"state": {"reported": {"a": 2}}}),
+        "$aws/things/m-1/shadow/update/accepted",
+    )
+    .await;
+    app.next_of("change").await;
     let text = reqwest::Client::new()
         .get(node.url("/metrics"))
         .bearer_auth(viewer)
@@ -625,13 +639,19 @@ async fn metrics_describe_the_node() {
         .await
         .unwrap();
     for needle in [
-        "doppel_messages_in_total{kind=\"shadow_update\"} 2",
+        "doppel_messages_in_total{kind=\"shadow_update\"} 3",
+        "doppel_rejections_total{code=\"400\"} 1",
+        "doppel_api_errors_total{code=\"unauthenticated\"} 1",
         "doppel_commit_seconds_bucket",
         "doppel_commit_twins_bucket",
         "doppel_twins_active 1",
+        "doppel_twins_passivated_total 0",
         "doppel_mqtt_connections 1",
         "doppel_process_resident_memory_bytes",
-        "doppel_ws_watchers 0",
+        "doppel_ws_connections 1",
+        "doppel_ws_subscriptions 1",
+        "doppel_ws_changes_sent_total 1",
+        "doppel_ws_fell_behind_total 0",
     ] {
         assert!(text.contains(needle), "{needle} missing in:\n{text}");
     }

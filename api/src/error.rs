@@ -145,6 +145,7 @@ impl From<NodeError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        metrics::counter!("doppel_api_errors_total", "code" => self.code).increment(1);
         let body = ErrorBody {
             code: self.code.to_owned(),
             message: self.message,

@@ -485,7 +485,7 @@ impl Session {
                 frame.push_str(&serde_json::to_string(&*sub).unwrap_or_default());
                 frame.push(',');
                 frame.push_str(std::str::from_utf8(tail).unwrap_or("}"));
-                metrics::counter!("doppel_ws_changes_sent").increment(1);
+                metrics::counter!("doppel_ws_changes_sent_total").increment(1);
                 vec![Utf8Bytes::from(frame)]
             }
             Delivery::Resync(marks) => self.resync(marks).await,
@@ -493,7 +493,7 @@ impl Session {
     }
 
     async fn resync(&mut self, marks: Vec<Resync>) -> Vec<Utf8Bytes> {
-        metrics::counter!("doppel_ws_resyncs").increment(1);
+        metrics::counter!("doppel_ws_resyncs_total").increment(1);
         let mut frames = Vec::with_capacity(marks.len());
         for (sub, thing, shadow) in marks {
             if !self.subscriptions.contains_key(&*sub) {

@@ -51,20 +51,26 @@ pub(crate) fn interpret(target: DeviceTopic, payload: &[u8], limits: &Limits) ->
             };
             match parsed {
                 Ok(command) => Inbound::Command(thing, command),
-                Err(rejection) => Inbound::Answer {
-                    topic: topics::reply(&thing, &shadow, op, false),
-                    payload: twin_core::rejected(
-                        &rejection.error,
-                        rejection.client_token.as_deref(),
-                        crate::now_ms(),
-                    ),
-                    thing,
-                },
+                Err(rejection) => {
+                    metrics::counter!("doppel_rejections_total", "code" => rejection.error.code.to_string())
+                        .increment(1);
+                    Inbound::Answer {
+                        topic: topics::reply(&thing, &shadow, op, false),
+                        payload: twin_core::rejected(
+                            &rejection.error,
+                            rejection.client_token.as_deref(),
+                            crate::now_ms(),
+                        ),
+                        thing,
+                    }
+                }
             }
         }
         DeviceTopic::Telemetry { thing } => match Sample::parse(payload) {
             Ok(sample) => Inbound::Command(thing, Command::Telemetry(sample)),
             Err(error) => {
+                metrics::counter!("doppel_rejections_total", "code" => error.code.to_string())
+                    .increment(1);
                 info!(%thing, code = error.code, message = %error.message, "refused telemetry");
                 Inbound::Refuse(Reason::PayloadInvalid)
             }
