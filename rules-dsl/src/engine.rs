@@ -487,9 +487,16 @@ fn evaluate(
                 } else {
                     s.phase = Phase::Pending { since };
                     note = if now < ready {
-                        format!("holding since {since}; fires at {ready} if it still holds")
+                        format!(
+                            "held for {} of {}",
+                            format_ms(now - since),
+                            format_ms(rule.when_hold_ms)
+                        )
                     } else {
-                        format!("cooling down until {}", s.cooldown_until)
+                        format!(
+                            "cooling down for another {}",
+                            format_ms(s.cooldown_until - now)
+                        )
                     };
                 }
             } else {
@@ -515,7 +522,11 @@ fn evaluate(
                     clear_now = true;
                 } else {
                     s.phase = Phase::Clearing { fired, since };
-                    note = format!("clearing since {since}; clears at {}", since + hold);
+                    note = format!(
+                        "clear condition held for {} of {}",
+                        format_ms(now - since),
+                        format_ms(hold)
+                    );
                 }
             } else {
                 s.phase = Phase::Firing { since: fired };
@@ -626,6 +637,19 @@ fn evaluate(
         to: s.phase.name(),
         note,
     });
+}
+
+/// `1.5s` style: `250ms`, `30s`, `2m`, `1h`.
+pub fn format_ms(ms: u64) -> String {
+    if ms.is_multiple_of(3_600_000) && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1_000) {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 /// A condition's truth: `None` when it needs a missing value (and so does not hold).

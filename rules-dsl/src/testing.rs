@@ -6,7 +6,7 @@ use crate::{
     compile::Program,
     engine::{self, Eval, Input as EngineInput, Output, OutputKind, View},
     ir::{CompiledRule, Expr, PathRef, Val},
-    state::TwinRuleState,
+    state::{Phase, TwinRuleState},
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -122,29 +122,14 @@ fn run_one(
     let mut state = TwinRuleState::default();
     let mut log: Vec<(Output, bool)> = Vec::new();
     let mut failures = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
     let mut now = TEST_EPOCH;
     let run_input = |twin: &mut Twin,
                      state: &mut TwinRuleState,
                      input: EngineInput,
                      at: u64,
-                     log: &mut Vec<(Output, bool)>,
-                     notes: &mut Vec<String>| {
+                     log: &mut Vec<(Output, bool)>| {
         let mut effects = Vec::new();
         let outcome = engine::handle(twin, state, rules, input, &ctx, at, &mut effects);
-        notes.clear();
-        for t in &outcome.trace {
-            notes.push(format!(
-                "rule {} is {}{}",
-                t.rule,
-                t.to,
-                if t.note.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", t.note)
-                }
-            ));
-        }
         log.extend(outcome.outputs.into_iter().map(|o| (o, false)));
     };
     for step in &test.steps {
@@ -156,21 +141,15 @@ fn run_one(
             }
             ticks += 1;
             now = deadline.max(now);
-            run_input(
-                &mut twin,
-                &mut state,
-                EngineInput::Timer,
-                now,
-                &mut log,
-                &mut notes,
-            );
+            run_input(&mut twin, &mut state, EngineInput::Timer, now, &mut log);
         }
         now = at.max(now);
         let shown = |ms: u64| format_ms(ms);
-        let fail = |failures: &mut Vec<Failure>, message: String, notes: &[String]| {
+        let fail = |failures: &mut Vec<Failure>, message: String, state: &TwinRuleState| {
             let mut message = format!("at {}: {message}", shown(step.at_ms));
-            if !notes.is_empty() {
-                message.push_str(&format!(" [{}]", notes.join("; ")));
+            let phases = phases(rules, state, now);
+            if !phases.is_empty() {
+                message.push_str(&format!(" [{}]", phases.join("; ")));
             }
             failures.push(Failure {
                 line: step.line,
@@ -190,12 +169,11 @@ fn run_one(
                         EngineInput::Command(Command::Telemetry(sample)),
                         now,
                         &mut log,
-                        &mut notes,
                     ),
                     Err(e) => fail(
                         &mut failures,
                         format!("the sample is refused: {}", e.message),
-                        &[],
+                        &state,
                     ),
                 }
             }
@@ -213,12 +191,11 @@ fn run_one(
                         EngineInput::Command(Command::Update(update)),
                         now,
                         &mut log,
-                        &mut notes,
                     ),
                     Err(r) => fail(
                         &mut failures,
                         format!("the update is refused: {}", r.error.message),
-                        &[],
+                        &state,
                     ),
                 }
             }
@@ -229,7 +206,6 @@ fn run_one(
                     EngineInput::Child(name.clone(), Some(v.clone())),
                     now,
                     &mut log,
-                    &mut notes,
                 );
             }
             TestInput::Reply(name, payload) => {
@@ -245,7 +221,7 @@ fn run_one(
                     fail(
                         &mut failures,
                         format!("no command {name} is waiting for a reply"),
-                        &notes,
+                        &state,
                     );
                 }
                 run_input(
@@ -258,7 +234,6 @@ fn run_one(
                     },
                     now,
                     &mut log,
-                    &mut notes,
                 );
             }
             TestInput::Expect(negated, probe) => {
@@ -283,7 +258,7 @@ fn run_one(
                             fail(
                                 &mut failures,
                                 format!("expected {no}alert {name} {what}, but {actual}"),
-                                &notes,
+                                &state,
                             );
                         }
                     }
@@ -312,12 +287,12 @@ fn run_one(
                             (None, false) => fail(
                                 &mut failures,
                                 format!("expected {what}, but none was sent"),
-                                &notes,
+                                &state,
                             ),
                             (Some(_), true) => fail(
                                 &mut failures,
                                 format!("expected no {what}, but one was sent"),
-                                &notes,
+                                &state,
                             ),
                             (None, true) => {}
                         }
@@ -356,7 +331,7 @@ fn run_one(
                                     "expected the condition to hold, but {got} ({})",
                                     shown.join(", ")
                                 ),
-                                &notes,
+                                &state,
                             );
                         }
                     }
@@ -371,6 +346,35 @@ fn run_one(
         failures,
         timeline,
     }
+}
+
+/// Where each rule is at `now`, for failure messages.
+fn phases(rules: &[Arc<CompiledRule>], state: &TwinRuleState, now: u64) -> Vec<String> {
+    rules
+        .iter()
+        .map(|rule| {
+            let phase = state
+                .rules
+                .get(&*rule.name)
+                .map(|s| s.phase)
+                .unwrap_or_default();
+            let detail = match phase {
+                Phase::Idle => String::new(),
+                Phase::Pending { since } => format!(
+                    ": its condition has held for {} of {}",
+                    format_ms(now - since),
+                    format_ms(rule.when_hold_ms)
+                ),
+                Phase::Firing { since } => format!(" since {}", format_ms(since - TEST_EPOCH)),
+                Phase::Clearing { since, .. } => format!(
+                    ": its clear condition has held for {} of {}",
+                    format_ms(now - since),
+                    format_ms(rule.clear.as_ref().map_or(0, |c| c.1))
+                ),
+            };
+            format!("rule {} is {}{detail}", rule.name, phase.name())
+        })
+        .collect()
 }
 
 fn engine_read(twin: &Twin, state: &TwinRuleState, path: &PathRef) -> String {
@@ -395,18 +399,7 @@ fn engine_read(twin: &Twin, state: &TwinRuleState, path: &PathRef) -> String {
     }
 }
 
-/// `1.5s`, `2m`, `250ms`.
-pub fn format_ms(ms: u64) -> String {
-    if ms % 3_600_000 == 0 && ms > 0 {
-        format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
-        format!("{}m", ms / 60_000)
-    } else if ms % 1_000 == 0 {
-        format!("{}s", ms / 1_000)
-    } else {
-        format!("{ms}ms")
-    }
-}
+pub use engine::format_ms;
 
 /// One line per output: `at 2s rule high_temp: alert HighTemp firing "temp 35"`.
 pub fn describe(o: &Output) -> String {
