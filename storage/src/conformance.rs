@@ -7,7 +7,7 @@
 
 use crate::{
     AuditEntry, KeyRange, KeyRecord, MAX_KEY_BYTES, MAX_VALUE_BYTES, RangeOptions, Repos, Role,
-    StoreError, ThingRecord,
+    RuleLogEntry, RuleRecord, StoreError, ThingRecord,
     kv::{Store, Transaction},
     repo::blob,
 };
@@ -590,6 +590,115 @@ pub fn api_keys_are_stored_by_id<S: Store>(store: &S, root: &Subspace) {
     );
 }
 
+/// Rules: sources by name, rule state and deadlines per twin, the rule log by kind and time.
+pub fn rules_state_deadlines_and_log<S: Store>(store: &S, root: &Subspace) {
+    let repos = Repos::new(root);
+    let rule = RuleRecord {
+        name: "hot".into(),
+        source: "rule hot for type T { when true then { emit event \"x\" } }".into(),
+        device_type: Some("T".into()),
+        thing: None,
+        updated_by: "k1".into(),
+        updated_at: 9,
+    };
+    store.transact(|tx| repos.rules.put(tx, &rule)).unwrap();
+    assert_eq!(
+        store.transact(|tx| repos.rules.get(tx, "hot")).unwrap(),
+        Some(rule)
+    );
+
+    let (a, b) = (ThingName::new("a").unwrap(), ThingName::new("b").unwrap());
+    let big = vec![7u8; 250_000];
+    store
+        .transact(|tx| {
+            repos.rule_states.save(tx, &a, &big)?;
+            repos.rule_states.set_deadline(tx, &a, Some(1_000))?;
+            repos.rule_states.set_deadline(tx, &b, Some(500))?;
+            repos.rule_states.set_deadline(tx, &b, None)?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        store.transact(|tx| repos.rule_states.load(tx, &a)).unwrap(),
+        Some(big)
+    );
+    assert_eq!(
+        store
+            .transact(|tx| repos.rule_states.deadlines(tx, None, 10))
+            .unwrap(),
+        vec![(a.clone(), 1_000)]
+    );
+    store
+        .transact(|tx| repos.rule_states.remove(tx, &a))
+        .unwrap();
+    assert_eq!(
+        store.transact(|tx| repos.rule_states.load(tx, &a)).unwrap(),
+        None
+    );
+    assert!(
+        store
+            .transact(|tx| repos.rule_states.deadlines(tx, None, 10))
+            .unwrap()
+            .is_empty()
+    );
+
+    let entry = |at: u64, name: &str| RuleLogEntry {
+        at,
+        thing: "a".into(),
+        rule: "hot".into(),
+        details: json!({"name": name})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    store
+        .transact(|tx| {
+            for (kind, at, name) in [
+                ("alert", 30, "c"),
+                ("alert", 10, "a"),
+                ("command", 20, "x"),
+                ("alert", 20, "b"),
+            ] {
+                repos.rule_log.append(tx, kind, &entry(at, name))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let alerts = store
+        .transact(|tx| repos.rule_log.list(tx, "alert", (0, 100), None, 2))
+        .unwrap();
+    assert_eq!(
+        alerts.iter().map(|(_, e)| e.at).collect::<Vec<_>>(),
+        [10, 20]
+    );
+    let rest = store
+        .transact(|tx| {
+            repos
+                .rule_log
+                .list(tx, "alert", (0, 100), Some(alerts[1].0), 10)
+        })
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].1, entry(30, "c"));
+    store
+        .transact(|tx| repos.rule_log.expire(tx, "alert", 25))
+        .unwrap();
+    assert_eq!(
+        store
+            .transact(|tx| repos.rule_log.list(tx, "alert", (0, 100), None, 10))
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .transact(|tx| repos.rule_log.list(tx, "command", (0, 100), None, 10))
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 fn run_case<S: Store>(store: &S, root: &Subspace, name: &str, case: fn(&S, &Subspace)) {
     let space = root.subspace(&name);
     let clear = || {
@@ -651,4 +760,5 @@ suite!($
     audit_entries_list_in_time_order,
     telemetry_history_is_kept_by_day,
     api_keys_are_stored_by_id,
+    rules_state_deadlines_and_log,
 );

@@ -21,4 +21,4 @@ pub use kv::{
     KeyRange, KeyValue, MAX_KEY_BYTES, MAX_TRANSACTION_BYTES, MAX_VALUE_BYTES, RangeOptions, Store,
     Transaction,
 };
-pub use repo::{AuditEntry, KeyRecord, Repos, Role, ThingRecord};
+pub use repo::{AuditEntry, KeyRecord, Repos, Role, RuleLogEntry, RuleRecord, ThingRecord};

@@ -10,16 +10,22 @@
 //! | audit | `(root, "audit", at_ms, seq)` | [`AuditEntry`] as JSON |
 //! | telemetry | `(root, "telemetry", "raw", day, thing, ts)` | the sample's fields as JSON |
 //! | | `(root, "telemetry", "hourly", day, thing, hour)` | [`HourAgg`] as JSON |
+//! | rules | `(root, "rule", name)` | [`RuleRecord`] as JSON |
+//! | rule states | `(root, "rstate", thing, chunk)` | the twin's encoded rule state |
+//! | rule timers | `(root, "rtimer", thing)` | its next rule deadline, epoch ms, big-endian `u64` |
+//! | rule log | `(root, "rlog", kind, at_ms, seq)` | [`RuleLogEntry`] as JSON |
 
 mod audit;
 pub mod blob;
 mod history;
 mod records;
+mod rules;
 mod twins;
 
 pub use audit::{Audit, AuditEntry, Cursor};
 pub use history::{DAY_MS, FieldAgg, HOUR_MS, History, HourAgg, RawSample, day_of};
 pub use records::{KeyRecord, Keyed, Records, Role, ThingRecord};
+pub use rules::{RuleLog, RuleLogEntry, RuleRecord, RuleStates};
 pub use twins::Twins;
 
 use foundationdb_tuple::Subspace;
@@ -45,6 +51,12 @@ pub struct Repos {
     pub audit: Audit,
     /// Telemetry history.
     pub history: History,
+    /// Rule sources.
+    pub rules: Records<RuleRecord>,
+    /// Rule state and deadlines per twin.
+    pub rule_states: RuleStates,
+    /// Alerts and commands.
+    pub rule_log: RuleLog,
 }
 
 impl Repos {
@@ -57,6 +69,9 @@ impl Repos {
             keys: Records::new(root.subspace(&"key")),
             audit: Audit::new(root.subspace(&"audit")),
             history: History::new(root.subspace(&"telemetry")),
+            rules: Records::new(root.subspace(&"rule")),
+            rule_states: RuleStates::new(root.subspace(&"rstate"), root.subspace(&"rtimer")),
+            rule_log: RuleLog::new(root.subspace(&"rlog")),
         }
     }
 }
