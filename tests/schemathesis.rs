@@ -60,7 +60,7 @@ fn fuzz(node: &Node, role: &str, key: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("Tested: 18"),
+        stdout.contains("Tested: 27"),
         "every operation was tested:\n{stdout}"
     );
 }

@@ -125,6 +125,7 @@ pub struct Directory {
     repos: Repos,
     types: RwLock<HashMap<TypeName, Arc<CompiledType>>>,
     keys: RwLock<HashMap<String, KeyRecord>>,
+    rules: crate::rules::RuleBook,
 }
 
 impl std::fmt::Debug for Directory {
@@ -157,10 +158,11 @@ pub fn audit(
 impl Directory {
     /// Opens the directory: compiles every device type and loads the API keys.
     pub fn load(store: AnyStore, repos: Repos) -> Result<Self, NodeError> {
-        let (defs, keys) = store.transact(|tx| {
+        let (defs, keys, rules) = store.transact(|tx| {
             Ok((
                 repos.types.list(tx, None, usize::MAX)?,
                 repos.keys.list(tx, None, usize::MAX)?,
+                repos.rules.list(tx, None, usize::MAX)?,
             ))
         })?;
         let mut types = HashMap::new();
@@ -168,12 +170,15 @@ impl Directory {
             let name = def.name.clone();
             types.insert(name, Arc::new(CompiledType::compile(def)?));
         }
-        Ok(Self {
+        let mut directory = Self {
             store,
             repos,
             types: RwLock::new(types),
             keys: RwLock::new(keys.into_iter().map(|k| (k.id.clone(), k)).collect()),
-        })
+            rules: crate::rules::RuleBook::default(),
+        };
+        directory.rules = crate::rules::RuleBook::load(rules, &directory);
+        Ok(directory)
     }
 
     /// The store behind the directory.
@@ -184,6 +189,36 @@ impl Directory {
     /// The repositories.
     pub fn repos(&self) -> &Repos {
         &self.repos
+    }
+
+    // ---- rules ---------------------------------------------------------------------------
+
+    /// The compiled rules.
+    pub fn rules(&self) -> &crate::rules::RuleBook {
+        &self.rules
+    }
+
+    /// Checks and stores the rule `name` (see [`crate::rules::RuleBook::put`]).
+    pub fn put_rule(
+        &self,
+        name: &str,
+        source: String,
+        actor: &str,
+        now: u64,
+    ) -> Result<crate::rules::StoredRule, NodeError> {
+        self.rules
+            .put(&self.store, &self.repos, self, name, source, actor, now)
+    }
+
+    /// Removes the rule `name`.
+    pub fn delete_rule(
+        &self,
+        name: &str,
+        actor: &str,
+        now: u64,
+    ) -> Result<storage::RuleRecord, NodeError> {
+        self.rules
+            .delete(&self.store, &self.repos, name, actor, now)
     }
 
     // ---- device types ------------------------------------------------------------------
@@ -546,6 +581,22 @@ impl Directory {
         Ok(self
             .store
             .transact(|tx| self.repos.audit.list(tx, from, to, after, limit))?)
+    }
+}
+
+/// Rules are checked against the deployment's device types and things.
+impl rules_dsl::Catalog for Directory {
+    fn device_type(&self, name: &str) -> Option<twin_core::Schemas> {
+        let name = TypeName::new(name).ok()?;
+        Directory::device_type(self, &name).map(|t| t.def().schemas.clone())
+    }
+
+    fn thing_type(&self, name: &str) -> Option<Option<String>> {
+        let name = ThingName::new(name).ok()?;
+        self.thing(&name)
+            .ok()
+            .flatten()
+            .map(|r| r.device_type.map(|t| t.to_string()))
     }
 }
 

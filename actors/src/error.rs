@@ -17,6 +17,15 @@ pub enum NodeError {
     /// A device type named by a request is not registered.
     #[error("device type {0} is not registered")]
     TypeNotFound(String),
+    /// No rule with this name is stored.
+    #[error("rule {0} is not stored")]
+    RuleNotFound(String),
+    /// A rule's source does not check; the diagnostics say why.
+    #[error("the rule does not check: {}", .0.first().map_or_else(String::new, |d| d.headline()))]
+    RulesInvalid(Vec<rules_dsl::Diagnostic>),
+    /// A request the node cannot carry out as asked.
+    #[error("{0}")]
+    InvalidRequest(String),
     /// The caller may not do this.
     #[error("forbidden: {0}")]
     Forbidden(String),

@@ -43,6 +43,35 @@ impl ChangeEvent {
     }
 }
 
+/// Something a rule did (an alert, an event, a command's outcome) and what watchers filter on.
+#[derive(Debug)]
+pub struct RuleEvent {
+    /// The twin.
+    pub thing: ThingName,
+    /// The thing's type and attributes.
+    pub meta: Arc<ThingMeta>,
+    /// What the rule did.
+    pub output: rules_dsl::Output,
+    frame: OnceLock<Bytes>,
+}
+
+impl RuleEvent {
+    /// An output of `thing`'s rules.
+    pub fn new(thing: ThingName, meta: Arc<ThingMeta>, output: rules_dsl::Output) -> Self {
+        Self {
+            thing,
+            meta,
+            output,
+            frame: OnceLock::new(),
+        }
+    }
+
+    /// The event serialized by `build`, once however many watchers need it.
+    pub fn frame(&self, build: impl FnOnce(&RuleEvent) -> Bytes) -> &Bytes {
+        self.frame.get_or_init(|| build(self))
+    }
+}
+
 /// What a subscription selects: things by name, by type, by attributes (all that are given).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selector {
@@ -84,14 +113,26 @@ pub type Resync = (Arc<str>, ThingName, ShadowName);
 pub enum Delivery {
     /// A change for one of its subscriptions.
     Change(Arc<str>, Arc<ChangeEvent>),
-    /// It fell behind: these shadows must be sent in their current state.
-    Resync(Vec<Resync>),
+    /// A rule's event for one of its subscriptions.
+    Event(Arc<str>, Arc<RuleEvent>),
+    /// It fell behind: these shadows must be sent in their current state, and this many rule
+    /// events were dropped.
+    Resync(Vec<Resync>, u64),
+}
+
+/// A queued item.
+#[derive(Debug, Clone)]
+enum Item {
+    Change(Arc<ChangeEvent>),
+    Event(Arc<RuleEvent>),
 }
 
 #[derive(Debug, Default)]
 struct WatchState {
-    queue: VecDeque<(Arc<str>, Arc<ChangeEvent>)>,
+    queue: VecDeque<(Arc<str>, Item)>,
     behind: BTreeSet<Resync>,
+    /// Rule events dropped while behind.
+    dropped: u64,
     overflowed: bool,
 }
 
@@ -108,31 +149,34 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    fn offer(&self, sub: &Arc<str>, event: &Arc<ChangeEvent>) {
+    fn offer(&self, sub: &Arc<str>, item: Item) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        let mark = |sub: &Arc<str>, event: &ChangeEvent| {
-            (
-                sub.clone(),
-                event.change.thing.clone(),
-                event.change.shadow.clone(),
-            )
+        let mark = |state: &mut WatchState, sub: &Arc<str>, item: &Item| match item {
+            Item::Change(event) => {
+                state.behind.insert((
+                    sub.clone(),
+                    event.change.thing.clone(),
+                    event.change.shadow.clone(),
+                ));
+            }
+            Item::Event(_) => state.dropped += 1,
         };
         if state.overflowed {
-            state.behind.insert(mark(sub, event));
+            mark(&mut state, sub, &item);
         } else if state.queue.len() >= self.max_queue {
             // Behind: keep only which shadows changed; their latest state is sent when the
-            // consumer reads again.
+            // consumer reads again. Rule events are counted, and the count is reported.
             state.overflowed = true;
             let queued: Vec<_> = state.queue.drain(..).collect();
-            for (s, e) in &queued {
-                state.behind.insert(mark(s, e));
+            for (s, queued_item) in &queued {
+                mark(&mut state, s, queued_item);
             }
-            state.behind.insert(mark(sub, event));
+            mark(&mut state, sub, &item);
             self.hub.resyncs.fetch_add(1, Ordering::Relaxed);
         } else {
-            state.queue.push_back((sub.clone(), event.clone()));
+            state.queue.push_back((sub.clone(), item));
         }
         drop(state);
         self.notify.notify_one();
@@ -142,13 +186,17 @@ impl Watcher {
     pub async fn next(&self) -> Delivery {
         loop {
             if let Ok(mut state) = self.state.lock() {
-                if let Some((sub, event)) = state.queue.pop_front() {
-                    return Delivery::Change(sub, event);
+                if let Some((sub, item)) = state.queue.pop_front() {
+                    return match item {
+                        Item::Change(event) => Delivery::Change(sub, event),
+                        Item::Event(event) => Delivery::Event(sub, event),
+                    };
                 }
                 if state.overflowed {
                     state.overflowed = false;
                     let behind = std::mem::take(&mut state.behind);
-                    return Delivery::Resync(behind.into_iter().collect());
+                    let dropped = std::mem::take(&mut state.dropped);
+                    return Delivery::Resync(behind.into_iter().collect(), dropped);
                 }
             }
             self.notify.notified().await;
@@ -301,20 +349,32 @@ impl ChangeHub {
 
     /// Hands a committed change to every watcher whose subscriptions match it.
     pub fn publish(&self, event: Arc<ChangeEvent>) {
-        let thing = &event.change.thing;
-        let meta = &event.meta;
+        for (watcher, sub) in self.targets(&event.change.thing, &event.meta) {
+            watcher.offer(&sub, Item::Change(event.clone()));
+        }
+    }
+
+    /// Hands a rule's event to every watcher whose subscriptions match its thing.
+    pub fn publish_event(&self, event: Arc<RuleEvent>) {
+        for (watcher, sub) in self.targets(&event.thing, &event.meta) {
+            watcher.offer(&sub, Item::Event(event.clone()));
+        }
+    }
+
+    /// The watchers and subscriptions that select `thing`.
+    fn targets(&self, thing: &ThingName, meta: &Arc<ThingMeta>) -> Vec<(Arc<Watcher>, Arc<str>)> {
         // Collected under the locks, offered after: a watcher upgraded here may be the last
         // reference to it, and its drop takes the index lock.
         let mut targets: Vec<(Arc<Watcher>, Arc<str>)> = Vec::new();
         {
             let Ok(index) = self.inner.index.read() else {
-                return;
+                return targets;
             };
             if index.count == 0 {
-                return;
+                return targets;
             }
             let Ok(watchers) = self.inner.watchers.read() else {
-                return;
+                return targets;
             };
             let by_type = meta.device_type.as_ref().and_then(|t| index.by_type.get(t));
             let candidates = index
@@ -335,9 +395,7 @@ impl ChangeHub {
                 }
             }
         }
-        for (watcher, sub) in &targets {
-            watcher.offer(sub, &event);
-        }
+        targets
     }
 
     /// Current counts.
@@ -485,7 +543,7 @@ mod tests {
             "3000 changes of 3 shadows hold 3 marks, not a queue"
         );
         match next_now(&w) {
-            Some(Delivery::Resync(marks)) => {
+            Some(Delivery::Resync(marks, _)) => {
                 let things: Vec<&str> = marks.iter().map(|(_, t, _)| t.as_str()).collect();
                 assert_eq!(things, ["a", "b", "c"]);
             }

@@ -14,6 +14,7 @@ pub mod hub;
 pub mod mqtt;
 mod node;
 pub mod outbox;
+pub mod rules;
 mod shard;
 pub mod tls;
 mod twin_actor;

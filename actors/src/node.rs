@@ -10,11 +10,12 @@ use crate::{
     hub::ChangeHub,
     mqtt::topics,
     outbox::Outbox,
-    shard::{Evict, Flush, HostStats, Refresh, Route, ShardHost, Stats},
+    shard::{Evict, Flush, HostStats, Refresh, Route, ShardHost, Stats, TraceOf},
     twin_actor::{Deliver, Origin, ThingMeta},
 };
 use actix::{Actor, Addr, Arbiter};
-use std::sync::{Arc, Mutex};
+use rules_dsl::{Input, TraceEntry};
+use std::sync::{Arc, Mutex, OnceLock};
 use storage::Store;
 use tokio::sync::oneshot;
 use twin_core::{Command, Limits, Reply, ShadowName, ThingName};
@@ -26,6 +27,29 @@ pub(crate) struct Shared {
     pub hub: ChangeHub,
     pub config: NodeConfig,
     pub limits: Arc<Limits>,
+    /// The shard hosts, set once they started.
+    pub hosts: OnceLock<Vec<Addr<ShardHost>>>,
+}
+
+impl Shared {
+    /// The virtual shard of `thing`.
+    pub fn shard_of(&self, thing: &ThingName) -> u32 {
+        let shards = u64::from(self.config.shards.max(1));
+        (xxhash_rust::xxh3::xxh3_64(thing.as_str().as_bytes()) % shards) as u32
+    }
+
+    /// The host of `thing`'s shard.
+    pub fn host(&self, thing: &ThingName) -> Option<&Addr<ShardHost>> {
+        let hosts = self.hosts.get()?;
+        hosts.get(self.shard_of(thing) as usize % hosts.len().max(1))
+    }
+
+    /// Sends work to `thing`'s twin.
+    pub fn route(&self, thing: ThingName, deliver: Deliver) {
+        if let Some(host) = self.host(&thing) {
+            host.do_send(Route { thing, deliver });
+        }
+    }
 }
 
 struct Inner {
@@ -63,6 +87,7 @@ impl Node {
             hub,
             limits: Arc::new(config.limits.clone()),
             config,
+            hosts: OnceLock::new(),
         });
         let mut hosts = Vec::new();
         let mut arbiters = Vec::new();
@@ -74,9 +99,11 @@ impl Node {
             }));
             arbiters.push(arbiter);
         }
+        let _ = shared.hosts.set(hosts.clone());
         if shared.config.history.enabled {
             tokio::spawn(maintain_history(shared.clone()));
         }
+        tokio::spawn(resume_rule_deadlines(shared.clone()));
         Node {
             inner: Arc::new(Inner {
                 hosts,
@@ -103,8 +130,7 @@ impl Node {
 
     /// The virtual shard of `thing`.
     pub fn shard_of(&self, thing: &ThingName) -> u32 {
-        let shards = u64::from(self.inner.shared.config.shards.max(1));
-        (xxhash_rust::xxh3::xxh3_64(thing.as_str().as_bytes()) % shards) as u32
+        self.inner.shared.shard_of(thing)
     }
 
     fn host(&self, thing: &ThingName) -> &Addr<ShardHost> {
@@ -120,12 +146,15 @@ impl Node {
             .wants(thing, &topics::documents(thing, shadow))
     }
 
-    /// Sends a command from a device; `ack` is marked done once its effects are durable and
-    /// released.
-    pub fn deliver_from_device(&self, thing: ThingName, command: Command, ack: Option<Ack>) {
-        let documents = self.wants_documents(&thing, command.target().0);
+    /// Sends work from a device (a command, a command reply); `ack` is marked done once its
+    /// effects are durable and released.
+    pub fn deliver_from_device(&self, thing: ThingName, input: Input, ack: Option<Ack>) {
+        let documents = match &input {
+            Input::Command(command) => self.wants_documents(&thing, command.target().0),
+            _ => false,
+        };
         let deliver = Deliver {
-            command,
+            input,
             origin: Origin::Device,
             ack,
             documents,
@@ -145,7 +174,7 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         let documents = self.wants_documents(&thing, command.target().0);
         let deliver = Deliver {
-            command,
+            input: Input::Command(command),
             origin: Origin::Caller(tx),
             ack: None,
             documents,
@@ -209,10 +238,39 @@ impl Node {
         rx.await.map_err(|_| NodeError::Stopped)?;
         // A commit that was in flight during the removal may have written the twin again.
         let name = thing.clone();
-        self.with_directory(move |d| {
-            Ok(d.store().transact(|tx| d.repos().twins.remove(tx, &name))?)
-        })
-        .await
+        let parent = self
+            .with_directory(move |d| {
+                let parent = d
+                    .thing(&name)?
+                    .and_then(|r| r.attributes.get("parent").cloned());
+                d.store().transact(|tx| {
+                    d.repos().twins.remove(tx, &name)?;
+                    d.repos().rule_states.remove(tx, &name)
+                })?;
+                Ok(parent)
+            })
+            .await?;
+        // Its parent stops counting it.
+        if let Some(parent) = parent.and_then(|p| ThingName::new(&p).ok()) {
+            self.inner.shared.route(
+                parent,
+                Deliver {
+                    input: Input::Child(thing.to_string(), None),
+                    origin: Origin::Device,
+                    ack: None,
+                    documents: false,
+                    audit: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The latest rule evaluations of `thing`'s twin, if it is active (newest last).
+    pub async fn rule_trace(&self, thing: ThingName) -> Result<Vec<TraceEntry>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.host(&thing).do_send(TraceOf(thing, tx));
+        rx.await.map_err(|_| NodeError::Stopped)
     }
 
     /// Checks a device's credentials.
@@ -277,6 +335,50 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| NodeError::Io(e.to_string()))
+}
+
+/// Wakes the twins whose rules wait on a deadline (after a restart): each is activated and
+/// resumes its timer.
+async fn resume_rule_deadlines(shared: Arc<Shared>) {
+    let mut after: Option<ThingName> = None;
+    loop {
+        let for_job = shared.clone();
+        let from = after.clone();
+        let page = blocking(move || {
+            let d = &for_job.directory;
+            d.store()
+                .transact(|tx| d.repos().rule_states.deadlines(tx, from.as_ref(), 1_000))
+        })
+        .await;
+        let page = match page {
+            Ok(Ok(page)) => page,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "reading rule deadlines failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        let Some((last, _)) = page.last() else {
+            return;
+        };
+        after = Some(last.clone());
+        let full = page.len() == 1_000;
+        for (thing, _) in page {
+            shared.route(
+                thing,
+                Deliver {
+                    input: Input::Timer,
+                    origin: Origin::Device,
+                    ack: None,
+                    documents: false,
+                    audit: None,
+                },
+            );
+        }
+        if !full {
+            return;
+        }
+    }
 }
 
 /// Rolls telemetry history up and expires it, now and every `maintenance_every`, for as long as

@@ -9,20 +9,21 @@
 use crate::{
     ack::Ack,
     directory::audit,
-    hub::ChangeEvent,
+    hub::{ChangeEvent, RuleEvent},
     mqtt::topics,
     node::Shared,
-    twin_actor::{Deliver, Handled, Origin, SetMeta, Stop, ThingMeta, TwinActor},
+    twin_actor::{Deliver, Handled, Origin, SetMeta, Stop, ThingMeta, Trace, TwinActor},
 };
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
 use bytes::Bytes;
+use rules_dsl::{Input, Output, OutputKind, TraceEntry, ast::AlertState, engine::CommandOutcome};
 use serde_json::json;
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
-use storage::{AuditEntry, Store, StoreError};
+use storage::{AuditEntry, RuleLogEntry, Store, StoreError};
 use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 use twin_core::{Effect, Op, ShadowError, ThingName, Twin};
@@ -81,6 +82,13 @@ impl Message for Refresh {
     type Result = ();
 }
 
+/// The latest rule evaluations of an active twin (none if it is not active).
+pub(crate) struct TraceOf(pub ThingName, pub oneshot::Sender<Vec<TraceEntry>>);
+
+impl Message for TraceOf {
+    type Result = ();
+}
+
 struct Entry {
     addr: Addr<TwinActor>,
     last_active: Instant,
@@ -89,12 +97,16 @@ struct Entry {
     /// Records this twin produced, and how many of them are committed.
     written: u64,
     committed: u64,
+    /// The twin's next rule deadline: twins waiting on one are not passivated.
+    deadline: Option<u64>,
 }
 
 /// Effects of one command, waiting for their commit.
 struct Released {
     thing: ThingName,
     effects: Vec<Effect>,
+    outputs: Vec<Output>,
+    child_report: Option<(ThingName, serde_json::Value)>,
     origin: Origin,
     ack: Option<Ack>,
     meta: Arc<ThingMeta>,
@@ -109,13 +121,24 @@ struct Window {
     audits: Vec<AuditEntry>,
     /// Telemetry samples for the history: thing, device time, fields as JSON.
     telemetry: Vec<(ThingName, u64, Vec<u8>)>,
+    /// Latest rule state per twin (empty: remove it).
+    rule_states: HashMap<ThingName, Bytes>,
+    /// Latest rule deadline per twin.
+    deadlines: HashMap<ThingName, Option<u64>>,
+    /// Alerts and commands for the rule log.
+    rule_log: Vec<(&'static str, RuleLogEntry)>,
     bytes: usize,
     released: Vec<Released>,
 }
 
 impl Window {
     fn has_writes(&self) -> bool {
-        !self.records.is_empty() || !self.telemetry.is_empty() || !self.audits.is_empty()
+        !self.records.is_empty()
+            || !self.telemetry.is_empty()
+            || !self.audits.is_empty()
+            || !self.rule_states.is_empty()
+            || !self.deadlines.is_empty()
+            || !self.rule_log.is_empty()
     }
 
     fn is_full(&self, max_twins: usize) -> bool {
@@ -130,9 +153,18 @@ struct Batch {
     records: Vec<(ThingName, Bytes, u64)>,
     audits: Vec<AuditEntry>,
     telemetry: Vec<(ThingName, u64, Vec<u8>)>,
+    rule_states: Vec<(ThingName, Bytes)>,
+    deadlines: Vec<(ThingName, Option<u64>)>,
+    rule_log: Vec<(&'static str, RuleLogEntry)>,
 }
 
-type Loaded = Vec<(ThingName, Option<storage::ThingRecord>, Option<Vec<u8>>)>;
+/// A loaded thing: its record, its twin's record and its rule state.
+type Loaded = Vec<(
+    ThingName,
+    Option<storage::ThingRecord>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+)>;
 
 pub(crate) struct ShardHost {
     index: usize,
@@ -199,11 +231,14 @@ impl ShardHost {
                     .iter()
                     .map(|name| {
                         let thing = repos.things.get(tx, name.as_str())?;
-                        let record = match thing {
-                            Some(_) => repos.twins.load_encoded(tx, name)?,
-                            None => None,
+                        let (record, rule_state) = match thing {
+                            Some(_) => (
+                                repos.twins.load_encoded(tx, name)?,
+                                repos.rule_states.load(tx, name)?,
+                            ),
+                            None => (None, None),
                         };
-                        Ok((name.clone(), thing, record))
+                        Ok((name.clone(), thing, record, rule_state))
                     })
                     .collect::<Result<Loaded, StoreError>>()
             });
@@ -230,7 +265,7 @@ impl ShardHost {
 
     fn activate(&mut self, rows: Loaded, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        for (name, thing, record) in rows {
+        for (name, thing, record, rule_state) in rows {
             let queued = self.loading.remove(&name).unwrap_or_default();
             // Decommissioned while loading: the load may have read the thing before it went.
             let thing = thing.filter(|_| !self.cancelled.remove(&name));
@@ -257,6 +292,7 @@ impl ShardHost {
             let actor = TwinActor::new(
                 name.clone(),
                 record,
+                rule_state.filter(|s| !s.is_empty()).map(Bytes::from),
                 meta,
                 self.shared.clone(),
                 ctx.address(),
@@ -274,6 +310,7 @@ impl ShardHost {
                     in_flight,
                     written: 0,
                     committed: 0,
+                    deadline: None,
                 },
             );
         }
@@ -281,10 +318,15 @@ impl ShardHost {
 
     /// Answers a command that never reached a twin.
     fn refuse(&self, thing: &ThingName, deliver: Deliver, error: ShadowError) {
-        let reply = deliver.command.refuse(error, crate::now_ms());
+        let effects = match &deliver.input {
+            Input::Command(command) => vec![Effect::Reply(command.refuse(error, crate::now_ms()))],
+            _ => Vec::new(),
+        };
         self.release(Released {
             thing: thing.clone(),
-            effects: vec![Effect::Reply(reply)],
+            effects,
+            outputs: Vec::new(),
+            child_report: None,
             origin: deliver.origin,
             ack: deliver.ack,
             meta: Arc::default(),
@@ -300,6 +342,7 @@ impl ShardHost {
         let before = self.twins.len();
         self.twins.retain(|_, e| {
             let passivate = e.in_flight == 0
+                && e.deadline.is_none()
                 && e.written == e.committed
                 && now.duration_since(e.last_active) >= idle;
             if passivate {
@@ -353,6 +396,9 @@ impl ShardHost {
                 .collect(),
             audits: window.audits,
             telemetry: window.telemetry,
+            rule_states: window.rule_states.into_iter().collect(),
+            deadlines: window.deadlines.into_iter().collect(),
+            rule_log: window.rule_log,
         };
         self.committing = true;
         self.commit(batch, window.released, Duration::ZERO, ctx);
@@ -378,6 +424,19 @@ impl ShardHost {
                 }
                 for (thing, ts, json) in &batch.telemetry {
                     repos.history.append(tx, thing, *ts, json)?;
+                }
+                for (thing, bytes) in &batch.rule_states {
+                    if bytes.is_empty() {
+                        repos.rule_states.remove(tx, thing)?;
+                    } else {
+                        repos.rule_states.save(tx, thing, bytes)?;
+                    }
+                }
+                for (thing, deadline) in &batch.deadlines {
+                    repos.rule_states.set_deadline(tx, thing, *deadline)?;
+                }
+                for (kind, entry) in &batch.rule_log {
+                    repos.rule_log.append(tx, kind, entry)?;
                 }
                 Ok(())
             });
@@ -430,6 +489,8 @@ impl ShardHost {
         let Released {
             thing,
             effects,
+            outputs,
+            child_report,
             origin,
             ack,
             meta,
@@ -479,9 +540,51 @@ impl ShardHost {
                 Effect::Telemetry { .. } => {}
             }
         }
+        for output in outputs {
+            self.release_output(&thing, &meta, output);
+        }
+        if let Some((parent, reported)) = child_report {
+            self.shared.route(
+                parent,
+                Deliver {
+                    input: Input::Child(thing.to_string(), Some(reported)),
+                    origin: Origin::Device,
+                    ack: None,
+                    documents: false,
+                    audit: None,
+                },
+            );
+        }
         if let Some(ack) = ack {
             ack.done();
         }
+    }
+
+    /// Sends what a rule did: commands to the device, alerts and events to apps.
+    fn release_output(&self, thing: &ThingName, meta: &Arc<ThingMeta>, output: Output) {
+        match &output.kind {
+            OutputKind::Command { name, payload, .. } => {
+                let bytes = Bytes::from(payload.to_string());
+                self.shared
+                    .outbox
+                    .publish(thing, topics::command(thing, name), bytes);
+                metrics::counter!("doppel_rule_commands_total").increment(1);
+            }
+            OutputKind::SetRefused { message } => {
+                warn!(%thing, rule = %output.rule, %message, "the twin refused a rule's set");
+            }
+            OutputKind::Set { .. } => return,
+            OutputKind::Alert { .. }
+            | OutputKind::Event { .. }
+            | OutputKind::CommandEnded { .. } => {}
+        }
+        metrics::counter!("doppel_rule_outputs_total", "kind" => output_kind(&output.kind))
+            .increment(1);
+        self.shared.hub.publish_event(Arc::new(RuleEvent::new(
+            thing.clone(),
+            meta.clone(),
+            output,
+        )));
     }
 
     fn check_idle(&mut self) {
@@ -540,17 +643,27 @@ impl Handler<Handled> for ShardHost {
         let Handled {
             thing,
             record,
+            rule_state,
+            deadline,
             mut effects,
+            outputs,
+            child_report,
             origin,
             ack,
             audit: actor,
             meta,
+            routed,
         } = handled;
         let mut written = 0;
         if let Some(entry) = self.twins.get_mut(&thing) {
-            entry.in_flight = entry.in_flight.saturating_sub(1);
+            if routed {
+                entry.in_flight = entry.in_flight.saturating_sub(1);
+            }
             if record.is_some() {
                 entry.written += 1;
+            }
+            if let Some(deadline) = deadline {
+                entry.deadline = deadline;
             }
             written = entry.written;
         }
@@ -577,9 +690,23 @@ impl Handler<Handled> for ShardHost {
                 self.window.bytes -= old.len();
             }
         }
+        if let Some(bytes) = rule_state {
+            self.window.bytes += bytes.len();
+            if let Some(old) = self.window.rule_states.insert(thing.clone(), bytes) {
+                self.window.bytes -= old.len();
+            }
+        }
+        if let Some(deadline) = deadline {
+            self.window.deadlines.insert(thing.clone(), deadline);
+        }
+        self.window
+            .rule_log
+            .extend(outputs.iter().filter_map(|o| log_entry(&thing, o)));
         let released = Released {
             thing,
             effects,
+            outputs,
+            child_report,
             origin,
             ack,
             meta,
@@ -640,6 +767,10 @@ impl Handler<Evict> for ShardHost {
         if let Some((bytes, _)) = self.window.records.remove(&thing) {
             self.window.bytes -= bytes.len();
         }
+        if let Some(bytes) = self.window.rule_states.remove(&thing) {
+            self.window.bytes -= bytes.len();
+        }
+        self.window.deadlines.remove(&thing);
         if self.committing {
             self.after_commit.push(done);
         } else {
@@ -656,6 +787,82 @@ impl Handler<Refresh> for ShardHost {
             entry.addr.do_send(SetMeta(meta));
         }
     }
+}
+
+impl Handler<TraceOf> for ShardHost {
+    type Result = ();
+
+    fn handle(&mut self, TraceOf(thing, tx): TraceOf, _: &mut Context<Self>) {
+        match self.twins.get(&thing) {
+            Some(entry) => entry.addr.do_send(Trace(tx)),
+            None => {
+                let _ = tx.send(Vec::new());
+            }
+        }
+    }
+}
+
+fn output_kind(kind: &OutputKind) -> &'static str {
+    match kind {
+        OutputKind::Command { .. } => "command",
+        OutputKind::Alert { .. } => "alert",
+        OutputKind::Event { .. } => "event",
+        OutputKind::CommandEnded { .. } => "command_ended",
+        OutputKind::Set { .. } => "set",
+        OutputKind::SetRefused { .. } => "set_refused",
+    }
+}
+
+/// The rule log entry of an output, if it is logged: alerts, and commands sent and ended.
+fn log_entry(thing: &ThingName, output: &Output) -> Option<(&'static str, RuleLogEntry)> {
+    let (kind, details) = match &output.kind {
+        OutputKind::Alert {
+            name,
+            severity,
+            state,
+            message,
+        } => (
+            "alert",
+            json!({
+                "name": name.as_ref(),
+                "severity": severity.as_str(),
+                "state": if *state == AlertState::Firing { "firing" } else { "resolved" },
+                "message": message,
+            }),
+        ),
+        OutputKind::Command {
+            request_id,
+            name,
+            payload,
+        } => (
+            "command",
+            json!({"name": name.as_ref(), "request_id": request_id, "state": "sent", "payload": payload}),
+        ),
+        OutputKind::CommandEnded {
+            request_id,
+            name,
+            outcome,
+        } => {
+            let (state, payload) = match outcome {
+                CommandOutcome::Replied { payload } => ("replied", payload.clone()),
+                CommandOutcome::TimedOut => ("timed_out", serde_json::Value::Null),
+            };
+            (
+                "command",
+                json!({"name": name, "request_id": request_id, "state": state, "payload": payload}),
+            )
+        }
+        _ => return None,
+    };
+    Some((
+        kind,
+        RuleLogEntry {
+            at: output.at,
+            thing: thing.to_string(),
+            rule: output.rule.to_string(),
+            details: details.as_object().cloned().unwrap_or_default(),
+        },
+    ))
 }
 
 impl Handler<Stats> for ShardHost {

@@ -1,34 +1,41 @@
-//! The twin actor: one actix actor per active thing, hosting twin-core's state machine. Its
-//! mailbox is the only way to change the twin. Between messages it keeps the twin in its
-//! encoded form (the same bytes that go to the store), which keeps a million resident twins
-//! small; every command decodes it, applies the command, and hands the new record and the
-//! effects to its shard host, which commits and then releases them.
+//! The twin actor: one actix actor per active thing, hosting twin-core's state machine and the
+//! thing's rules. Its mailbox is the only way to change the twin. Between messages it keeps
+//! the twin and its rule state in their encoded forms (the same bytes that go to the store),
+//! which keeps a million resident twins small; every command decodes them, applies the
+//! command, runs the rules, and hands the new records and the effects to its shard host, which
+//! commits and then releases them. Rule deadlines run on the actor's own timer.
 
-use crate::{ack::Ack, node::Shared, shard::ShardHost};
-use actix::{Actor, ActorContext, Addr, Context, Handler, Message};
+use crate::{ack::Ack, node::Shared, rules::TwinRules, shard::ShardHost};
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, SpawnHandle};
 use bytes::Bytes;
-use std::{collections::BTreeMap, sync::Arc};
+use rules_dsl::{Input, Output, TraceEntry, TwinRuleState, engine};
+use serde_json::Value;
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 use tokio::sync::oneshot;
-use twin_core::{Command, Effect, Reply, ShadowError, ThingName, Twin, TypeName};
+use twin_core::{Effect, ShadowError, ShadowName, ThingName, Twin, TypeName};
 
 /// Who sent a command, and so where its reply goes.
 #[derive(Debug)]
 pub enum Origin {
-    /// A device over MQTT: replies are published on the device's reply topics.
+    /// A device over MQTT (or the node itself): replies go to the device's reply topics.
     Device,
     /// A caller in the node (HTTP, WebSocket): the reply is handed back; accepted changes are
     /// also published to the device's topics.
-    Caller(oneshot::Sender<Reply>),
+    Caller(oneshot::Sender<twin_core::Reply>),
 }
 
-/// A command for a twin, as it travels to the twin actor.
+/// Work for a twin, as it travels to the twin actor.
 #[derive(Debug)]
 pub struct Deliver {
-    /// The command.
-    pub command: Command,
+    /// A command, a child's change, a command reply or a timer.
+    pub input: Input,
     /// Where the reply goes.
     pub origin: Origin,
-    /// Acknowledged once the command's effects are durable and released.
+    /// Acknowledged once the work's effects are durable and released.
     pub ack: Option<Ack>,
     /// Whether to build `…/update/documents` notices.
     pub documents: bool,
@@ -49,17 +56,36 @@ pub struct ThingMeta {
     pub attributes: BTreeMap<String, String>,
 }
 
-/// What a twin actor hands back to its host after a command.
+impl ThingMeta {
+    /// The thing whose child this one is (its `parent` attribute).
+    pub fn parent(&self) -> Option<ThingName> {
+        self.attributes
+            .get("parent")
+            .and_then(|p| ThingName::new(p).ok())
+    }
+}
+
+/// What a twin actor hands back to its host after some work.
 #[derive(Debug)]
 pub(crate) struct Handled {
     pub thing: ThingName,
-    /// The new record, if the command changed the twin.
+    /// The new record, if the work changed the twin.
     pub record: Option<Bytes>,
+    /// The new rule state, if the rules changed it.
+    pub rule_state: Option<Bytes>,
+    /// The twin's next rule deadline, if it changed.
+    pub deadline: Option<Option<u64>>,
     pub effects: Vec<Effect>,
+    /// What the rules did.
+    pub outputs: Vec<Output>,
+    /// The twin's whole `reported` section for its parent, when it changed.
+    pub child_report: Option<(ThingName, Value)>,
     pub origin: Origin,
     pub ack: Option<Ack>,
     pub audit: Option<Arc<str>>,
     pub meta: Arc<ThingMeta>,
+    /// Whether the work came through the host (it counts what it routed).
+    pub routed: bool,
 }
 
 impl Message for Handled {
@@ -81,19 +107,38 @@ impl Message for SetMeta {
     type Result = ();
 }
 
+/// The latest rule evaluations of the twin, newest last.
+pub(crate) struct Trace(pub oneshot::Sender<Vec<TraceEntry>>);
+
+impl Message for Trace {
+    type Result = ();
+}
+
+/// Rule evaluations a twin remembers for `GET …/rules/trace`.
+const TRACE_LEN: usize = 64;
+
 pub(crate) struct TwinActor {
     thing: ThingName,
     /// The encoded twin; `None` until its first change.
     record: Option<Bytes>,
+    /// The encoded rule state; `None` until rules first ran.
+    rule_state: Option<Bytes>,
     meta: Arc<ThingMeta>,
     shared: Arc<Shared>,
     host: Addr<ShardHost>,
+    /// The rules attached, and the rule book's version they were read at.
+    rules: (u64, TwinRules),
+    /// The next rule deadline and the timer waiting for it.
+    deadline: Option<u64>,
+    timer: Option<SpawnHandle>,
+    trace: VecDeque<TraceEntry>,
 }
 
 impl TwinActor {
     pub(crate) fn new(
         thing: ThingName,
         record: Option<Bytes>,
+        rule_state: Option<Bytes>,
         meta: Arc<ThingMeta>,
         shared: Arc<Shared>,
         host: Addr<ShardHost>,
@@ -101,9 +146,14 @@ impl TwinActor {
         Self {
             thing,
             record,
+            rule_state,
             meta,
             shared,
             host,
+            rules: (0, Arc::from(Vec::new())),
+            deadline: None,
+            timer: None,
+            trace: VecDeque::new(),
         }
     }
 
@@ -113,19 +163,40 @@ impl TwinActor {
             None => Ok(Twin::new(self.thing.clone())),
         }
     }
-}
 
-impl Actor for TwinActor {
-    type Context = Context<Self>;
-}
+    fn decoded_rule_state(&self) -> TwinRuleState {
+        match &self.rule_state {
+            Some(bytes) => TwinRuleState::decode(bytes).unwrap_or_else(|error| {
+                tracing::error!(thing = %self.thing, %error, "rule state does not decode; starting afresh");
+                TwinRuleState::default()
+            }),
+            None => TwinRuleState::default(),
+        }
+    }
 
-impl Handler<Deliver> for TwinActor {
-    type Result = ();
+    /// The rules attached to the twin now (re-read when the rule book changed).
+    fn current_rules(&mut self) -> TwinRules {
+        let book = self.shared.directory.rules();
+        let version = book.version();
+        if self.rules.0 != version {
+            self.rules = (
+                version,
+                book.for_twin(&self.thing, self.meta.device_type.as_ref()),
+            );
+        }
+        self.rules.1.clone()
+    }
 
-    fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) {
+    /// Runs `input` and hands the result to the host.
+    fn work(&mut self, msg: Deliver, routed: bool, ctx: &mut Context<Self>) {
         let now = crate::now_ms();
+        let rules = self.current_rules();
         let mut effects = Vec::with_capacity(4);
         let mut record = None;
+        let mut rule_state = None;
+        let mut deadline_changed = None;
+        let mut outputs = Vec::new();
+        let mut child_report = None;
         match self.twin() {
             Ok(mut twin) => {
                 // The type is looked up per command, so a replaced type applies at once.
@@ -134,36 +205,136 @@ impl Handler<Deliver> for TwinActor {
                     .device_type
                     .as_ref()
                     .and_then(|t| self.shared.directory.device_type(t));
-                let ctx = twin_core::Context {
+                let ctx_twin = twin_core::Context {
                     limits: &self.shared.limits,
                     device_type: device_type.as_deref(),
                     documents: msg.documents,
                 };
-                twin.handle(msg.command, &ctx, now, &mut effects);
+                if rules.is_empty() && self.rule_state.is_none() {
+                    // No rules: the plain twin.
+                    if let Input::Command(command) = msg.input {
+                        twin.handle(command, &ctx_twin, now, &mut effects);
+                    }
+                } else {
+                    let mut state = self.decoded_rule_state();
+                    let outcome = engine::handle(
+                        &mut twin,
+                        &mut state,
+                        &rules,
+                        msg.input,
+                        &ctx_twin,
+                        now,
+                        &mut effects,
+                    );
+                    if outcome.state_changed {
+                        let bytes = if state.is_empty() && rules.is_empty() {
+                            None
+                        } else {
+                            Some(Bytes::from(state.encode()))
+                        };
+                        rule_state = Some(bytes.clone().unwrap_or_default());
+                        self.rule_state = bytes;
+                    }
+                    let deadline = engine::next_deadline(&state, &rules);
+                    if deadline != self.deadline {
+                        deadline_changed = Some(deadline);
+                        self.schedule(deadline, now, ctx);
+                    }
+                    for entry in outcome.trace {
+                        if self.trace.len() == TRACE_LEN {
+                            self.trace.pop_front();
+                        }
+                        self.trace.push_back(entry);
+                    }
+                    outputs = outcome.outputs;
+                }
                 if twin.take_dirty() {
                     let bytes = Bytes::from(twin.encode());
                     self.record = Some(bytes.clone());
                     record = Some(bytes);
+                    if let Some(parent) = self.meta.parent()
+                        && reported_changed(&effects)
+                    {
+                        let reported = twin
+                            .shadow(&ShadowName::CLASSIC)
+                            .map_or(Value::Null, |s| s.reported().to_json());
+                        child_report = Some((parent, reported));
+                    }
                 }
             }
             Err(error) => {
                 // The loader checked the stored record and this actor encodes every record it
                 // keeps, so this is corruption in memory: refuse rather than overwrite.
                 tracing::error!(thing = %self.thing, %error, "twin record does not decode");
-                effects.push(Effect::Reply(
-                    msg.command.refuse(ShadowError::internal(), now),
-                ));
+                if let Input::Command(command) = &msg.input {
+                    effects.push(Effect::Reply(command.refuse(ShadowError::internal(), now)));
+                }
             }
         }
         self.host.do_send(Handled {
             thing: self.thing.clone(),
             record,
+            rule_state,
+            deadline: deadline_changed,
             effects,
+            outputs,
+            child_report,
             origin: msg.origin,
             ack: msg.ack,
             audit: msg.audit,
             meta: self.meta.clone(),
+            routed,
         });
+    }
+
+    /// Arms the timer for `deadline` (replacing any other).
+    fn schedule(&mut self, deadline: Option<u64>, now: u64, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        self.deadline = deadline;
+        if let Some(at) = deadline {
+            let wait = Duration::from_millis(at.saturating_sub(now));
+            self.timer = Some(ctx.run_later(wait, |actor, ctx| {
+                actor.timer = None;
+                actor.deadline = None;
+                let tick = Deliver {
+                    input: Input::Timer,
+                    origin: Origin::Device,
+                    ack: None,
+                    documents: false,
+                    audit: None,
+                };
+                actor.work(tick, false, ctx);
+            }));
+        }
+    }
+}
+
+fn reported_changed(effects: &[Effect]) -> bool {
+    effects.iter().any(|e| {
+        matches!(e, Effect::Changed(c) if c.shadow == ShadowName::CLASSIC && (c.reported.is_some() || c.deleted))
+    })
+}
+
+impl Actor for TwinActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Resume the rules' deadline (after a restart or a passivation).
+        if self.rule_state.is_some() {
+            let rules = self.current_rules();
+            let deadline = engine::next_deadline(&self.decoded_rule_state(), &rules);
+            self.schedule(deadline, crate::now_ms(), ctx);
+        }
+    }
+}
+
+impl Handler<Deliver> for TwinActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        self.work(msg, true, ctx);
     }
 }
 
@@ -179,6 +350,18 @@ impl Handler<SetMeta> for TwinActor {
     type Result = ();
 
     fn handle(&mut self, SetMeta(meta): SetMeta, _: &mut Context<Self>) {
+        if meta.device_type != self.meta.device_type {
+            // Read the rules again for the new type.
+            self.rules.0 = 0;
+        }
         self.meta = meta;
+    }
+}
+
+impl Handler<Trace> for TwinActor {
+    type Result = ();
+
+    fn handle(&mut self, Trace(tx): Trace, _: &mut Context<Self>) {
+        let _ = tx.send(self.trace.iter().cloned().collect());
     }
 }

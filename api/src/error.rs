@@ -125,6 +125,14 @@ impl From<NodeError> for ApiError {
                 Self::new(StatusCode::BAD_REQUEST, "type_not_found", error.to_string())
             }
             NodeError::Invalid(_) => Self::invalid(error.to_string()),
+            NodeError::InvalidRequest(message) => Self::invalid(message.clone()),
+            NodeError::RuleNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "rule_not_found", error.to_string())
+            }
+            NodeError::RulesInvalid(diagnostics) => {
+                Self::new(StatusCode::BAD_REQUEST, "rule_invalid", error.to_string())
+                    .with_details(serde_json::json!({ "diagnostics": diagnostics }))
+            }
             NodeError::Forbidden(_) => Self::forbidden(error.to_string()),
             NodeError::Stopped => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -8,6 +8,7 @@ mod extract;
 mod keys;
 mod metrics;
 mod openapi;
+mod rules;
 mod serve;
 mod telemetry;
 mod things;
@@ -119,6 +120,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/v1/audit", get(keys::audit))
+        .route("/v1/rules", get(rules::list))
+        .route("/v1/rules/check", post(rules::check))
+        .route(
+            "/v1/rules/{name}",
+            get(rules::get).put(rules::put).delete(rules::delete),
+        )
+        .route("/v1/rules/{name}/test", post(rules::test))
+        .route("/v1/rules/{name}/dry-run", post(rules::dry_run))
+        .route("/v1/things/{name}/rules/trace", get(rules::trace))
+        .route("/v1/alerts", get(rules::alerts))
         .route("/v1/ws", get(ws::upgrade))
         .fallback(not_found)
         .with_state(state)

@@ -13,7 +13,7 @@
 use crate::{AppState, auth::Caller, error::ApiError};
 use actors::{
     directory::Role,
-    hub::{ChangeEvent, Delivery, Resync, Selector, Watcher},
+    hub::{ChangeEvent, Delivery, Resync, RuleEvent, Selector, Watcher},
 };
 use axum::{
     extract::{
@@ -159,6 +159,74 @@ fn change_tail(event: &ChangeEvent) -> Bytes {
     // `{"thing":…}` → `"thing":…}`: the subscriber's prefix supplies the opening brace.
     json.remove(0);
     Bytes::from(json)
+}
+
+/// The part of an event frame after `"sub":…`, shared by every subscriber:
+/// `"thing", "rule", "kind", "payload", "ts"`.
+fn event_tail(event: &RuleEvent) -> Bytes {
+    use rules_dsl::{OutputKind, ast::AlertState, engine::CommandOutcome};
+    let o = &event.output;
+    let (kind, payload): (&str, Value) = match &o.kind {
+        OutputKind::Alert {
+            name,
+            severity,
+            state,
+            message,
+        } => (
+            "alert",
+            json!({
+                "name": name.as_ref(),
+                "severity": severity.as_str(),
+                "state": if *state == AlertState::Firing { "firing" } else { "resolved" },
+                "message": message,
+            }),
+        ),
+        OutputKind::Event { event, payload } => (event.as_ref(), payload.clone()),
+        OutputKind::Command {
+            request_id,
+            name,
+            payload,
+        } => (
+            "command",
+            json!({"name": name.as_ref(), "request_id": request_id, "state": "sent", "payload": payload}),
+        ),
+        OutputKind::CommandEnded {
+            request_id,
+            name,
+            outcome,
+        } => {
+            let (state, reply) = match outcome {
+                CommandOutcome::Replied { payload } => ("replied", payload.clone()),
+                CommandOutcome::TimedOut => ("timed_out", Value::Null),
+            };
+            (
+                "command",
+                json!({"name": name, "request_id": request_id, "state": state, "reply": reply}),
+            )
+        }
+        OutputKind::SetRefused { message } => ("set_refused", json!({ "message": message })),
+        OutputKind::Set {
+            section,
+            field,
+            value,
+        } => (
+            "set",
+            json!({"section": section, "field": field, "value": value}),
+        ),
+    };
+    let tail = json!({
+        "thing": event.thing,
+        "rule": o.rule.as_ref(),
+        "kind": kind,
+        "payload": payload,
+        "ts": o.at,
+    });
+    let mut bytes = serde_json::to_vec(&tail).unwrap_or_default();
+    // `{"thing":…}` → `"thing":…}`: the subscriber's prefix supplies the opening brace.
+    if !bytes.is_empty() {
+        bytes.remove(0);
+    }
+    Bytes::from(bytes)
 }
 
 struct Session {
@@ -492,7 +560,29 @@ impl Session {
                 metrics::counter!("doppel_ws_changes_sent_total").increment(1);
                 vec![Utf8Bytes::from(frame)]
             }
-            Delivery::Resync(marks) => self.resync(marks).await,
+            Delivery::Event(sub, event) => {
+                let tail = event.frame(event_tail);
+                let mut frame = String::with_capacity(32 + sub.len() + tail.len());
+                frame.push_str("{\"type\":\"event\",\"sub\":");
+                frame.push_str(&serde_json::to_string(&*sub).unwrap_or_default());
+                frame.push(',');
+                frame.push_str(std::str::from_utf8(tail).unwrap_or("}"));
+                metrics::counter!("doppel_ws_events_sent_total").increment(1);
+                vec![Utf8Bytes::from(frame)]
+            }
+            Delivery::Resync(marks, dropped) => {
+                let mut frames = self.resync(marks).await;
+                if dropped > 0 {
+                    frames.push(error_frame(
+                        None,
+                        "events_dropped",
+                        &format!(
+                            "{dropped} rule events were dropped while this connection fell behind"
+                        ),
+                    ));
+                }
+                frames
+            }
         }
     }
 

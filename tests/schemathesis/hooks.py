@@ -3,9 +3,9 @@
 `role_allows_request` fails a test case when a key got a 2xx for a request its role may not
 make. The role under test comes from the DOPPEL_ROLE environment variable:
 
-- viewer: reads only (GET);
-- operator: reads, and changes desired state (PATCH /v1/things/{name}/shadow without
-  `reported`);
+- viewer: reads only (GET, and the POSTs that change nothing: rule checks, tests, dry runs);
+- operator: reads, changes desired state (PATCH /v1/things/{name}/shadow without
+  `reported`) and rules (PUT and DELETE /v1/rules/{name});
 - admin (or unset): everything, so the check passes.
 """
 
@@ -31,10 +31,18 @@ def _touches_reported(body):
     return state is None or (isinstance(state, dict) and "reported" in state)
 
 
+# POSTs that change nothing: checking a rule, running its tests, a dry run.
+READ_ONLY_POSTS = {"/v1/rules/check", "/v1/rules/{name}/test", "/v1/rules/{name}/dry-run"}
+
+
 def _allowed(role, method, path, body):
     if method == "GET" or role == "admin":
         return True
+    if method == "POST" and path in READ_ONLY_POSTS:
+        return True
     if role == "operator":
+        if path == "/v1/rules/{name}" and method in ("PUT", "DELETE"):
+            return True
         return (
             method == "PATCH"
             and path.startswith("/v1/things/")

@@ -1,5 +1,5 @@
-//! What a message a device published asks for, shared by the endpoint and the bridge: a
-//! command for its twin, an immediate AWS rejection (the payload was refused before reaching
+//! What a message a device published asks for, shared by the endpoint and the bridge: work
+//! for its twin (a command, a reply to a rule's command), an immediate AWS rejection (the payload was refused before reaching
 //! the twin), or a refusal without an answer topic.
 
 use crate::mqtt::{
@@ -7,14 +7,15 @@ use crate::mqtt::{
     topics::{self, DeviceTopic},
 };
 use bytes::Bytes;
+use rules_dsl::Input;
 use tracing::info;
 use twin_core::{Command, Limits, Op, Sample, ThingName, request};
 
 /// The meaning of one device message.
 #[derive(Debug)]
 pub(crate) enum Inbound {
-    /// A command for the twin of `thing`.
-    Command(ThingName, Command),
+    /// Work for the twin of `thing`.
+    Command(ThingName, Input),
     /// Refused before reaching a twin; publish `payload` on `topic` (…/rejected).
     Answer {
         thing: ThingName,
@@ -50,7 +51,7 @@ pub(crate) fn interpret(target: DeviceTopic, payload: &[u8], limits: &Limits) ->
                 Op::Telemetry => unreachable!("shadow topics carry get, update or delete"),
             };
             match parsed {
-                Ok(command) => Inbound::Command(thing, command),
+                Ok(command) => Inbound::Command(thing, Input::Command(command)),
                 Err(rejection) => {
                     metrics::counter!("doppel_rejections_total", "code" => rejection.error.code.to_string())
                         .increment(1);
@@ -67,7 +68,7 @@ pub(crate) fn interpret(target: DeviceTopic, payload: &[u8], limits: &Limits) ->
             }
         }
         DeviceTopic::Telemetry { thing } => match Sample::parse(payload) {
-            Ok(sample) => Inbound::Command(thing, Command::Telemetry(sample)),
+            Ok(sample) => Inbound::Command(thing, Input::Command(Command::Telemetry(sample))),
             Err(error) => {
                 metrics::counter!("doppel_rejections_total", "code" => error.code.to_string())
                     .increment(1);
@@ -75,9 +76,30 @@ pub(crate) fn interpret(target: DeviceTopic, payload: &[u8], limits: &Limits) ->
                 Inbound::Refuse(Reason::PayloadInvalid)
             }
         },
-        // Commands and gateways arrive with later parts of the device API.
-        DeviceTopic::CommandReply { .. } | DeviceTopic::GatewayTelemetry { .. } => {
-            Inbound::Refuse(Reason::NotAuthorized)
+        DeviceTopic::CommandReply { thing, name } => {
+            match serde_json::from_slice::<serde_json::Value>(payload) {
+                Ok(payload @ serde_json::Value::Object(_)) => {
+                    let request_id = payload
+                        .get("request_id")
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_owned);
+                    Inbound::Command(
+                        thing,
+                        Input::Reply {
+                            request_id,
+                            name,
+                            payload,
+                        },
+                    )
+                }
+                _ => {
+                    info!(%thing, command = %name, "refused a command reply that is not a JSON object");
+                    metrics::counter!("doppel_rejections_total", "code" => "400").increment(1);
+                    Inbound::Refuse(Reason::PayloadInvalid)
+                }
+            }
         }
+        // Gateways arrive with a later part of the device API.
+        DeviceTopic::GatewayTelemetry { .. } => Inbound::Refuse(Reason::NotAuthorized),
     }
 }
