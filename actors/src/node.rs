@@ -230,7 +230,14 @@ impl Node {
     /// closed, its twin is stopped and its state removed.
     pub async fn decommission(&self, thing: ThingName, actor: &str) -> Result<(), NodeError> {
         let (name, actor) = (thing.clone(), actor.to_owned());
-        self.with_directory(move |d| d.remove_thing(&name, &actor, crate::now_ms()))
+        let parent = self
+            .with_directory(move |d| {
+                let parent = d
+                    .thing(&name)?
+                    .and_then(|r| r.attributes.get("parent").cloned());
+                d.remove_thing(&name, &actor, crate::now_ms())?;
+                Ok(parent)
+            })
             .await?;
         self.inner.shared.outbox.disconnect(&thing);
         let (tx, rx) = oneshot::channel();
@@ -238,18 +245,13 @@ impl Node {
         rx.await.map_err(|_| NodeError::Stopped)?;
         // A commit that was in flight during the removal may have written the twin again.
         let name = thing.clone();
-        let parent = self
-            .with_directory(move |d| {
-                let parent = d
-                    .thing(&name)?
-                    .and_then(|r| r.attributes.get("parent").cloned());
-                d.store().transact(|tx| {
-                    d.repos().twins.remove(tx, &name)?;
-                    d.repos().rule_states.remove(tx, &name)
-                })?;
-                Ok(parent)
-            })
-            .await?;
+        self.with_directory(move |d| {
+            Ok(d.store().transact(|tx| {
+                d.repos().twins.remove(tx, &name)?;
+                d.repos().rule_states.remove(tx, &name)
+            })?)
+        })
+        .await?;
         // Its parent stops counting it.
         if let Some(parent) = parent.and_then(|p| ThingName::new(&p).ok()) {
             self.inner.shared.route(

@@ -153,6 +153,29 @@ impl Device {
             .unwrap();
     }
 
+    /// Publishes JSON at QoS 1 and waits for its PUBACK (the node sends it once the message is
+    /// committed); whatever else arrives meanwhile stays for later.
+    pub async fn publish_acked(&mut self, topic: &str, payload: &Value) {
+        self.publish(topic, payload).await;
+        let mut pkid = None;
+        let mut skipped = Vec::new();
+        loop {
+            let seen = tokio::time::timeout(WAIT, self.rx.recv())
+                .await
+                .expect("a PUBACK")
+                .expect("the event loop runs");
+            match seen {
+                Seen::Sent(id) if pkid.is_none() => pkid = Some(id),
+                Seen::PubAck(id) if Some(id) == pkid => {
+                    self.backlog.extend(skipped);
+                    return;
+                }
+                Seen::Closed(e) => panic!("closed while publishing: {e}"),
+                other => skipped.push(other),
+            }
+        }
+    }
+
     /// Publishes raw bytes at QoS 1.
     pub async fn publish_raw(&self, topic: &str, payload: Vec<u8>) {
         self.client
