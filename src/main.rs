@@ -1,9 +1,12 @@
-//! The `doppel` command line: `doppel serve` runs a node.
+//! The `doppel` command line: `doppel serve` runs a node; `doppel rules check|test FILE…`
+//! checks rule files and runs their tests.
 
 mod config;
+mod rules_cli;
 mod serve;
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 // mimalloc: the node allocates many small, short-lived objects from several threads (decoded
 // messages, effects); glibc's malloc spent ~40% of the node's CPU on them under load.
@@ -21,9 +24,12 @@ struct Cli {
 enum Command {
     /// Run a node: MQTT device endpoint (or broker bridge), HTTP API, embedded store.
     Serve(config::ServeArgs),
+    /// Check rule files and run their tests, offline.
+    #[command(subcommand)]
+    Rules(rules_cli::RulesCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DOPPEL_LOG").unwrap_or_else(|_| {
@@ -33,6 +39,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => serve::run(config::ServeConfig::load(args)?),
+        Command::Serve(args) => {
+            serve::run(config::ServeConfig::load(args)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rules(command) => rules_cli::run(command),
     }
 }

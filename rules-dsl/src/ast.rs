@@ -57,6 +57,8 @@ pub struct Rule {
     pub then: Vec<Action>,
     /// `on clear { … }`.
     pub on_clear: Vec<Action>,
+    /// A clause did not parse (already reported): what is missing may be in it.
+    pub broken: bool,
     /// The whole rule.
     pub span: Span,
 }

@@ -206,6 +206,9 @@ impl RuleCompiler<'_, '_> {
             None => RuleTarget::Type(String::new()),
         };
         let Some(when) = &rule.when else {
+            if rule.broken {
+                return None;
+            }
             self.diags
                 .error(
                     "E010",
@@ -240,7 +243,7 @@ impl RuleCompiler<'_, '_> {
             (expr, hold)
         });
         let cooldown = self.hold(rule.cooldown);
-        if rule.then.is_empty() {
+        if rule.then.is_empty() && !rule.broken {
             self.diags
                 .error(
                     "E011",

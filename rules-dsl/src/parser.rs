@@ -20,6 +20,7 @@ pub fn parse(source: &str, diags: &mut Diagnostics<'_>) -> File {
         pos: 0,
         diags,
         depth: 0,
+        open: 0,
     };
     parser.file()
 }
@@ -30,6 +31,8 @@ struct Parser<'s, 'd, 'a> {
     pos: usize,
     diags: &'d mut Diagnostics<'a>,
     depth: usize,
+    /// Delimiters opened and not yet closed by the tokens consumed so far.
+    open: usize,
 }
 
 /// Words that start a rule clause.
@@ -57,9 +60,13 @@ impl<'s> Parser<'s, '_, '_> {
 
     fn bump(&mut self) -> Token {
         let token = self.peek();
-        if token.tok != Tok::Eof {
-            self.pos += 1;
+        match token.tok {
+            Tok::Eof => return token,
+            Tok::LBrace | Tok::LParen | Tok::LBracket => self.open += 1,
+            Tok::RBrace | Tok::RParen | Tok::RBracket => self.open = self.open.saturating_sub(1),
+            _ => {}
         }
+        self.pos += 1;
         token
     }
 
@@ -197,24 +204,22 @@ impl<'s> Parser<'s, '_, '_> {
         }
     }
 
-    /// Skips to one of `words` or `stops` at nesting depth 0, or past the `}` that closes the
-    /// current block (not consumed).
-    fn recover(&mut self, words: &[&str], stops: &[Tok]) {
-        let mut depth = 0usize;
+    /// Skips tokens until, back at nesting `level` (the block being parsed), the next one is
+    /// one of `words` or `stops`, or the `}` that closes the block (not consumed). Whatever
+    /// the failed part opened is skipped whole.
+    fn recover(&mut self, level: usize, words: &[&str], stops: &[Tok]) {
         loop {
             let token = self.peek();
-            match token.tok {
-                Tok::Eof => return,
-                Tok::LBrace | Tok::LParen | Tok::LBracket => depth += 1,
-                Tok::RBrace | Tok::RParen | Tok::RBracket => {
-                    if depth == 0 {
-                        return;
-                    }
-                    depth -= 1;
+            if token.tok == Tok::Eof {
+                return;
+            }
+            if self.open <= level {
+                match token.tok {
+                    Tok::RBrace | Tok::RParen | Tok::RBracket => return,
+                    Tok::Word if words.contains(&self.text(token)) => return,
+                    tok if stops.contains(&tok) => return,
+                    _ => {}
                 }
-                Tok::Word if depth == 0 && words.contains(&self.text(token)) => return,
-                tok if depth == 0 && stops.contains(&tok) => return,
-                _ => {}
             }
             self.bump();
         }
@@ -236,7 +241,7 @@ impl<'s> Parser<'s, '_, '_> {
             } else {
                 self.unexpected("`rule` or `test`");
                 self.bump();
-                self.recover(&["rule", "test"], &[]);
+                self.recover(0, &["rule", "test"], &[]);
                 // A stray `}` at the top level.
                 if self.at(Tok::RBrace) {
                     self.bump();
@@ -262,9 +267,10 @@ impl<'s> Parser<'s, '_, '_> {
             self.unexpected("`for type NAME` or `for thing NAME`");
         }
         if !self.at(Tok::LBrace) {
-            self.recover(&["rule", "test"], &[Tok::LBrace]);
+            self.recover(self.open, &["rule", "test"], &[Tok::LBrace]);
         }
         self.expect(Tok::LBrace, "`{`")?;
+        let level = self.open;
         let mut rule = Rule {
             name: name.unwrap_or(Ident {
                 text: String::new(),
@@ -277,12 +283,14 @@ impl<'s> Parser<'s, '_, '_> {
             cooldown: None,
             then: Vec::new(),
             on_clear: Vec::new(),
+            broken: false,
             span: start,
         };
         while !self.at(Tok::RBrace) && !self.at(Tok::Eof) {
             let clause_start = self.peek().span;
             if !self.clause(&mut rule, clause_start) {
-                self.recover(CLAUSES, &[]);
+                rule.broken = true;
+                self.recover(level, CLAUSES, &[]);
             }
         }
         let end = self.expect(Tok::RBrace, "`}` to close the rule");
@@ -380,11 +388,12 @@ impl<'s> Parser<'s, '_, '_> {
 
     fn block(&mut self) -> Parsed<Vec<Action>> {
         self.expect(Tok::LBrace, "`{`")?;
+        let level = self.open;
         let mut actions = Vec::new();
         while !self.at(Tok::RBrace) && !self.at(Tok::Eof) {
             match self.action() {
                 Some(action) => actions.push(action),
-                None => self.recover(ACTIONS, &[Tok::Semi]),
+                None => self.recover(level, ACTIONS, &[Tok::Semi]),
             }
             while self.eat(Tok::Semi) {}
         }
@@ -661,7 +670,12 @@ impl<'s> Parser<'s, '_, '_> {
     fn coalesce(&mut self) -> Parsed<Expr> {
         let mut left = self.primary()?;
         while self.eat(Tok::Coalesce) {
-            let right = self.primary()?;
+            // `x ?? -1`: a default may be negative.
+            let right = if self.at(Tok::Minus) {
+                self.unary()?
+            } else {
+                self.primary()?
+            };
             left = binary(BinOp::Coalesce, left, right);
         }
         Some(left)
@@ -921,7 +935,11 @@ impl<'s> Parser<'s, '_, '_> {
         if let Some(eof) = tokens.last_mut() {
             eof.span = Span::new(end, end);
         }
-        let saved = (std::mem::replace(&mut self.tokens, tokens), self.pos);
+        let saved = (
+            std::mem::replace(&mut self.tokens, tokens),
+            self.pos,
+            self.open,
+        );
         self.pos = 0;
         let expr = self.expr();
         if expr.is_some() && !self.at(Tok::Eof) {
@@ -929,6 +947,7 @@ impl<'s> Parser<'s, '_, '_> {
         }
         self.tokens = saved.0;
         self.pos = saved.1;
+        self.open = saved.2;
         expr
     }
 
@@ -941,14 +960,15 @@ impl<'s> Parser<'s, '_, '_> {
             .map(|t| unescape(self.text(t)))
             .unwrap_or_default();
         if !self.at(Tok::LBrace) {
-            self.recover(&["rule", "test"], &[Tok::LBrace]);
+            self.recover(self.open, &["rule", "test"], &[Tok::LBrace]);
         }
         self.expect(Tok::LBrace, "`{`")?;
+        let level = self.open;
         let mut steps = Vec::new();
         while !self.at(Tok::RBrace) && !self.at(Tok::Eof) {
             match self.step() {
                 Some(step) => steps.push(step),
-                None => self.recover(&["at"], &[Tok::Semi]),
+                None => self.recover(level, &["at"], &[Tok::Semi]),
             }
             while self.eat(Tok::Semi) {}
         }

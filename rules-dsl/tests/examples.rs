@@ -1,0 +1,37 @@
+//! The language reference's examples (`docs/rules/examples/*.rules`) check without a
+//! diagnostic, each has tests, and every test passes.
+
+use std::path::Path;
+
+#[test]
+fn the_documented_examples_check_and_their_tests_pass() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/rules/examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rules"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "examples in {}", dir.display());
+    for path in files {
+        let source = std::fs::read_to_string(&path).unwrap();
+        let checked = rules_dsl::check(&source, &rules_dsl::Offline, false);
+        assert!(
+            checked.diagnostics.is_empty(),
+            "{}: {:#?}",
+            path.display(),
+            checked.diagnostics
+        );
+        let program = checked.program.unwrap();
+        assert!(!program.tests.is_empty(), "{} has no tests", path.display());
+        for report in rules_dsl::testing::run(&program, None) {
+            assert!(
+                report.passed,
+                "{}: test {:?} failed: {:#?}",
+                path.display(),
+                report.name,
+                report.failures
+            );
+        }
+    }
+}
