@@ -114,6 +114,14 @@ impl Message for Trace {
     type Result = ();
 }
 
+/// A twin's rule state in memory.
+enum RuleState {
+    /// As loaded from the store.
+    Encoded(Bytes),
+    /// In use.
+    Decoded(Box<TwinRuleState>),
+}
+
 /// Rule evaluations a twin remembers for `GET …/rules/trace`.
 const TRACE_LEN: usize = 64;
 
@@ -121,8 +129,9 @@ pub(crate) struct TwinActor {
     thing: ThingName,
     /// The encoded twin; `None` until its first change.
     record: Option<Bytes>,
-    /// The encoded rule state; `None` until rules first ran.
-    rule_state: Option<Bytes>,
+    /// The rule state: encoded as loaded, decoded once rules run (windows make encoding it
+    /// per message costly); `None` until rules first ran.
+    rule_state: Option<RuleState>,
     meta: Arc<ThingMeta>,
     shared: Arc<Shared>,
     host: Addr<ShardHost>,
@@ -146,7 +155,7 @@ impl TwinActor {
         Self {
             thing,
             record,
-            rule_state,
+            rule_state: rule_state.map(RuleState::Encoded),
             meta,
             shared,
             host,
@@ -164,13 +173,19 @@ impl TwinActor {
         }
     }
 
-    fn decoded_rule_state(&self) -> TwinRuleState {
-        match &self.rule_state {
-            Some(bytes) => TwinRuleState::decode(bytes).unwrap_or_else(|error| {
+    /// The rule state, decoded (and kept decoded from now on).
+    fn decoded_rule_state(&mut self) -> &mut TwinRuleState {
+        let state = match self.rule_state.take() {
+            Some(RuleState::Decoded(state)) => state,
+            Some(RuleState::Encoded(bytes)) => Box::new(TwinRuleState::decode(&bytes).unwrap_or_else(|error| {
                 tracing::error!(thing = %self.thing, %error, "rule state does not decode; starting afresh");
                 TwinRuleState::default()
-            }),
-            None => TwinRuleState::default(),
+            })),
+            None => Box::default(),
+        };
+        match self.rule_state.insert(RuleState::Decoded(state)) {
+            RuleState::Decoded(state) => state,
+            RuleState::Encoded(_) => unreachable!("just decoded"),
         }
     }
 
@@ -205,8 +220,9 @@ impl TwinActor {
                     .device_type
                     .as_ref()
                     .and_then(|t| self.shared.directory.device_type(t));
+                let shared = self.shared.clone();
                 let ctx_twin = twin_core::Context {
-                    limits: &self.shared.limits,
+                    limits: &shared.limits,
                     device_type: device_type.as_deref(),
                     documents: msg.documents,
                 };
@@ -216,26 +232,29 @@ impl TwinActor {
                         twin.handle(command, &ctx_twin, now, &mut effects);
                     }
                 } else {
-                    let mut state = self.decoded_rule_state();
+                    let state = self.decoded_rule_state();
                     let outcome = engine::handle(
                         &mut twin,
-                        &mut state,
+                        state,
                         &rules,
                         msg.input,
                         &ctx_twin,
                         now,
                         &mut effects,
                     );
+                    let deadline = engine::next_deadline(state, &rules);
                     if outcome.state_changed {
-                        let bytes = if state.is_empty() && rules.is_empty() {
-                            None
+                        // Empty bytes tell the host to remove the stored state.
+                        let forget = state.is_empty() && rules.is_empty();
+                        rule_state = Some(if forget {
+                            Bytes::new()
                         } else {
-                            Some(Bytes::from(state.encode()))
-                        };
-                        rule_state = Some(bytes.clone().unwrap_or_default());
-                        self.rule_state = bytes;
+                            Bytes::from(state.encode())
+                        });
+                        if forget {
+                            self.rule_state = None;
+                        }
                     }
-                    let deadline = engine::next_deadline(&state, &rules);
                     if deadline != self.deadline {
                         deadline_changed = Some(deadline);
                         self.schedule(deadline, now, ctx);
@@ -324,7 +343,7 @@ impl Actor for TwinActor {
         // Resume the rules' deadline (after a restart or a passivation).
         if self.rule_state.is_some() {
             let rules = self.current_rules();
-            let deadline = engine::next_deadline(&self.decoded_rule_state(), &rules);
+            let deadline = engine::next_deadline(self.decoded_rule_state(), &rules);
             self.schedule(deadline, crate::now_ms(), ctx);
         }
     }

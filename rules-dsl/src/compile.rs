@@ -848,7 +848,6 @@ impl RuleCompiler<'_, '_> {
                         let spec = WindowSpec {
                             path: slot,
                             over_ms: d.ms.clamp(1, limits::LONGEST_MS),
-                            agg,
                         };
                         let index = match self.windows.iter().position(|w| *w == spec) {
                             Some(i) => i,
@@ -857,7 +856,7 @@ impl RuleCompiler<'_, '_> {
                                 self.windows.len() - 1
                             }
                         };
-                        (ir::Expr::Window(index as u16), result)
+                        (ir::Expr::Window(agg, index as u16), result)
                     }
                     (Root::Telemetry, None) => {
                         self.diags

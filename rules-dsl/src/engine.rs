@@ -203,6 +203,8 @@ pub fn handle(
     effects: &mut Vec<Effect>,
 ) -> Outcome {
     let mut outcome = Outcome::default();
+    // Tracked as it happens (comparing the whole state afterwards costs more than the rules).
+    let mut changed = false;
     let before = effects.len();
     let trigger = match input {
         Input::Command(command) => {
@@ -211,7 +213,7 @@ pub fn handle(
             for effect in &effects[before..] {
                 match effect {
                     Effect::Telemetry { values, .. } => {
-                        record_telemetry(state, rules, values, now);
+                        changed |= record_telemetry(state, rules, values, now);
                         trigger = Some(Trigger::Telemetry);
                     }
                     Effect::Changed(change) if change.shadow == ShadowName::CLASSIC => {
@@ -227,6 +229,7 @@ pub fn handle(
         }
         Input::Timer => Trigger::Timer,
         Input::Child(child, reported) => {
+            changed = true;
             record_child(state, rules, child, reported);
             Trigger::Child
         }
@@ -249,18 +252,18 @@ pub fn handle(
         }
     };
     if rules.is_empty() && state.rules.is_empty() {
+        outcome.state_changed |= changed;
         return outcome;
     }
-    let original = state.clone();
     let mut sets: Vec<Set> = Vec::new();
-    reconcile(state, rules, now, &mut outcome);
+    changed |= reconcile(state, rules, now, &mut outcome);
     for rule in rules {
-        evaluate(twin, state, rule, trigger, now, &mut sets, &mut outcome);
+        changed |= evaluate(twin, state, rule, trigger, now, &mut sets, &mut outcome);
     }
     if !sets.is_empty() {
         apply_sets(twin, &sets, ctx, now, effects, &mut outcome);
     }
-    outcome.state_changed = *state != original;
+    outcome.state_changed |= changed;
     outcome
 }
 
@@ -290,35 +293,53 @@ pub fn next_deadline(state: &TwinRuleState, rules: &[Arc<CompiledRule>]) -> Opti
     next
 }
 
+/// Keeps the latest values and feeds the windows; whether the state changed.
 fn record_telemetry(
     state: &mut TwinRuleState,
     rules: &[Arc<CompiledRule>],
     values: &Map<String, Value>,
     now: u64,
-) {
+) -> bool {
+    let mut changed = false;
     for rule in rules {
         for path in rule.paths.iter().filter(|p| p.root == Root::Telemetry) {
-            if let Some(scalar) = lookup(values, &path.fields).and_then(Scalar::from_json) {
-                state.telemetry.insert(path.key.to_string(), scalar);
+            let Some(value) = lookup(values, &path.fields) else {
+                continue;
+            };
+            match state.telemetry.get_mut(&*path.key) {
+                Some(old) if old.same_as(value) => {}
+                Some(old) => {
+                    if let Some(scalar) = Scalar::from_json(value) {
+                        *old = scalar;
+                        changed = true;
+                    }
+                }
+                None => {
+                    if let Some(scalar) = Scalar::from_json(value) {
+                        state.telemetry.insert(path.key.to_string(), scalar);
+                        changed = true;
+                    }
+                }
             }
         }
         if rule.windows.is_empty() {
             continue;
         }
+        changed = true;
         let rs = rule_state(state, rule);
         for (i, spec) in rule.windows.iter().enumerate() {
             let path = &rule.paths[usize::from(spec.path)];
             let value = match lookup(values, &path.fields) {
-                Some(Value::Number(n)) => n.as_f64(),
-                // Counts count any value.
-                Some(v) if spec.agg == Agg::Count && !v.is_null() => Some(0.0),
-                _ => None,
+                None | Some(Value::Null) => continue,
+                // Counts count any value; the other aggregates only numbers.
+                Some(v) => v.as_f64(),
             };
-            if let (Some(value), Some(window)) = (value, rs.windows.get_mut(i)) {
+            if let Some(window) = rs.windows.get_mut(i) {
                 window.add(spec.over_ms, now, value);
             }
         }
     }
+    changed
 }
 
 fn record_child(
@@ -381,12 +402,23 @@ fn record_reply(
 }
 
 /// Drops the state of rules that are gone or changed, resolving their alerts.
+/// Whether any state was dropped.
 fn reconcile(
     state: &mut TwinRuleState,
     rules: &[Arc<CompiledRule>],
     now: u64,
     outcome: &mut Outcome,
-) {
+) -> bool {
+    if state.rules.len() == rules.len()
+        && state
+            .rules
+            .iter()
+            .zip(rules.iter())
+            .all(|((name, s), r)| **name == *r.name && s.hash == r.hash)
+    {
+        // The common case, without allocating: `rules` is sorted by name, like the map.
+        return false;
+    }
     let stale: Vec<String> = state
         .rules
         .iter()
@@ -414,10 +446,25 @@ fn reconcile(
             }
         }
     }
+    true
 }
 
 fn rule_state<'s>(state: &'s mut TwinRuleState, rule: &CompiledRule) -> &'s mut RuleState {
-    fresh(state.rules.entry(rule.name.to_string()).or_default(), rule)
+    entry(&mut state.rules, rule)
+}
+
+/// The rule's state in `rules`, created (or reset, for another version of the rule) as needed.
+fn entry<'s>(
+    rules: &'s mut std::collections::BTreeMap<String, RuleState>,
+    rule: &CompiledRule,
+) -> &'s mut RuleState {
+    if !rules.contains_key(&*rule.name) {
+        rules.insert(rule.name.to_string(), RuleState::default());
+    }
+    let s = rules
+        .get_mut(&*rule.name)
+        .unwrap_or_else(|| unreachable!("just inserted"));
+    fresh(s, rule)
 }
 
 /// The state, reset if it belongs to another version of the rule, sized for its slots.
@@ -442,16 +489,26 @@ fn evaluate(
     now: u64,
     sets: &mut Vec<Set>,
     outcome: &mut Outcome,
-) {
+) -> bool {
     let TwinRuleState {
         telemetry,
         children,
         rules,
         seq,
     } = state;
-    let s = fresh(rules.entry(rule.name.to_string()).or_default(), rule);
+    let created = rules.get(&*rule.name).is_none_or(|s| s.hash != rule.hash);
+    let s = entry(rules, rule);
+    let before = (
+        s.phase,
+        s.cooldown_until,
+        s.commands.len(),
+        s.alerts.len(),
+        *seq,
+    );
+    let mut changed = created;
+    let edges_before = edge_bits(&s.edges);
     for (window, spec) in s.windows.iter_mut().zip(&rule.windows) {
-        window.expire(spec.over_ms, now);
+        changed |= window.expire(spec.over_ms, now);
     }
     let view = View {
         twin,
@@ -588,6 +645,7 @@ fn evaluate(
             continue;
         }
         let command = s.commands.remove(i);
+        changed = true;
         outcome.outputs.push(Output {
             rule: rule_name.clone(),
             at: now,
@@ -637,6 +695,27 @@ fn evaluate(
         to: s.phase.name(),
         note,
     });
+    changed
+        || edge_bits(&s.edges) != edges_before
+        || (
+            s.phase,
+            s.cooldown_until,
+            s.commands.len(),
+            s.alerts.len(),
+            *seq,
+        ) != before
+}
+
+/// The edge memory as bits (two per slot), to notice a change without copying it.
+fn edge_bits(edges: &[Option<bool>]) -> u64 {
+    edges.iter().fold(0, |bits, e| {
+        (bits << 2)
+            | match e {
+                None => 0,
+                Some(false) => 1,
+                Some(true) => 2,
+            }
+    })
 }
 
 /// `1.5s` style: `250ms`, `30s`, `2m`, `1h`.
@@ -756,12 +835,10 @@ impl Eval<'_, '_> {
                     before && !now
                 })
             }
-            Expr::Window(i) => {
+            Expr::Window(agg, i) => {
                 let i = usize::from(*i);
                 match (self.view.specs.get(i), self.windows.get(i)) {
-                    (Some(spec), Some(window)) => {
-                        window.value(spec.agg, spec.over_ms, self.view.now)
-                    }
+                    (Some(spec), Some(window)) => window.value(*agg, spec.over_ms, self.view.now),
                     _ => Val::Missing,
                 }
             }

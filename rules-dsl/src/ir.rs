@@ -62,8 +62,8 @@ pub enum Expr {
         /// The condition watched.
         arg: Box<Expr>,
     },
-    /// A window aggregate: an index into [`CompiledRule::windows`].
-    Window(u16),
+    /// A window aggregate: the aggregate, and an index into [`CompiledRule::windows`].
+    Window(Agg, u16),
     /// An aggregate over the children's values of a path.
     Children(Agg, u16),
     /// How many children the twin has.
@@ -100,15 +100,14 @@ pub struct PathRef {
     pub key: Arc<str>,
 }
 
-/// A bounded window over a telemetry field, kept as running aggregates.
+/// A bounded window over a telemetry field, kept as running aggregates (count, sum, min,
+/// max per bucket), shared by every aggregate of that field over that length.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WindowSpec {
     /// The telemetry field (an index into [`CompiledRule::paths`]).
     pub path: u16,
     /// Its length, ms.
     pub over_ms: u64,
-    /// The aggregate.
-    pub agg: Agg,
 }
 
 /// A compiled action.

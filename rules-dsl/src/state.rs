@@ -32,6 +32,16 @@ impl Scalar {
         }
     }
 
+    /// Whether the JSON value is this scalar (without building one).
+    pub fn same_as(&self, value: &serde_json::Value) -> bool {
+        match (self, value) {
+            (Scalar::Num(n), serde_json::Value::Number(v)) => v.as_f64() == Some(*n),
+            (Scalar::Str(s), serde_json::Value::String(v)) => s == v,
+            (Scalar::Bool(b), serde_json::Value::Bool(v)) => b == v,
+            _ => false,
+        }
+    }
+
     /// As a runtime value.
     pub fn to_val(&self) -> Val {
         match self {
@@ -86,6 +96,8 @@ pub struct Bucket {
     pub start: u64,
     /// Values in it.
     pub count: u64,
+    /// Numbers among them.
+    pub numbers: u64,
     /// Their sum.
     pub sum: f64,
     /// The smallest.
@@ -106,25 +118,30 @@ impl Window {
         (over_ms / limits::WINDOW_BUCKETS).max(1)
     }
 
-    /// Adds a value seen at `now`.
-    pub fn add(&mut self, over_ms: u64, now: u64, value: f64) {
+    /// Adds a value seen at `now` (`None`: not a number, counted only).
+    pub fn add(&mut self, over_ms: u64, now: u64, value: Option<f64>) {
         let width = Self::width(over_ms);
         let start = now - now % width;
         self.expire(over_ms, now);
         match self.buckets.back_mut() {
             Some(b) if b.start == start => {
                 b.count += 1;
-                b.sum += value;
-                b.min = b.min.min(value);
-                b.max = b.max.max(value);
+                if let Some(value) = value {
+                    b.numbers += 1;
+                    b.sum += value;
+                    b.min = b.min.min(value);
+                    b.max = b.max.max(value);
+                }
             }
             _ => {
+                let number = value.unwrap_or(0.0);
                 self.buckets.push_back(Bucket {
                     start,
                     count: 1,
-                    sum: value,
-                    min: value,
-                    max: value,
+                    numbers: u64::from(value.is_some()),
+                    sum: number,
+                    min: value.unwrap_or(f64::INFINITY),
+                    max: value.unwrap_or(f64::NEG_INFINITY),
                 });
                 while self.buckets.len() as u64 > limits::WINDOW_BUCKETS + 1 {
                     self.buckets.pop_front();
@@ -133,8 +150,9 @@ impl Window {
         }
     }
 
-    /// Drops buckets that start before the window that ends at `now`.
-    pub fn expire(&mut self, over_ms: u64, now: u64) {
+    /// Drops buckets that start before the window that ends at `now`; whether any went.
+    pub fn expire(&mut self, over_ms: u64, now: u64) -> bool {
+        let before = self.buckets.len();
         while self
             .buckets
             .front()
@@ -142,6 +160,7 @@ impl Window {
         {
             self.buckets.pop_front();
         }
+        self.buckets.len() != before
     }
 
     /// The aggregate over the window ending at `now` (at bucket resolution).
@@ -153,9 +172,11 @@ impl Window {
             .buckets
             .iter()
             .filter(|b| b.start > from && b.start <= now);
-        let (mut count, mut sum, mut min, mut max) = (0u64, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+        let (mut count, mut numbers, mut sum, mut min, mut max) =
+            (0u64, 0u64, 0.0, f64::INFINITY, f64::NEG_INFINITY);
         for b in live {
             count += b.count;
+            numbers += b.numbers;
             sum += b.sum;
             min = min.min(b.min);
             max = max.max(b.max);
@@ -163,8 +184,8 @@ impl Window {
         match agg {
             Agg::Count => Val::Num(count as f64),
             Agg::Sum => Val::Num(sum),
-            _ if count == 0 => Val::Missing,
-            Agg::Avg => Val::Num(sum / count as f64),
+            _ if numbers == 0 => Val::Missing,
+            Agg::Avg => Val::Num(sum / numbers as f64),
             Agg::Min => Val::Num(min),
             Agg::Max => Val::Num(max),
         }
@@ -277,7 +298,7 @@ mod tests {
         let mut w = Window::default();
         let over = 60_000;
         for i in 0..600u64 {
-            w.add(over, 1_000_000 + i * 1_000, i as f64);
+            w.add(over, 1_000_000 + i * 1_000, Some(i as f64));
         }
         assert!(w.buckets.len() as u64 <= limits::WINDOW_BUCKETS + 1);
         let now = 1_000_000 + 599 * 1_000;
