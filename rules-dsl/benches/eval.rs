@@ -62,7 +62,7 @@ fn sample(i: u64) -> Map<String, Value> {
         "temp": 60.0 + (i % 40) as f64,
         "rms": 2.0 + (i % 7) as f64 * 0.5,
         "pressure": 5.0 + (i % 10) as f64 * 0.4,
-        "door": if i % 50 == 0 { "open" } else { "closed" },
+        "door": if i.is_multiple_of(50) { "open" } else { "closed" },
         "watts": 1000 + (i % 100) * 10,
         "rpm": 1200 + i % 300,
         "battery": 80,
