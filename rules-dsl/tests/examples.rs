@@ -1,5 +1,5 @@
-//! The language reference's examples (`docs/rules/examples/*.rules`) check without a
-//! diagnostic, each has tests, and every test passes.
+//! The language reference's examples (`docs/rules/examples/*.rules`) and the README's tour
+//! rule check without a diagnostic, each has tests, and every test passes.
 
 use std::path::Path;
 
@@ -15,23 +15,41 @@ fn the_documented_examples_check_and_their_tests_pass() {
     assert!(files.len() >= 5, "examples in {}", dir.display());
     for path in files {
         let source = std::fs::read_to_string(&path).unwrap();
-        let checked = rules_dsl::check(&source, &rules_dsl::Offline, false);
+        check_and_test(&path, &source);
+    }
+}
+
+#[test]
+fn the_readme_tour_rule_checks_and_its_test_passes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let start = readme
+        .find("<<'RULES'\n")
+        .expect("the README's tour writes a rule file")
+        + "<<'RULES'\n".len();
+    let len = readme[start..]
+        .find("\nRULES\n")
+        .expect("end of the rule file");
+    check_and_test(&path, &readme[start..start + len]);
+}
+
+fn check_and_test(path: &Path, source: &str) {
+    let checked = rules_dsl::check(source, &rules_dsl::Offline, false);
+    assert!(
+        checked.diagnostics.is_empty(),
+        "{}: {:#?}",
+        path.display(),
+        checked.diagnostics
+    );
+    let program = checked.program.unwrap();
+    assert!(!program.tests.is_empty(), "{} has no tests", path.display());
+    for report in rules_dsl::testing::run(&program, None) {
         assert!(
-            checked.diagnostics.is_empty(),
-            "{}: {:#?}",
+            report.passed,
+            "{}: test {:?} failed: {:#?}",
             path.display(),
-            checked.diagnostics
+            report.name,
+            report.failures
         );
-        let program = checked.program.unwrap();
-        assert!(!program.tests.is_empty(), "{} has no tests", path.display());
-        for report in rules_dsl::testing::run(&program, None) {
-            assert!(
-                report.passed,
-                "{}: test {:?} failed: {:#?}",
-                path.display(),
-                report.name,
-                report.failures
-            );
-        }
     }
 }
