@@ -480,3 +480,76 @@ async fn a_new_connection_takes_the_session_over() {
         .await;
     assert_eq!(r["code"], 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateways_send_batches_for_their_own_devices_only() {
+    let node = Node::start(BIN, Options::default());
+    let api = doppel_tests::api::Api::admin(&node);
+    let gateway_token = api.register("gw-1", None).await;
+    for (thing, gateway) in [("s-1", "gw-1"), ("s-2", "gw-1"), ("s-3", "gw-2")] {
+        let (status, reply) = api
+            .post(
+                "/v1/things",
+                json!({"name": thing, "attributes": {"gateway": gateway}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{reply}");
+    }
+    let mut gw = device::connect(node.mqtt(), "gw-1", &gateway_token)
+        .await
+        .expect("the gateway connects");
+    gw.subscribe("gateways/gw-1/telemetry/rejected").await;
+    // The PUBACK comes once every entry is committed.
+    gw.publish_acked(
+        "gateways/gw-1/telemetry",
+        &json!([
+            {"thing": "s-1", "ts": 1_000, "values": {"temp": 20}},
+            {"thing": "s-2", "values": {"temp": 21, "hum": 40}},
+            {"thing": "s-1", "ts": 2_000, "values": {"temp": 22}},
+            {"thing": "s-3", "values": {"temp": 99}},
+            {"thing": "nobody", "values": {"temp": 99}},
+        ]),
+    )
+    .await;
+    let s1 = node.shadow("s-1", None).await.1;
+    assert_eq!(s1["state"]["reported"], json!({"temp": 22}));
+    assert_eq!(
+        node.shadow("s-2", None).await.1["state"]["reported"],
+        json!({"temp": 21, "hum": 40})
+    );
+    // A device registered under another gateway, and an unknown thing, are refused by name.
+    let mut refused = Vec::new();
+    for _ in 0..2 {
+        let r = gw.message_on("gateways/gw-1/telemetry/rejected").await;
+        refused.push((
+            r["thing"].as_str().unwrap().to_owned(),
+            r["code"].as_u64().unwrap(),
+        ));
+    }
+    refused.sort();
+    assert_eq!(
+        refused,
+        vec![("nobody".to_owned(), 404), ("s-3".to_owned(), 403)]
+    );
+    assert_eq!(node.shadow("s-3", None).await.0, 404, "s-3 has no shadow");
+    // A malformed batch is refused whole: nothing of it is applied.
+    gw.publish_acked(
+        "gateways/gw-1/telemetry",
+        &json!([{"thing": "s-1", "values": {"temp": 50}}, {"thing": "s-2", "values": 7}]),
+    )
+    .await;
+    gw.publish_acked("gateways/gw-1/telemetry", &json!({"not": "an array"}))
+        .await;
+    assert_eq!(
+        node.shadow("s-1", None).await.1["state"]["reported"],
+        json!({"temp": 22})
+    );
+    // A gateway publishes only on its own gateway topic.
+    gw.publish(
+        "gateways/gw-2/telemetry",
+        &json!([{"thing": "s-3", "values": {"temp": 1}}]),
+    )
+    .await;
+    gw.closed().await;
+    assert_eq!(node.shadow("s-3", None).await.0, 404);
+}

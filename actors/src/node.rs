@@ -18,7 +18,7 @@ use rules_dsl::{Input, TraceEntry};
 use std::sync::{Arc, Mutex, OnceLock};
 use storage::Store;
 use tokio::sync::oneshot;
-use twin_core::{Command, Limits, Reply, ShadowName, ThingName};
+use twin_core::{BatchEntry, Command, Limits, Reply, ShadowName, ThingName};
 
 /// What every shard host shares.
 pub(crate) struct Shared {
@@ -161,6 +161,25 @@ impl Node {
             audit: None,
         };
         self.host(&thing).do_send(Route { thing, deliver });
+    }
+
+    /// Sends a gateway's batch to the twins of its devices; `ack` is marked done once every
+    /// entry's effects are durable and released. An entry for a thing not registered under the
+    /// gateway is refused (403) on `gateways/{gateway}/telemetry/rejected`.
+    pub fn deliver_batch(&self, gateway: &ThingName, entries: Vec<BatchEntry>, ack: Option<Ack>) {
+        for BatchEntry { thing, sample } in entries {
+            let deliver = Deliver {
+                input: Input::Command(Command::Telemetry(sample)),
+                origin: Origin::Gateway(gateway.clone()),
+                ack: ack.as_ref().map(Ack::part),
+                documents: false,
+                audit: None,
+            };
+            self.host(&thing).do_send(Route { thing, deliver });
+        }
+        if let Some(ack) = ack {
+            ack.done();
+        }
     }
 
     /// Sends a command from inside the node and waits for its reply, which comes once the

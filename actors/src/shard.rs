@@ -496,9 +496,10 @@ impl ShardHost {
             meta,
         } = item;
         let outbox = &self.shared.outbox;
-        let mut caller = match origin {
-            Origin::Caller(tx) => Some(tx),
-            Origin::Device => None,
+        let (mut caller, gateway) = match origin {
+            Origin::Caller(tx) => (Some(tx), None),
+            Origin::Device => (None, None),
+            Origin::Gateway(gateway) => (None, Some(gateway)),
         };
         for effect in effects {
             match effect {
@@ -516,7 +517,19 @@ impl ShardHost {
                         let _ = tx.send(reply);
                     } else if reply.op == Op::Telemetry {
                         if let Err(error) = &reply.outcome {
-                            warn!(%thing, code = error.code, message = %error.message, "telemetry refused");
+                            warn!(%thing, gateway = ?gateway.as_ref().map(ThingName::as_str), code = error.code, message = %error.message, "telemetry refused");
+                            if let Some(gateway) = &gateway {
+                                let payload = json!({
+                                    "thing": thing.as_str(),
+                                    "code": error.code,
+                                    "message": error.message,
+                                });
+                                outbox.publish(
+                                    gateway,
+                                    topics::gateway_rejected(gateway),
+                                    Bytes::from(payload.to_string()),
+                                );
+                            }
                         }
                     } else {
                         let topic = topics::reply(&thing, &reply.shadow, reply.op, accepted);

@@ -26,6 +26,9 @@ pub enum Origin {
     /// A caller in the node (HTTP, WebSocket): the reply is handed back; accepted changes are
     /// also published to the device's topics.
     Caller(oneshot::Sender<twin_core::Reply>),
+    /// A gateway, for a device registered under it (its `gateway` attribute); refusals go to
+    /// the gateway's `gateways/{gateway}/telemetry/rejected` topic.
+    Gateway(ThingName),
 }
 
 /// Work for a twin, as it travels to the twin actor.
@@ -62,6 +65,13 @@ impl ThingMeta {
         self.attributes
             .get("parent")
             .and_then(|p| ThingName::new(p).ok())
+    }
+
+    /// Whether the thing is registered under `gateway` (its `gateway` attribute).
+    pub fn is_behind(&self, gateway: &ThingName) -> bool {
+        self.attributes
+            .get("gateway")
+            .is_some_and(|g| g == gateway.as_str())
     }
 }
 
@@ -205,6 +215,29 @@ impl TwinActor {
     /// Runs `input` and hands the result to the host.
     fn work(&mut self, msg: Deliver, routed: bool, ctx: &mut Context<Self>) {
         let now = crate::now_ms();
+        if let Origin::Gateway(gateway) = &msg.origin
+            && !self.meta.is_behind(gateway)
+        {
+            let mut effects = Vec::new();
+            if let Input::Command(command) = &msg.input {
+                effects.push(Effect::Reply(command.refuse(ShadowError::forbidden(), now)));
+            }
+            self.host.do_send(Handled {
+                thing: self.thing.clone(),
+                record: None,
+                rule_state: None,
+                deadline: None,
+                effects,
+                outputs: Vec::new(),
+                child_report: None,
+                origin: msg.origin,
+                ack: msg.ack,
+                audit: msg.audit,
+                meta: self.meta.clone(),
+                routed,
+            });
+            return;
+        }
         let rules = self.current_rules();
         let mut effects = Vec::with_capacity(4);
         let mut record = None;

@@ -18,6 +18,6 @@ pub use device_type::{CompiledType, DeviceType, Schemas, TelemetryMapping};
 pub use error::{ShadowError, TwinError};
 pub use limits::Limits;
 pub use names::{ShadowName, ThingName, TypeName};
-pub use request::{DeleteRequest, GetRequest, Patch, Rejection, Sample, UpdateRequest};
+pub use request::{BatchEntry, DeleteRequest, GetRequest, Patch, Rejection, Sample, UpdateRequest};
 pub use shadow::{Op, Shadow, rejected};
 pub use twin::{Change, Command, Context, Effect, Reply, Twin};

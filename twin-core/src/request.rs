@@ -5,7 +5,7 @@
 use crate::{
     error::ShadowError,
     limits::{Limits, MAX_CLIENT_TOKEN},
-    names::ShadowName,
+    names::{ShadowName, ThingName},
     state::{depth, has_null_in_array},
 };
 use serde_json::{Map, Value};
@@ -222,10 +222,128 @@ impl Sample {
     }
 }
 
+/// Most entries in one gateway batch.
+pub const MAX_BATCH_ENTRIES: usize = 1000;
+
+/// One entry of a gateway's telemetry batch: a sample for a device behind the gateway.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchEntry {
+    /// The device the sample is for.
+    pub thing: ThingName,
+    /// Its sample.
+    pub sample: Sample,
+}
+
+/// Parses a gateway's telemetry batch: a JSON array of `{"thing", "ts"?, "values"}` with at
+/// most [`MAX_BATCH_ENTRIES`] entries. A batch is taken whole or refused whole: the first
+/// malformed entry refuses it, naming the entry.
+pub fn parse_batch(payload: &[u8]) -> Result<Vec<BatchEntry>, ShadowError> {
+    let invalid = |message: String| ShadowError {
+        code: 400,
+        message: message.into(),
+    };
+    let entries: Vec<Value> = match serde_json::from_slice(payload) {
+        Ok(Value::Array(entries)) => entries,
+        Ok(_) => return Err(invalid("a gateway batch must be a JSON array".into())),
+        Err(_) => return Err(ShadowError::invalid_json()),
+    };
+    if entries.len() > MAX_BATCH_ENTRIES {
+        return Err(invalid(format!(
+            "a gateway batch holds at most {MAX_BATCH_ENTRIES} entries, not {}",
+            entries.len()
+        )));
+    }
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let Value::Object(mut entry) = entry else {
+                return Err(invalid(format!("entry {i} is not an object")));
+            };
+            let thing = match entry.remove("thing") {
+                Some(Value::String(name)) => ThingName::new(&name)
+                    .map_err(|_| invalid(format!("entry {i}: {name:?} is not a thing name")))?,
+                _ => return Err(invalid(format!("entry {i}: missing \"thing\""))),
+            };
+            let ts =
+                match entry.remove("ts") {
+                    None | Some(Value::Null) => None,
+                    Some(ts) => Some(ts.as_u64().ok_or_else(|| {
+                        invalid(format!("entry {i}: ts is not epoch milliseconds"))
+                    })?),
+                };
+            let values = match entry.remove("values") {
+                Some(Value::Object(values)) => values,
+                _ => return Err(invalid(format!("entry {i}: \"values\" must be an object"))),
+            };
+            if let Some(key) = entry.keys().next() {
+                return Err(invalid(format!("entry {i}: unknown field {key:?}")));
+            }
+            Ok(BatchEntry {
+                thing,
+                sample: Sample { ts, values },
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn gateway_batches_parse_whole_or_not_at_all() {
+        let batch = parse_batch(
+            br#"[{"thing": "s-1", "ts": 5, "values": {"t": 1}}, {"thing": "s-2", "values": {}}]"#,
+        )
+        .unwrap();
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch[0].thing.as_str(), "s-1");
+        assert_eq!(batch[0].sample.ts, Some(5));
+        assert_eq!(batch[0].sample.values["t"], json!(1));
+        assert_eq!(batch[1].sample.ts, None);
+        let table: &[(&str, &str)] = &[
+            ("[", "Invalid JSON"),
+            ("{}", "a gateway batch must be a JSON array"),
+            ("[1]", "entry 0 is not an object"),
+            (r#"[{"values": {}}]"#, "entry 0: missing \"thing\""),
+            (
+                r#"[{"thing": "a b", "values": {}}]"#,
+                "entry 0: \"a b\" is not a thing name",
+            ),
+            (
+                r#"[{"thing": "a", "values": {}}, {"thing": "b", "values": 1}]"#,
+                "entry 1: \"values\" must be an object",
+            ),
+            (
+                r#"[{"thing": "a", "ts": -1, "values": {}}]"#,
+                "entry 0: ts is not epoch milliseconds",
+            ),
+            (
+                r#"[{"thing": "a", "values": {}, "x": 1}]"#,
+                "entry 0: unknown field \"x\"",
+            ),
+        ];
+        for (payload, message) in table {
+            let error = parse_batch(payload.as_bytes()).unwrap_err();
+            assert_eq!(
+                (error.code, error.message.as_ref()),
+                (400, *message),
+                "{payload}"
+            );
+        }
+        let big = format!(
+            "[{}]",
+            vec![r#"{"thing":"a","values":{}}"#; MAX_BATCH_ENTRIES + 1].join(",")
+        );
+        assert!(
+            parse_batch(big.as_bytes())
+                .unwrap_err()
+                .message
+                .contains("at most 1000")
+        );
+    }
 
     fn update(payload: &str) -> Result<UpdateRequest, Rejection> {
         parse_update(ShadowName::CLASSIC, payload.as_bytes(), &Limits::default())

@@ -282,6 +282,17 @@ impl Bridge {
                     done.await.unwrap_or(false).then_some(publish)
                 }))
             }
+            Inbound::Batch { gateway, entries } => {
+                if publish.qos == QoS::AtMostOnce {
+                    node.deliver_batch(&gateway, entries, None);
+                    return None;
+                }
+                let (ack, done) = Ack::new();
+                node.deliver_batch(&gateway, entries, Some(ack));
+                Some(Box::pin(async move {
+                    done.await.unwrap_or(false).then_some(publish)
+                }))
+            }
             Inbound::Answer { topic, payload, .. } => {
                 let _ = self
                     .client

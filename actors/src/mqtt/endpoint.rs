@@ -489,6 +489,19 @@ impl Session {
                 }
                 Ok(())
             }
+            Inbound::Batch { gateway, entries } => {
+                if qos == 1 {
+                    let (ack, done) = Ack::new();
+                    self.node.deliver_batch(&gateway, entries, Some(ack));
+                    self.acks.push_back(Box::pin(async move {
+                        let committed = done.await.unwrap_or(false);
+                        (pkid, committed.then_some(Reason::Success))
+                    }));
+                } else {
+                    self.node.deliver_batch(&gateway, entries, None);
+                }
+                Ok(())
+            }
             Inbound::Answer {
                 thing,
                 topic,

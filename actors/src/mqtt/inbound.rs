@@ -9,13 +9,18 @@ use crate::mqtt::{
 use bytes::Bytes;
 use rules_dsl::Input;
 use tracing::info;
-use twin_core::{Command, Limits, Op, Sample, ThingName, request};
+use twin_core::{BatchEntry, Command, Limits, Op, Sample, ThingName, request};
 
 /// The meaning of one device message.
 #[derive(Debug)]
 pub(crate) enum Inbound {
     /// Work for the twin of `thing`.
     Command(ThingName, Input),
+    /// A gateway's batch: telemetry for devices registered under `gateway`.
+    Batch {
+        gateway: ThingName,
+        entries: Vec<BatchEntry>,
+    },
     /// Refused before reaching a twin; publish `payload` on `topic` (…/rejected).
     Answer {
         thing: ThingName,
@@ -99,7 +104,17 @@ pub(crate) fn interpret(target: DeviceTopic, payload: &[u8], limits: &Limits) ->
                 }
             }
         }
-        // Gateways arrive with a later part of the device API.
-        DeviceTopic::GatewayTelemetry { .. } => Inbound::Refuse(Reason::NotAuthorized),
+        DeviceTopic::GatewayTelemetry { gateway } => match request::parse_batch(payload) {
+            Ok(entries) => {
+                metrics::counter!("doppel_gateway_entries_total").increment(entries.len() as u64);
+                Inbound::Batch { gateway, entries }
+            }
+            Err(error) => {
+                metrics::counter!("doppel_rejections_total", "code" => error.code.to_string())
+                    .increment(1);
+                info!(%gateway, code = error.code, message = %error.message, "refused a gateway batch");
+                Inbound::Refuse(Reason::PayloadInvalid)
+            }
+        },
     }
 }

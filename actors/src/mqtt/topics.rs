@@ -114,6 +114,11 @@ pub fn command(thing: &ThingName, name: &str) -> String {
     format!("things/{thing}/commands/{name}")
 }
 
+/// Where a gateway learns which entries of its batches were refused.
+pub fn gateway_rejected(gateway: &ThingName) -> String {
+    format!("gateways/{gateway}/telemetry/rejected")
+}
+
 /// Whether `topic` matches the subscription `filter` (MQTT §4.7): `+` matches one level, a
 /// final `#` any remaining levels (the parent included), and topics starting with `$` are not
 /// matched by a filter starting with a wildcard. (rumqttc's `matches` refuses every `$` topic,
