@@ -1,9 +1,10 @@
 //! The `doppel` command line: `doppel serve` runs a node; `doppel rules check|test FILE…`
-//! checks rule files and runs their tests.
+//! checks rule files and runs their tests; `doppel sim` drives a simulated fleet at a node.
 
 mod config;
 mod rules_cli;
 mod serve;
+mod sim_cli;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -27,6 +28,8 @@ enum Command {
     /// Check rule files and run their tests, offline.
     #[command(subcommand)]
     Rules(rules_cli::RulesCommand),
+    /// Simulate a fleet of devices against a node and report rates, latency and memory.
+    Sim(sim_cli::SimArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -44,5 +47,9 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rules(command) => rules_cli::run(command),
+        Command::Sim(args) => {
+            sim_cli::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

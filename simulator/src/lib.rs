@@ -1,0 +1,85 @@
+//! doppel's device simulator. It drives a fleet against a node only over the node's public
+//! interfaces: it registers the devices through the HTTP API, sends their telemetry over MQTT
+//! (one connection per device, or batched through gateways), makes actuators follow desired
+//! state, measures end-to-end latency by watching a sample of twins over WebSocket, polls the
+//! node's `/metrics` for its memory, and writes a report.
+
+mod error;
+mod fleet;
+mod model;
+mod mqtt;
+mod report;
+mod run;
+mod watch;
+
+pub use error::SimError;
+pub use report::Report;
+pub use run::run;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// How devices reach the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One MQTT connection per device.
+    Direct,
+    /// Devices multiplexed over a few gateway connections, telemetry in batches.
+    Gateway,
+}
+
+/// What to simulate, and against which node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SimConfig {
+    /// Devices in the fleet.
+    pub devices: usize,
+    /// Telemetry messages per second, over the whole fleet (a gateway entry counts as one).
+    pub rate: f64,
+    /// How long to send, after the fleet is connected.
+    #[serde(with = "secs")]
+    pub duration: Duration,
+    /// Time over which the devices start sending (their start is spread evenly).
+    #[serde(with = "secs")]
+    pub ramp: Duration,
+    /// Direct or gateway.
+    pub mode: Mode,
+    /// Gateway connections (gateway mode).
+    pub gateways: usize,
+    /// Entries per gateway batch, at most.
+    pub batch: usize,
+    /// The node's MQTT endpoint.
+    pub mqtt: SocketAddr,
+    /// The node's HTTP API, e.g. `http://127.0.0.1:8080`.
+    pub api: String,
+    /// An API key allowed to register things (admin).
+    #[serde(skip)]
+    pub token: String,
+    /// Name prefix of the registered things.
+    pub prefix: String,
+    /// Every n-th device is an actuator that follows its desired state (direct mode; 0: none).
+    pub actuator_every: usize,
+    /// Twins watched over WebSocket for end-to-end latency.
+    pub sample: usize,
+    /// Device type the things are registered with, if any.
+    pub device_type: Option<String>,
+    /// Where to write the JSON report.
+    #[serde(skip)]
+    pub report: Option<PathBuf>,
+    /// Show progress bars (on a terminal).
+    #[serde(skip)]
+    pub progress: bool,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+/// Parses durations written like `10s`, `5m`, `1h`, `250ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, SimError> {
+    humantime::parse_duration(text).map_err(|e| SimError::Config(format!("duration {text:?}: {e}")))
+}

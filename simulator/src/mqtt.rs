@@ -1,0 +1,194 @@
+//! A small MQTT 3.1.1 client for simulated devices, built on rumqttc's packet codecs: one TCP
+//! connection from a chosen source address (so tens of thousands of devices fit past the
+//! ephemeral-port limit of one address), QoS 1 publishes with their PUBACK times, subscriptions,
+//! keep-alive pings. One task owns a connection; nothing is shared.
+
+use crate::SimError;
+use bytes::BytesMut;
+use rumqttc::mqttbytes::{
+    self, QoS,
+    v4::{ConnAck, Connect, ConnectReturnCode, Packet, Publish, Subscribe},
+};
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+};
+
+/// Largest packet accepted from the node.
+const MAX_PACKET: usize = 1 << 20;
+
+/// Something the node sent.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// A QoS 1 publish was acknowledged after `latency`.
+    PubAck(Duration),
+    /// A message on a subscribed topic.
+    Message(String, bytes::Bytes),
+    /// Anything else (SUBACK, PINGRESP).
+    Other,
+}
+
+/// One device's (or gateway's) connection.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    stream: TcpStream,
+    input: BytesMut,
+    output: BytesMut,
+    next_pkid: u16,
+    /// QoS 1 publishes awaiting their PUBACK, oldest first (the node acknowledges in order).
+    inflight: VecDeque<(u16, Instant)>,
+    last_sent: Instant,
+}
+
+/// The source address for connection `i` when the node is on loopback: 127.1.0.1 and up, 250
+/// connections per address.
+pub(crate) fn source_for(server: SocketAddr, i: usize) -> Option<Ipv4Addr> {
+    match server.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => {
+            let n = i / 250;
+            Some(Ipv4Addr::new(
+                127,
+                1 + (n / 250) as u8 % 254,
+                (n % 250) as u8,
+                (i % 250) as u8 + 1,
+            ))
+        }
+        _ => None,
+    }
+}
+
+impl Connection {
+    /// Connects as `name` with `token`, and waits for the CONNACK.
+    pub async fn open(
+        server: SocketAddr,
+        source: Option<Ipv4Addr>,
+        name: &str,
+        token: &str,
+        keep_alive: Duration,
+    ) -> Result<Connection, SimError> {
+        let socket = match server {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if let Some(source) = source {
+            socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+        }
+        let stream = socket.connect(server).await?;
+        stream.set_nodelay(true)?;
+        let mut connection = Connection {
+            stream,
+            input: BytesMut::with_capacity(1024),
+            output: BytesMut::with_capacity(1024),
+            next_pkid: 0,
+            inflight: VecDeque::new(),
+            last_sent: Instant::now(),
+        };
+        let mut connect = Connect::new(name);
+        connect.keep_alive = keep_alive.as_secs().min(u16::MAX as u64) as u16;
+        connect.set_login(name, token);
+        connection.encode(Packet::Connect(connect))?;
+        connection.flush().await?;
+        match connection.read_packet().await? {
+            Packet::ConnAck(ConnAck {
+                code: ConnectReturnCode::Success,
+                ..
+            }) => Ok(connection),
+            Packet::ConnAck(ConnAck { code, .. }) => {
+                Err(SimError::Mqtt(format!("connection refused: {code:?}")))
+            }
+            other => Err(SimError::Mqtt(format!("expected CONNACK, got {other:?}"))),
+        }
+    }
+
+    fn encode(&mut self, packet: Packet) -> Result<(), SimError> {
+        packet
+            .write(&mut self.output, MAX_PACKET)
+            .map(|_| ())
+            .map_err(|e| SimError::Mqtt(format!("encoding a packet: {e}")))
+    }
+
+    /// Queues a QoS 1 publish (sent by the next [`flush`](Self::flush)).
+    pub fn publish(&mut self, topic: &str, payload: Vec<u8>) -> Result<(), SimError> {
+        self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+        let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload);
+        publish.pkid = self.next_pkid;
+        self.encode(Packet::Publish(publish))?;
+        self.inflight.push_back((self.next_pkid, Instant::now()));
+        Ok(())
+    }
+
+    /// Queues a subscription at QoS 1.
+    pub fn subscribe(&mut self, filter: &str) -> Result<(), SimError> {
+        self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+        let mut subscribe = Subscribe::new(filter, QoS::AtLeastOnce);
+        subscribe.pkid = self.next_pkid;
+        self.encode(Packet::Subscribe(subscribe))
+    }
+
+    /// Queues a ping if nothing was sent for `idle`.
+    pub fn ping_if_idle(&mut self, idle: Duration) -> Result<(), SimError> {
+        if self.last_sent.elapsed() >= idle {
+            self.encode(Packet::PingReq)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes awaiting their PUBACK.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<(), SimError> {
+        if !self.output.is_empty() {
+            self.stream.write_all(&self.output).await?;
+            self.output.clear();
+            self.last_sent = Instant::now();
+        }
+        Ok(())
+    }
+
+    async fn read_packet(&mut self) -> Result<Packet, SimError> {
+        loop {
+            match Packet::read(&mut self.input, MAX_PACKET) {
+                Ok(packet) => return Ok(packet),
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => return Err(SimError::Mqtt(format!("reading a packet: {e}"))),
+            }
+            if self.stream.read_buf(&mut self.input).await? == 0 {
+                return Err(SimError::Mqtt("the node closed the connection".into()));
+            }
+        }
+    }
+
+    /// The next packet from the node. Cancel-safe: bytes read stay buffered.
+    pub async fn next(&mut self) -> Result<Incoming, SimError> {
+        match self.read_packet().await? {
+            Packet::PubAck(ack) => match self.inflight.pop_front() {
+                Some((pkid, at)) if pkid == ack.pkid => Ok(Incoming::PubAck(at.elapsed())),
+                _ => Err(SimError::Mqtt(format!("PUBACK {} out of order", ack.pkid))),
+            },
+            Packet::Publish(publish) => {
+                if publish.qos == QoS::AtLeastOnce {
+                    self.encode(Packet::PubAck(mqttbytes::v4::PubAck::new(publish.pkid)))?;
+                }
+                let topic = publish.topic;
+                Ok(Incoming::Message(topic, publish.payload))
+            }
+            Packet::Disconnect => Err(SimError::Mqtt("the node disconnected".into())),
+            _ => Ok(Incoming::Other),
+        }
+    }
+
+    /// Says goodbye.
+    pub async fn close(mut self) {
+        if self.encode(Packet::Disconnect).is_ok() {
+            let _ = self.flush().await;
+        }
+    }
+}

@@ -1,0 +1,669 @@
+//! Running a simulation: register the fleet, watch a sample, connect, send on an absolute
+//! schedule for the duration, drain, then check actuators and make the report.
+
+use crate::{
+    Mode, SimConfig, SimError, fleet,
+    model::{Actuator, Sensor},
+    mqtt::{Connection, Incoming, source_for},
+    report::{MemoryPoint, Report, Stats},
+    watch::{self, now_us},
+};
+use futures_util::{StreamExt, stream};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::{SeedableRng, rngs::SmallRng};
+use serde_json::{Value, json};
+use std::{
+    fmt::Write,
+    net::SocketAddr,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant},
+};
+use tokio::{sync::watch as signal, time::sleep_until};
+
+/// QoS 1 publishes a connection may have awaiting their PUBACK.
+const MAX_INFLIGHT: usize = 64;
+/// Connections opened at once.
+const CONNECT_CONCURRENCY: usize = 256;
+/// Keep-alive announced by every connection; pings go out after half of it idle.
+const KEEP_ALIVE: Duration = Duration::from_secs(60);
+/// How long to wait for the PUBACKs of the last messages.
+const DRAIN: Duration = Duration::from_secs(10);
+/// What actuators are told to do.
+fn desired() -> Value {
+    json!({"power": "on", "setpoint": 21.5})
+}
+
+/// Runs a simulation and returns its report (also written to `config.report` if set).
+pub async fn run(config: SimConfig) -> Result<Report, SimError> {
+    validate(&config)?;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the file descriptor limit"),
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let multi = MultiProgress::with_draw_target(if config.progress {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let stats = Arc::new(Stats::new());
+
+    // Registration.
+    let things = config.devices
+        + if config.mode == Mode::Gateway {
+            config.gateways
+        } else {
+            0
+        };
+    let bar = multi.add(counter_bar(config.devices as u64, "registering"));
+    let started = Instant::now();
+    let fleet = fleet::register(&http, &config, &bar).await?;
+    let registration_s = started.elapsed().as_secs_f64();
+    bar.finish();
+
+    // The WebSocket sample: devices spread evenly over the fleet.
+    let sample = config.sample.min(config.devices);
+    let watched: Vec<String> = (0..sample)
+        .map(|k| fleet.devices[k * config.devices / sample].clone())
+        .collect();
+    let (stop_tx, stop_rx) = signal::channel(false);
+    let watcher = if watched.is_empty() {
+        None
+    } else {
+        Some(watch::watch_twins(&config, watched, stats.clone(), stop_rx.clone()).await?)
+    };
+
+    // Connections.
+    let started = Instant::now();
+    let (connections, actuators) = match config.mode {
+        Mode::Direct => connect_devices(&config, &fleet, &multi, &stats).await,
+        Mode::Gateway => (connect_gateways(&config, &fleet, &stats).await, Vec::new()),
+    };
+    let connected = connections.iter().filter(|c| c.is_some()).count();
+    let connect_s = started.elapsed().as_secs_f64();
+    // Apps tell the actuators what to do; they follow their delta.
+    let devices = &fleet.devices;
+    stream::iter(actuators.iter())
+        .for_each_concurrent(32, |i| {
+            let (http, config, stats) = (&http, &config, &stats);
+            async move {
+                if fleet::set_desired(http, config, &devices[*i], &desired())
+                    .await
+                    .is_err()
+                {
+                    stats.error("api_set_desired");
+                }
+            }
+        })
+        .await;
+
+    // Sending.
+    let start = Instant::now();
+    let end = start + config.duration;
+    let memory = Arc::new(Mutex::new(Vec::new()));
+    let poller = tokio::spawn(poll_memory(
+        http.clone(),
+        config.clone(),
+        start,
+        memory.clone(),
+        stop_rx.clone(),
+    ));
+    let progress = multi.add(
+        ProgressBar::new(config.duration.as_secs().max(1)).with_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} s  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+    );
+    let ticker = tokio::spawn(tick_progress(
+        progress.clone(),
+        stats.clone(),
+        start,
+        stop_rx,
+    ));
+    let mut tasks = Vec::with_capacity(connected);
+    match config.mode {
+        Mode::Direct => {
+            let period = Duration::from_secs_f64(config.devices as f64 / config.rate);
+            let n = config.devices as f64;
+            for (i, connection) in connections.into_iter().enumerate() {
+                let Some(connection) = connection else {
+                    continue;
+                };
+                let spread = i as f64 / n;
+                let first = start + config.ramp.mul_f64(spread) + period.mul_f64(spread);
+                let device = DirectDevice {
+                    name: fleet.devices[i].clone(),
+                    actuator: is_actuator(&config, i),
+                    seed: i as u64,
+                };
+                tasks.push(tokio::spawn(device.run(
+                    connection,
+                    first,
+                    period,
+                    end,
+                    stats.clone(),
+                )));
+            }
+        }
+        Mode::Gateway => {
+            let g = config.gateways;
+            let per_gateway = config.rate / g as f64;
+            // About 20 batches a second per gateway, within the batch limit.
+            let batch = ((per_gateway / 20.0).ceil() as usize).clamp(1, config.batch);
+            let period = Duration::from_secs_f64(batch as f64 / per_gateway);
+            for (k, connection) in connections.into_iter().enumerate() {
+                let Some(connection) = connection else {
+                    continue;
+                };
+                let devices: Vec<String> = (k..config.devices)
+                    .step_by(g)
+                    .map(|i| fleet.devices[i].clone())
+                    .collect();
+                let spread = k as f64 / g as f64;
+                let first = start + config.ramp.mul_f64(spread) + period.mul_f64(spread);
+                let gateway = GatewayDevices {
+                    name: fleet.gateways[k].name.clone(),
+                    devices,
+                    batch,
+                    seed: k as u64,
+                };
+                tasks.push(tokio::spawn(gateway.run(
+                    connection,
+                    first,
+                    period,
+                    end,
+                    stats.clone(),
+                )));
+            }
+        }
+    }
+    for task in tasks {
+        if task.await.is_err() {
+            stats.error("task_panicked");
+        }
+    }
+    let duration_s = start
+        .elapsed()
+        .as_secs_f64()
+        .min(config.duration.as_secs_f64());
+    // Let the last changes reach the WebSocket: wait until none arrived for half a second.
+    let quiet_deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = stats.ws_changes.load(Ordering::Relaxed);
+    while Instant::now() < quiet_deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = stats.ws_changes.load(Ordering::Relaxed);
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    let converged = check_actuators(&http, &config, &fleet, &actuators, &stats).await;
+    stats.converged.store(converged, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    if let Some(watcher) = watcher {
+        let _ = watcher.await;
+    }
+    let _ = poller.await;
+    let _ = ticker.await;
+    progress.finish_and_clear();
+
+    let sent = stats.sent.load(Ordering::Relaxed);
+    let acked = stats.acked.load(Ordering::Relaxed);
+    let memory = memory.lock().map(|m| m.clone()).unwrap_or_default();
+    let report = Report {
+        registered: things,
+        registration_s,
+        connected,
+        connect_s,
+        duration_s,
+        sent,
+        acked,
+        offered_rate: config.rate,
+        achieved_rate: acked as f64 / duration_s.max(0.001),
+        puback_latency_ms: stats.puback(),
+        end_to_end_latency_ms: stats.e2e(),
+        watched: sample,
+        ws_changes: stats.ws_changes.load(Ordering::Relaxed),
+        ws_resyncs: stats.ws_resyncs.load(Ordering::Relaxed),
+        actuators: actuators.len(),
+        actuators_converged: converged,
+        errors: stats.errors(),
+        memory,
+        config,
+    };
+    if let Some(path) = &report.config.report {
+        let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
+        std::fs::write(path, json).map_err(|source| SimError::Report {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(report)
+}
+
+fn validate(config: &SimConfig) -> Result<(), SimError> {
+    let bad = |m: &str| Err(SimError::Config(m.to_owned()));
+    if config.devices == 0 {
+        return bad("--devices must be at least 1");
+    }
+    if !(config.rate > 0.0 && config.rate.is_finite()) {
+        return bad("--rate must be a positive number of messages per second");
+    }
+    if config.duration.is_zero() {
+        return bad("--duration must be longer than zero");
+    }
+    if config.mode == Mode::Gateway && (config.gateways == 0 || config.gateways > config.devices) {
+        return bad("--gateways must be between 1 and the number of devices");
+    }
+    if !(1..=1000).contains(&config.batch) {
+        return bad("--batch must be between 1 and 1000");
+    }
+    if config.prefix.is_empty()
+        || !config
+            .prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-'))
+    {
+        return bad("--prefix may use a-z A-Z 0-9 : _ - only");
+    }
+    Ok(())
+}
+
+fn counter_bar(len: u64, what: &str) -> ProgressBar {
+    ProgressBar::new(len).with_style(
+        ProgressStyle::with_template(&format!(
+            "{what:>12} [{{bar:30}}] {{pos}}/{{len}} ({{per_sec}})"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    )
+}
+
+fn is_actuator(config: &SimConfig, i: usize) -> bool {
+    config.mode == Mode::Direct
+        && config.actuator_every > 0
+        && i.is_multiple_of(config.actuator_every)
+}
+
+/// Opens every device's connection (actuators subscribe to their delta); returns the
+/// connections by device index and the indexes of the connected actuators.
+async fn connect_devices(
+    config: &SimConfig,
+    fleet: &fleet::Fleet,
+    multi: &MultiProgress,
+    stats: &Arc<Stats>,
+) -> (Vec<Option<Connection>>, Vec<usize>) {
+    let bar = multi.add(counter_bar(config.devices as u64, "connecting"));
+    let mut opened: Vec<(usize, Option<Connection>)> = stream::iter(0..config.devices)
+        .map(|i| {
+            let (bar, stats) = (bar.clone(), stats.clone());
+            let name = fleet.devices[i].clone();
+            let token = fleet.device_tokens[i].clone();
+            let actuator = is_actuator(config, i);
+            let server = config.mqtt;
+            async move {
+                let connection = open(server, i, &name, &token, actuator).await;
+                bar.inc(1);
+                match connection {
+                    Ok(c) => (i, Some(c)),
+                    Err(error) => {
+                        tracing::debug!(device = %name, %error, "connection failed");
+                        stats.error("connect_failed");
+                        (i, None)
+                    }
+                }
+            }
+        })
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .collect()
+        .await;
+    bar.finish();
+    opened.sort_by_key(|(i, _)| *i);
+    let actuators = opened
+        .iter()
+        .filter(|(i, c)| c.is_some() && is_actuator(config, *i))
+        .map(|(i, _)| *i)
+        .collect();
+    (opened.into_iter().map(|(_, c)| c).collect(), actuators)
+}
+
+async fn open(
+    server: SocketAddr,
+    i: usize,
+    name: &str,
+    token: &str,
+    actuator: bool,
+) -> Result<Connection, SimError> {
+    let mut connection = tokio::time::timeout(
+        Duration::from_secs(30),
+        Connection::open(server, source_for(server, i), name, token, KEEP_ALIVE),
+    )
+    .await
+    .map_err(|_| SimError::Mqtt("no CONNACK within 30 s".into()))??;
+    if actuator {
+        connection.subscribe(&format!("$aws/things/{name}/shadow/update/delta"))?;
+        connection.flush().await?;
+        // The SUBACK comes before anything on the topic.
+        tokio::time::timeout(Duration::from_secs(30), connection.next())
+            .await
+            .map_err(|_| SimError::Mqtt("no SUBACK within 30 s".into()))??;
+    }
+    Ok(connection)
+}
+
+/// Opens the gateways' connections; each subscribes to its refused entries.
+async fn connect_gateways(
+    config: &SimConfig,
+    fleet: &fleet::Fleet,
+    stats: &Arc<Stats>,
+) -> Vec<Option<Connection>> {
+    let mut connections = Vec::with_capacity(fleet.gateways.len());
+    for (k, gateway) in fleet.gateways.iter().enumerate() {
+        let opened = async {
+            let mut c = Connection::open(
+                config.mqtt,
+                source_for(config.mqtt, k),
+                &gateway.name,
+                &gateway.token,
+                KEEP_ALIVE,
+            )
+            .await?;
+            c.subscribe(&format!("gateways/{}/telemetry/rejected", gateway.name))?;
+            c.flush().await?;
+            c.next().await?;
+            Ok::<_, SimError>(c)
+        };
+        match tokio::time::timeout(Duration::from_secs(30), opened).await {
+            Ok(Ok(c)) => connections.push(Some(c)),
+            Ok(Err(error)) => {
+                tracing::warn!(gateway = %gateway.name, %error, "gateway connection failed");
+                stats.error("connect_failed");
+                connections.push(None);
+            }
+            Err(_) => {
+                stats.error("connect_failed");
+                connections.push(None);
+            }
+        }
+    }
+    connections
+}
+
+/// A device with its own connection.
+struct DirectDevice {
+    name: String,
+    actuator: bool,
+    seed: u64,
+}
+
+impl DirectDevice {
+    async fn run(
+        self,
+        mut connection: Connection,
+        first: Instant,
+        period: Duration,
+        end: Instant,
+        stats: Arc<Stats>,
+    ) {
+        let mut rng = SmallRng::seed_from_u64(self.seed);
+        let mut sensor = Sensor::new(&mut rng);
+        let mut actuator = Actuator::new(&mut rng);
+        let topic = format!("things/{}/telemetry", self.name);
+        let update = format!("$aws/things/{}/shadow/update", self.name);
+        let mut next = first;
+        let mut payload = String::with_capacity(128);
+        // Publishes in flight that were telemetry (the rest are shadow updates).
+        let mut kinds = std::collections::VecDeque::new();
+        loop {
+            tokio::select! {
+                _ = sleep_until(next.into()), if next < end => {
+                    if connection.inflight() >= MAX_INFLIGHT {
+                        stats.error("throttled_inflight_limit");
+                    } else {
+                        payload.clear();
+                        let _ = write!(payload, "{{\"ts\":{},\"sent_us\":{},", now_us() / 1000, now_us());
+                        if self.actuator {
+                            actuator.sample(&mut rng, &mut payload);
+                        } else {
+                            sensor.sample(&mut rng, &mut payload);
+                        }
+                        payload.push('}');
+                        if connection.publish(&topic, payload.as_bytes().to_vec()).is_err() {
+                            stats.error("encode");
+                        }
+                        kinds.push_back(true);
+                        stats.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    next = next_tick(next, period, &stats);
+                }
+                _ = sleep_until((end + DRAIN).into()), if next >= end => {}
+                incoming = connection.next() => match incoming {
+                    Ok(Incoming::PubAck(latency)) => {
+                        let telemetry = kinds.pop_front().unwrap_or(true);
+                        stats.acked(latency, u64::from(telemetry));
+                    }
+                    Ok(Incoming::Message(_, body)) => {
+                        let delta = serde_json::from_slice::<Value>(&body).ok();
+                        let state = delta.as_ref().and_then(|d| d["state"].as_object());
+                        if let Some(reported) = state.and_then(|s| actuator.follow(s))
+                            && connection.publish(&update, reported.to_string().into_bytes()).is_ok()
+                        {
+                            kinds.push_back(false);
+                        }
+                    }
+                    Ok(Incoming::Other) => {}
+                    Err(error) => {
+                        tracing::debug!(device = %self.name, %error, "connection lost");
+                        stats.error("connection_lost");
+                        return;
+                    }
+                }
+            }
+            if next >= end && (connection.inflight() == 0 || Instant::now() > end + DRAIN) {
+                if connection.inflight() > 0 {
+                    stats.error("unacknowledged_at_end");
+                }
+                break;
+            }
+            let _ = connection.ping_if_idle(KEEP_ALIVE / 2);
+            if connection.flush().await.is_err() {
+                stats.error("connection_lost");
+                return;
+            }
+        }
+        connection.close().await;
+    }
+}
+
+/// The next send time on the absolute schedule; a sender that fell a second behind skips
+/// ahead rather than bursting to catch up.
+fn next_tick(next: Instant, period: Duration, stats: &Stats) -> Instant {
+    let next = next + period;
+    let now = Instant::now();
+    if now > next + Duration::from_secs(1) {
+        stats.error("schedule_behind");
+        now
+    } else {
+        next
+    }
+}
+
+/// A gateway and the devices behind it.
+struct GatewayDevices {
+    name: String,
+    devices: Vec<String>,
+    batch: usize,
+    seed: u64,
+}
+
+impl GatewayDevices {
+    async fn run(
+        self,
+        mut connection: Connection,
+        first: Instant,
+        period: Duration,
+        end: Instant,
+        stats: Arc<Stats>,
+    ) {
+        let mut rng = SmallRng::seed_from_u64(self.seed);
+        let mut sensors: Vec<Sensor> = (0..self.devices.len())
+            .map(|_| Sensor::new(&mut rng))
+            .collect();
+        let topic = format!("gateways/{}/telemetry", self.name);
+        let batch = self.batch.min(self.devices.len());
+        let mut cursor = 0;
+        let mut next = first;
+        let mut payload = String::with_capacity(batch * 120);
+        let mut sizes = std::collections::VecDeque::new();
+        loop {
+            tokio::select! {
+                _ = sleep_until(next.into()), if next < end => {
+                    if connection.inflight() >= MAX_INFLIGHT {
+                        stats.error("throttled_inflight_limit");
+                    } else {
+                        payload.clear();
+                        payload.push('[');
+                        let (ts, sent) = (now_us() / 1000, now_us());
+                        for k in 0..batch {
+                            let i = (cursor + k) % self.devices.len();
+                            if k > 0 {
+                                payload.push(',');
+                            }
+                            let _ = write!(payload, "{{\"thing\":\"{}\",\"ts\":{ts},\"values\":{{\"sent_us\":{sent},", self.devices[i]);
+                            sensors[i].sample(&mut rng, &mut payload);
+                            payload.push_str("}}");
+                        }
+                        payload.push(']');
+                        cursor = (cursor + batch) % self.devices.len();
+                        if connection.publish(&topic, payload.as_bytes().to_vec()).is_err() {
+                            stats.error("encode");
+                        }
+                        sizes.push_back(batch as u64);
+                        stats.sent.fetch_add(batch as u64, Ordering::Relaxed);
+                    }
+                    next = next_tick(next, period, &stats);
+                }
+                _ = sleep_until((end + DRAIN).into()), if next >= end => {}
+                incoming = connection.next() => match incoming {
+                    Ok(Incoming::PubAck(latency)) => {
+                        stats.acked(latency, sizes.pop_front().unwrap_or(0));
+                    }
+                    Ok(Incoming::Message(topic, body)) => {
+                        tracing::debug!(%topic, refused = %String::from_utf8_lossy(&body), "entry refused");
+                        stats.error("entry_rejected");
+                    }
+                    Ok(Incoming::Other) => {}
+                    Err(error) => {
+                        tracing::warn!(gateway = %self.name, %error, "gateway connection lost");
+                        stats.error("connection_lost");
+                        return;
+                    }
+                }
+            }
+            if next >= end && (connection.inflight() == 0 || Instant::now() > end + DRAIN) {
+                if connection.inflight() > 0 {
+                    stats.error("unacknowledged_at_end");
+                }
+                break;
+            }
+            let _ = connection.ping_if_idle(KEEP_ALIVE / 2);
+            if connection.flush().await.is_err() {
+                stats.error("connection_lost");
+                return;
+            }
+        }
+        connection.close().await;
+    }
+}
+
+/// Counts the actuators whose reported state is the desired state they were given.
+async fn check_actuators(
+    http: &reqwest::Client,
+    config: &SimConfig,
+    fleet: &fleet::Fleet,
+    actuators: &[usize],
+    stats: &Stats,
+) -> u64 {
+    let want = desired();
+    let results: Vec<bool> = stream::iter(actuators.iter())
+        .map(|i| {
+            let name = &fleet.devices[*i];
+            let want = &want;
+            async move {
+                let response = http
+                    .get(format!("{}/v1/things/{name}/shadow", config.api))
+                    .bearer_auth(&config.token)
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) if r.status().is_success() => {
+                        let shadow: Value = r.json().await.unwrap_or(Value::Null);
+                        let reported = &shadow["state"]["reported"];
+                        reported["power"] == want["power"]
+                            && reported["setpoint"] == want["setpoint"]
+                    }
+                    _ => {
+                        stats.error("api_get_shadow");
+                        false
+                    }
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    results.into_iter().filter(|ok| *ok).count() as u64
+}
+
+/// Reads the node's memory every second (every `duration / 2000` for long runs).
+async fn poll_memory(
+    http: reqwest::Client,
+    config: SimConfig,
+    start: Instant,
+    into: Arc<Mutex<Vec<MemoryPoint>>>,
+    mut stop: signal::Receiver<bool>,
+) {
+    let every = (config.duration / 2000).max(Duration::from_secs(1));
+    loop {
+        if let Some(point) = watch::memory(&http, &config, start.elapsed().as_secs_f64()).await
+            && let Ok(mut points) = into.lock()
+        {
+            points.push(point);
+        }
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Updates the progress line: rates over the last half second and the end-to-end p99.
+async fn tick_progress(
+    bar: ProgressBar,
+    stats: Arc<Stats>,
+    start: Instant,
+    mut stop: signal::Receiver<bool>,
+) {
+    let (mut sent, mut acked, mut at) = (0, 0, Instant::now());
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let (s, a, now) = (
+            stats.sent.load(Ordering::Relaxed),
+            stats.acked.load(Ordering::Relaxed),
+            Instant::now(),
+        );
+        let secs = now.duration_since(at).as_secs_f64().max(0.001);
+        bar.set_position(start.elapsed().as_secs().min(bar.length().unwrap_or(0)));
+        bar.set_message(format!(
+            "sent {:.0}/s  acked {:.0}/s  end-to-end p99 {:.1} ms",
+            (s - sent) as f64 / secs,
+            (a - acked) as f64 / secs,
+            stats.e2e_p99_ms()
+        ));
+        (sent, acked, at) = (s, a, now);
+    }
+}

@@ -1,0 +1,161 @@
+//! Watching the node from the app side: a WebSocket subscription to a sample of twins, whose
+//! `change` frames carry the send time the device put in its telemetry (`sent_us`), and a
+//! poller of the node's `/metrics` for its memory over time.
+
+use crate::{
+    SimConfig, SimError,
+    report::{MemoryPoint, Stats},
+};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
+
+/// Names per subscription (the node's default `max_things`).
+const PER_SUBSCRIPTION: usize = 1000;
+
+/// Microseconds since the epoch: the clock devices stamp `sent_us` with.
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Subscribes to `things` and returns once the node has taken the subscriptions; the frames
+/// are then counted into `stats` until `stop` turns true.
+pub(crate) async fn watch_twins(
+    config: &SimConfig,
+    things: Vec<String>,
+    stats: Arc<Stats>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, SimError> {
+    let url = format!(
+        "{}/v1/ws",
+        config
+            .api
+            .replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1)
+    );
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| SimError::Config(format!("websocket url: {e}")))?;
+    request.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {}", config.token))
+            .map_err(|e| SimError::Config(format!("token: {e}")))?,
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(|e| SimError::Api(format!("websocket: {e}")))?;
+    for (k, chunk) in things.chunks(PER_SUBSCRIPTION).enumerate() {
+        let frame = json!({"type": "subscribe", "id": format!("sim-{k}"), "things": chunk});
+        ws.send(Message::text(frame.to_string()))
+            .await
+            .map_err(|e| SimError::Api(format!("websocket: {e}")))?;
+    }
+    // Frames are handled in order: once the answer to this `get` arrives, the subscriptions
+    // before it are in place.
+    if let Some(first) = things.first() {
+        let frame = json!({"type": "get", "id": "sim-ready", "thing": first});
+        ws.send(Message::text(frame.to_string()))
+            .await
+            .map_err(|e| SimError::Api(format!("websocket: {e}")))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    if frame["id"] == "sim-ready" {
+                        break;
+                    }
+                    if frame["type"] == "error" {
+                        return Err(SimError::Api(format!("websocket subscription: {text}")));
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return Err(SimError::Api(format!("websocket: {e}"))),
+                Ok(None) | Err(_) => {
+                    return Err(SimError::Api(
+                        "websocket: no answer to the subscriptions within 30 s".into(),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(text))) => on_frame(&text, &stats),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => {
+                        stats.error("websocket_closed");
+                        break;
+                    }
+                },
+            }
+        }
+        let _ = ws.close(None).await;
+    }))
+}
+
+fn on_frame(text: &str, stats: &Stats) {
+    let Ok(frame) = serde_json::from_str::<Value>(text) else {
+        stats.error("websocket_bad_frame");
+        return;
+    };
+    match frame["type"].as_str() {
+        Some("change") => {
+            if let Some(sent) = frame["changed"]["reported"]["sent_us"].as_u64() {
+                stats.end_to_end(now_us().saturating_sub(sent));
+            }
+        }
+        Some("resync") => {
+            stats
+                .ws_resyncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Some("error") => stats.error(&format!(
+            "websocket_{}",
+            frame["code"].as_str().unwrap_or("error")
+        )),
+        _ => {}
+    }
+}
+
+/// Reads the node's RSS and active twins from `/metrics`.
+pub(crate) async fn memory(
+    http: &reqwest::Client,
+    config: &SimConfig,
+    t_s: f64,
+) -> Option<MemoryPoint> {
+    let text = http
+        .get(format!("{}/metrics", config.api))
+        .bearer_auth(&config.token)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let gauge = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    Some(MemoryPoint {
+        t_s,
+        rss_bytes: gauge("doppel_process_resident_memory_bytes")? as u64,
+        twins_active: gauge("doppel_twins_active").unwrap_or(0.0) as u64,
+    })
+}

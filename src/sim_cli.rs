@@ -1,0 +1,119 @@
+//! `doppel sim`: the device simulator's command line. It parses the flags, runs the simulation
+//! against a node (over MQTT, HTTP and WebSocket only) and prints the summary.
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use simulator::{Mode, SimConfig};
+use std::{io::IsTerminal, net::ToSocketAddrs, path::PathBuf, time::Duration};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// One MQTT connection per device.
+    Direct,
+    /// Devices behind a few gateways, telemetry in batches.
+    Gateway,
+}
+
+/// Flags of `doppel sim`.
+#[derive(Args)]
+pub struct SimArgs {
+    /// Devices in the fleet.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Telemetry messages per second over the whole fleet.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// How long to send (`10s`, `5m`, `1h`).
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    duration: Duration,
+    /// Spread the devices' first messages over this time.
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    ramp: Duration,
+    /// How devices reach the node.
+    #[arg(long, value_enum, default_value = "direct")]
+    mode: ModeArg,
+    /// Gateway connections (gateway mode).
+    #[arg(long, default_value_t = 10)]
+    gateways: usize,
+    /// Entries per gateway batch, at most.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// The node's MQTT endpoint.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: String,
+    /// The node's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// An API key allowed to register things (admin).
+    #[arg(long, env = "DOPPEL_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Name prefix of the registered things (default: `sim-` and a random id).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Every n-th device is an actuator following its desired state (direct mode; 0: none).
+    #[arg(long, default_value_t = 10)]
+    actuator_every: usize,
+    /// Twins watched over WebSocket for end-to-end latency.
+    #[arg(long, default_value_t = 100)]
+    sample: usize,
+    /// Register the things with this device type.
+    #[arg(long = "type")]
+    device_type: Option<String>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    simulator::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// Runs `doppel sim`.
+pub fn run(args: SimArgs) -> anyhow::Result<()> {
+    let mqtt = args
+        .mqtt
+        .to_socket_addrs()
+        .with_context(|| format!("--mqtt {}", args.mqtt))?
+        .next()
+        .with_context(|| format!("--mqtt {} names no address", args.mqtt))?;
+    let prefix = args
+        .prefix
+        .unwrap_or_else(|| format!("sim-{:06x}", rand_id()));
+    let config = SimConfig {
+        devices: args.devices,
+        rate: args.rate,
+        duration: args.duration,
+        ramp: args.ramp,
+        mode: match args.mode {
+            ModeArg::Direct => Mode::Direct,
+            ModeArg::Gateway => Mode::Gateway,
+        },
+        gateways: args.gateways,
+        batch: args.batch,
+        mqtt,
+        api: args.api.trim_end_matches('/').to_owned(),
+        token: args.token,
+        prefix,
+        actuator_every: args.actuator_every,
+        sample: args.sample,
+        device_type: args.device_type,
+        report: args.report,
+        progress: !args.quiet && std::io::stderr().is_terminal(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(simulator::run(config))?;
+    println!("{report}");
+    Ok(())
+}
+
+fn rand_id() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos ^ std::process::id().rotate_left(16)) & 0xff_ffff
+}

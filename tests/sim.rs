@@ -1,0 +1,146 @@
+//! `doppel sim` against a real `doppel serve`: a small direct-mode fleet for 10 s and a gateway
+//! fleet, each checked through its JSON report and the twins it left behind; a refused token
+//! stops the simulator with a clear error.
+
+use doppel_tests::node::{ADMIN_TOKEN, Node, Options};
+use serde_json::Value;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_doppel");
+
+fn sim(node: &Node, token: &str, args: &[&str]) -> (std::process::Output, Option<Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let output = Command::new(BIN)
+        .arg("sim")
+        .args(["--mqtt", &node.mqtt().to_string()])
+        .args(["--api", node.url("").trim_end_matches('/')])
+        .args(["--token", token])
+        .arg("--report")
+        .arg(&report)
+        .arg("--quiet")
+        .args(args)
+        .env_remove("DOPPEL_ADMIN_TOKEN")
+        .output()
+        .expect("doppel sim runs");
+    let report = std::fs::read(&report)
+        .ok()
+        .map(|b| serde_json::from_slice(&b).expect("the report is JSON"));
+    (output, report)
+}
+
+fn shadow_reported(node: &Node, thing: &str) -> Value {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async { node.shadow(thing, None).await.1["state"]["reported"].clone() })
+}
+
+#[test]
+fn a_thousand_direct_devices_for_ten_seconds() {
+    let node = Node::start(BIN, Options::default());
+    let (output, report) = sim(
+        &node,
+        ADMIN_TOKEN,
+        &[
+            "--devices",
+            "1000",
+            "--rate",
+            "1000",
+            "--duration",
+            "10s",
+            "--prefix",
+            "d",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r = report.expect("a report");
+    assert_eq!(r["registered"], 1000);
+    assert_eq!(r["connected"], 1000);
+    assert_eq!(r["errors"], serde_json::json!({}), "{stdout}");
+    let (sent, acked) = (r["sent"].as_u64().unwrap(), r["acked"].as_u64().unwrap());
+    // 1,000 msgs/s for 10 s on an absolute schedule.
+    assert!((9_500..=10_500).contains(&sent), "sent {sent}");
+    assert_eq!(acked, sent, "every message acknowledged");
+    assert!(r["achieved_rate"].as_f64().unwrap() > 900.0, "{stdout}");
+    // 100 watched twins each got about ten changes over WebSocket, with their latency.
+    let e2e = &r["end_to_end_latency_ms"];
+    assert!(e2e["count"].as_u64().unwrap() >= 900, "{e2e}");
+    assert!(e2e["p50"].as_f64().unwrap() > 0.0);
+    assert!(r["puback_latency_ms"]["count"].as_u64().unwrap() >= 9_500);
+    // Every tenth device is an actuator; each followed the desired state an app set.
+    assert_eq!(r["actuators"], 100);
+    assert_eq!(r["actuators_converged"], 100);
+    assert!(!r["memory"].as_array().unwrap().is_empty());
+    assert!(r["memory"][0]["rss_bytes"].as_u64().unwrap() > 0);
+    assert!(stdout.contains("end to end"), "{stdout}");
+    // The twins hold what the devices sent.
+    let sensor = shadow_reported(&node, "d-1");
+    assert!(
+        sensor["temp"].is_number() && sensor["hum"].is_number(),
+        "{sensor}"
+    );
+    let actuator = shadow_reported(&node, "d-0");
+    assert_eq!(actuator["power"], "on", "{actuator}");
+    assert_eq!(actuator["setpoint"], 21.5, "{actuator}");
+}
+
+#[test]
+fn gateways_carry_a_fleet_in_batches() {
+    let node = Node::start(BIN, Options::default());
+    let (output, report) = sim(
+        &node,
+        ADMIN_TOKEN,
+        &[
+            "--devices",
+            "5000",
+            "--rate",
+            "2000",
+            "--duration",
+            "3s",
+            "--mode",
+            "gateway",
+            "--gateways",
+            "4",
+            "--prefix",
+            "g",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r = report.expect("a report");
+    assert_eq!(r["registered"], 5004);
+    assert_eq!(r["connected"], 4);
+    assert_eq!(r["errors"], serde_json::json!({}), "{stdout}");
+    let (sent, acked) = (r["sent"].as_u64().unwrap(), r["acked"].as_u64().unwrap());
+    assert!((5_700..=6_300).contains(&sent), "sent {sent}");
+    assert_eq!(acked, sent);
+    assert!(r["end_to_end_latency_ms"]["count"].as_u64().unwrap() > 0);
+    // Device 8 is behind gateway 0 and got samples through it.
+    let reported = shadow_reported(&node, "g-8");
+    assert!(reported["temp"].is_number(), "{reported}");
+}
+
+#[test]
+fn a_refused_token_stops_the_simulator_with_a_clear_error() {
+    let node = Node::start(BIN, Options::default());
+    let (output, report) = sim(
+        &node,
+        "not-a-key",
+        &["--devices", "10", "--rate", "10", "--duration", "1s"],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(
+        report.is_none(),
+        "no report for a simulation that did not run"
+    );
+}
