@@ -12,6 +12,8 @@ enum ModeArg {
     Direct,
     /// Devices behind a few gateways, telemetry in batches.
     Gateway,
+    /// A plain MQTT broker (no node, nothing registered): the reference for benchmarks.
+    Broker,
 }
 
 /// Flags of `doppel sim`.
@@ -44,8 +46,13 @@ pub struct SimArgs {
     /// The node's HTTP API.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     api: String,
-    /// An API key allowed to register things (admin).
-    #[arg(long, env = "DOPPEL_ADMIN_TOKEN", hide_env_values = true)]
+    /// An API key allowed to register things (admin); not needed in broker mode.
+    #[arg(
+        long,
+        env = "DOPPEL_ADMIN_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     token: String,
     /// Name prefix of the registered things (default: `sim-` and a random id).
     #[arg(long)]
@@ -56,6 +63,9 @@ pub struct SimArgs {
     /// Twins watched over WebSocket for end-to-end latency.
     #[arg(long, default_value_t = 100)]
     sample: usize,
+    /// Measure delivery on this WebSocket instead (each frame carries its message's `sent_us`).
+    #[arg(long)]
+    watch_ws: Option<String>,
     /// Register the things with this device type.
     #[arg(long = "type")]
     device_type: Option<String>,
@@ -90,6 +100,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         mode: match args.mode {
             ModeArg::Direct => Mode::Direct,
             ModeArg::Gateway => Mode::Gateway,
+            ModeArg::Broker => Mode::Broker,
         },
         gateways: args.gateways,
         batch: args.batch,
@@ -99,6 +110,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         prefix,
         actuator_every: args.actuator_every,
         sample: args.sample,
+        watch_ws: args.watch_ws,
         device_type: args.device_type,
         report: args.report,
         progress: !args.quiet && std::io::stderr().is_terminal(),

@@ -74,8 +74,8 @@ fn a_thousand_direct_devices_for_ten_seconds() {
     // Every tenth device is an actuator; each followed the desired state an app set.
     assert_eq!(r["actuators"], 100);
     assert_eq!(r["actuators_converged"], 100);
-    assert!(!r["memory"].as_array().unwrap().is_empty());
-    assert!(r["memory"][0]["rss_bytes"].as_u64().unwrap() > 0);
+    assert!(!r["timeline"].as_array().unwrap().is_empty());
+    assert!(r["timeline"][0]["rss_bytes"].as_u64().unwrap() > 0);
     assert!(stdout.contains("end to end"), "{stdout}");
     // The twins hold what the devices sent.
     let sensor = shadow_reported(&node, "d-1");

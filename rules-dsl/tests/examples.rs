@@ -1,5 +1,5 @@
-//! The language reference's examples (`docs/rules/examples/*.rules`) and the README's tour
-//! rule check without a diagnostic, each has tests, and every test passes.
+//! The language reference's examples (`docs/rules/examples/*.rules`), the README's tour rule
+//! and the benchmark's rule check without a diagnostic, each has tests, and every test passes.
 
 use std::path::Path;
 
@@ -31,6 +31,12 @@ fn the_readme_tour_rule_checks_and_its_test_passes() {
         .find("\nRULES\n")
         .expect("end of the rule file");
     check_and_test(&path, &readme[start..start + len]);
+}
+
+#[test]
+fn the_benchmark_rule_checks_and_its_test_passes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/hot.rules");
+    check_and_test(&path, &std::fs::read_to_string(&path).unwrap());
 }
 
 fn check_and_test(path: &Path, source: &str) {

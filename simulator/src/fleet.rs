@@ -79,6 +79,17 @@ pub(crate) async fn register(
     })
 }
 
+/// A fleet for a plain broker: names only, nothing registered.
+pub(crate) fn unregistered(config: &SimConfig) -> Fleet {
+    Fleet {
+        devices: (0..config.devices)
+            .map(|i| format!("{}-{i}", config.prefix))
+            .collect(),
+        device_tokens: vec![String::new(); config.devices],
+        gateways: Vec::new(),
+    }
+}
+
 /// One bulk registration; the tokens in the order of `things`.
 async fn bulk(
     http: &reqwest::Client,

@@ -26,6 +26,10 @@ pub enum Mode {
     Direct,
     /// Devices multiplexed over a few gateway connections, telemetry in batches.
     Gateway,
+    /// A plain MQTT broker, no node: devices publish telemetry without registering and an
+    /// observer (an MQTT subscriber to `things/+/telemetry`, or `watch_ws`) measures delivery.
+    /// The reference for benchmarks.
+    Broker,
 }
 
 /// What to simulate, and against which node.
@@ -60,6 +64,9 @@ pub struct SimConfig {
     pub actuator_every: usize,
     /// Twins watched over WebSocket for end-to-end latency.
     pub sample: usize,
+    /// Instead of the node's WebSocket: a WebSocket that streams every delivery (each frame
+    /// carrying the `sent_us` of its message), such as another system's output under test.
+    pub watch_ws: Option<String>,
     /// Device type the things are registered with, if any.
     pub device_type: Option<String>,
     /// Where to write the JSON report.

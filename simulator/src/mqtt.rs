@@ -90,7 +90,9 @@ impl Connection {
         };
         let mut connect = Connect::new(name);
         connect.keep_alive = keep_alive.as_secs().min(u16::MAX as u64) as u16;
-        connect.set_login(name, token);
+        if !token.is_empty() {
+            connect.set_login(name, token);
+        }
         connection.encode(Packet::Connect(connect))?;
         connection.flush().await?;
         match connection.read_packet().await? {

@@ -24,6 +24,8 @@ pub(crate) struct Stats {
     pub converged: AtomicU64,
     puback: Mutex<Histogram<u64>>,
     e2e: Mutex<Histogram<u64>>,
+    /// End-to-end latencies since the last timeline point.
+    e2e_window: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -42,6 +44,7 @@ impl Stats {
             converged: AtomicU64::new(0),
             puback: Mutex::new(histogram()),
             e2e: Mutex::new(histogram()),
+            e2e_window: Mutex::new(histogram()),
             errors: Mutex::new(BTreeMap::new()),
         }
     }
@@ -60,6 +63,9 @@ impl Stats {
         if let Ok(mut h) = self.e2e.lock() {
             h.saturating_record(micros.max(1));
         }
+        if let Ok(mut h) = self.e2e_window.lock() {
+            h.saturating_record(micros.max(1));
+        }
     }
 
     /// Counts an error of `kind`.
@@ -75,6 +81,14 @@ impl Stats {
             .lock()
             .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
             .unwrap_or(0.0)
+    }
+
+    /// The end-to-end p99 since the last call, in ms, and starts a new window.
+    pub fn take_window_p99_ms(&self) -> Option<f64> {
+        let mut h = self.e2e_window.lock().ok()?;
+        let p99 = (!h.is_empty()).then(|| h.value_at_quantile(0.99) as f64 / 1000.0);
+        h.reset();
+        p99
     }
 
     pub fn errors(&self) -> BTreeMap<String, u64> {
@@ -126,15 +140,22 @@ impl Percentiles {
     }
 }
 
-/// The node's memory at one moment, read from its `/metrics`.
+/// One point of the timeline: the node's memory (from its `/metrics`) and what the fleet saw
+/// since the previous point.
 #[derive(Debug, Clone, Serialize)]
-pub struct MemoryPoint {
+pub struct TimePoint {
     /// Seconds since the simulation started sending.
     pub t_s: f64,
     /// Resident set size of the node process.
     pub rss_bytes: u64,
     /// Twins active in memory.
     pub twins_active: u64,
+    /// Acknowledged messages per second since the previous point.
+    pub acked_rate: f64,
+    /// End-to-end p99 since the previous point, in ms (none if no change was seen).
+    pub e2e_p99_ms: Option<f64>,
+    /// Errors so far, of every kind.
+    pub errors: u64,
 }
 
 /// What a simulation did and measured.
@@ -160,8 +181,11 @@ pub struct Report {
     pub puback_latency_ms: Percentiles,
     /// Publish → WebSocket `change` frame, over the watched sample.
     pub end_to_end_latency_ms: Percentiles,
-    /// Twins watched over WebSocket, and the `change` and `resync` frames they produced.
+    /// Twins watched over WebSocket, and the `change` and `resync` frames they produced (in
+    /// broker mode or with `watch_ws`: every delivery the observer saw).
     pub watched: usize,
+    /// Deliveries the observer saw per second.
+    pub observed_rate: f64,
     pub ws_changes: u64,
     pub ws_resyncs: u64,
     /// Actuators, and how many reported the desired state they were given.
@@ -169,8 +193,8 @@ pub struct Report {
     pub actuators_converged: u64,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
-    /// The node's memory over time.
-    pub memory: Vec<MemoryPoint>,
+    /// The node's memory, the acknowledged rate and the latency over time.
+    pub timeline: Vec<TimePoint>,
 }
 
 impl Report {
@@ -213,10 +237,21 @@ impl fmt::Display for Report {
             p.p50, p.p99, p.p999, p.max
         )?;
         let e = &self.end_to_end_latency_ms;
+        let seen = if self.watched > 0 {
+            format!(
+                "{} changes on {} watched twins, {} resyncs",
+                self.ws_changes, self.watched, self.ws_resyncs
+            )
+        } else {
+            format!(
+                "{} deliveries observed: {:.0}/s",
+                self.ws_changes, self.observed_rate
+            )
+        };
         writeln!(
             f,
-            "  end to end   p50 {:.1} ms  p99 {:.1} ms  p99.9 {:.1} ms  max {:.1} ms ({} changes on {} watched twins, {} resyncs)",
-            e.p50, e.p99, e.p999, e.max, self.ws_changes, self.watched, self.ws_resyncs
+            "  end to end   p50 {:.1} ms  p99 {:.1} ms  p99.9 {:.1} ms  max {:.1} ms ({seen})",
+            e.p50, e.p99, e.p999, e.max
         )?;
         if self.actuators > 0 {
             writeln!(
@@ -225,8 +260,8 @@ impl fmt::Display for Report {
                 self.actuators_converged, self.actuators
             )?;
         }
-        if let (Some(first), Some(last)) = (self.memory.first(), self.memory.last()) {
-            let peak = self.memory.iter().map(|m| m.rss_bytes).max().unwrap_or(0);
+        if let (Some(first), Some(last)) = (self.timeline.first(), self.timeline.last()) {
+            let peak = self.timeline.iter().map(|m| m.rss_bytes).max().unwrap_or(0);
             writeln!(
                 f,
                 "  node memory  {:.0} MB at start, {:.0} MB at the end, {:.0} MB peak; {} twins active",

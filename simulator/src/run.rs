@@ -5,7 +5,7 @@ use crate::{
     Mode, SimConfig, SimError, fleet,
     model::{Actuator, Sensor},
     mqtt::{Connection, Incoming, source_for},
-    report::{MemoryPoint, Report, Stats},
+    report::{Report, Stats, TimePoint},
     watch::{self, now_us},
 };
 use futures_util::{StreamExt, stream};
@@ -51,15 +51,18 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
     let stats = Arc::new(Stats::new());
 
     // Registration.
-    let things = config.devices
-        + if config.mode == Mode::Gateway {
-            config.gateways
-        } else {
-            0
-        };
+    let things = match config.mode {
+        Mode::Direct => config.devices,
+        Mode::Gateway => config.devices + config.gateways,
+        Mode::Broker => 0,
+    };
     let bar = multi.add(counter_bar(config.devices as u64, "registering"));
     let started = Instant::now();
-    let fleet = fleet::register(&http, &config, &bar).await?;
+    let fleet = if config.mode == Mode::Broker {
+        fleet::unregistered(&config)
+    } else {
+        fleet::register(&http, &config, &bar).await?
+    };
     let registration_s = started.elapsed().as_secs_f64();
     bar.finish();
 
@@ -69,7 +72,11 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
         .map(|k| fleet.devices[k * config.devices / sample].clone())
         .collect();
     let (stop_tx, stop_rx) = signal::channel(false);
-    let watcher = if watched.is_empty() {
+    let watcher = if let Some(url) = &config.watch_ws {
+        Some(watch::watch_stream(url, stats.clone(), stop_rx.clone()).await?)
+    } else if config.mode == Mode::Broker {
+        Some(watch::watch_broker(&config, stats.clone(), stop_rx.clone()).await?)
+    } else if watched.is_empty() {
         None
     } else {
         Some(watch::watch_twins(&config, watched, stats.clone(), stop_rx.clone()).await?)
@@ -78,7 +85,7 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
     // Connections.
     let started = Instant::now();
     let (connections, actuators) = match config.mode {
-        Mode::Direct => connect_devices(&config, &fleet, &multi, &stats).await,
+        Mode::Direct | Mode::Broker => connect_devices(&config, &fleet, &multi, &stats).await,
         Mode::Gateway => (connect_gateways(&config, &fleet, &stats).await, Vec::new()),
     };
     let connected = connections.iter().filter(|c| c.is_some()).count();
@@ -103,13 +110,16 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
     let start = Instant::now();
     let end = start + config.duration;
     let memory = Arc::new(Mutex::new(Vec::new()));
-    let poller = tokio::spawn(poll_memory(
-        http.clone(),
-        config.clone(),
-        start,
-        memory.clone(),
-        stop_rx.clone(),
-    ));
+    let poller = (config.mode != Mode::Broker).then(|| {
+        tokio::spawn(poll_timeline(
+            http.clone(),
+            config.clone(),
+            start,
+            stats.clone(),
+            memory.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let progress = multi.add(
         ProgressBar::new(config.duration.as_secs().max(1)).with_style(
             ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} s  {msg}")
@@ -124,7 +134,7 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
     ));
     let mut tasks = Vec::with_capacity(connected);
     match config.mode {
-        Mode::Direct => {
+        Mode::Direct | Mode::Broker => {
             let period = Duration::from_secs_f64(config.devices as f64 / config.rate);
             let n = config.devices as f64;
             for (i, connection) in connections.into_iter().enumerate() {
@@ -205,7 +215,9 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
     if let Some(watcher) = watcher {
         let _ = watcher.await;
     }
-    let _ = poller.await;
+    if let Some(poller) = poller {
+        let _ = poller.await;
+    }
     let _ = ticker.await;
     progress.finish_and_clear();
 
@@ -224,13 +236,18 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
         achieved_rate: acked as f64 / duration_s.max(0.001),
         puback_latency_ms: stats.puback(),
         end_to_end_latency_ms: stats.e2e(),
-        watched: sample,
+        watched: if config.mode == Mode::Broker || config.watch_ws.is_some() {
+            0
+        } else {
+            sample
+        },
+        observed_rate: stats.ws_changes.load(Ordering::Relaxed) as f64 / duration_s.max(0.001),
         ws_changes: stats.ws_changes.load(Ordering::Relaxed),
         ws_resyncs: stats.ws_resyncs.load(Ordering::Relaxed),
         actuators: actuators.len(),
         actuators_converged: converged,
         errors: stats.errors(),
-        memory,
+        timeline: memory,
         config,
     };
     if let Some(path) = &report.config.report {
@@ -256,6 +273,9 @@ fn validate(config: &SimConfig) -> Result<(), SimError> {
     }
     if config.mode == Mode::Gateway && (config.gateways == 0 || config.gateways > config.devices) {
         return bad("--gateways must be between 1 and the number of devices");
+    }
+    if config.mode != Mode::Broker && config.token.is_empty() {
+        return bad("--token (or DOPPEL_ADMIN_TOKEN) is needed to register the fleet");
     }
     if !(1..=1000).contains(&config.batch) {
         return bad("--batch must be between 1 and 1000");
@@ -616,20 +636,33 @@ async fn check_actuators(
     results.into_iter().filter(|ok| *ok).count() as u64
 }
 
-/// Reads the node's memory every second (every `duration / 2000` for long runs).
-async fn poll_memory(
+/// Adds a timeline point every second (every `duration / 2000` for long runs).
+async fn poll_timeline(
     http: reqwest::Client,
     config: SimConfig,
     start: Instant,
-    into: Arc<Mutex<Vec<MemoryPoint>>>,
+    stats: Arc<Stats>,
+    into: Arc<Mutex<Vec<TimePoint>>>,
     mut stop: signal::Receiver<bool>,
 ) {
     let every = (config.duration / 2000).max(Duration::from_secs(1));
+    let (mut acked, mut at) = (0, Instant::now());
     loop {
-        if let Some(point) = watch::memory(&http, &config, start.elapsed().as_secs_f64()).await
-            && let Ok(mut points) = into.lock()
-        {
-            points.push(point);
+        if let Some((rss_bytes, twins_active)) = watch::memory(&http, &config).await {
+            let (now_acked, now) = (stats.acked.load(Ordering::Relaxed), Instant::now());
+            let point = TimePoint {
+                t_s: start.elapsed().as_secs_f64(),
+                rss_bytes,
+                twins_active,
+                acked_rate: (now_acked - acked) as f64
+                    / now.duration_since(at).as_secs_f64().max(0.001),
+                e2e_p99_ms: stats.take_window_p99_ms(),
+                errors: stats.errors().values().sum(),
+            };
+            (acked, at) = (now_acked, now);
+            if let Ok(mut points) = into.lock() {
+                points.push(point);
+            }
         }
         tokio::select! {
             _ = stop.changed() => break,

@@ -4,7 +4,8 @@
 
 use crate::{
     SimConfig, SimError,
-    report::{MemoryPoint, Stats},
+    mqtt::{Connection, Incoming},
+    report::Stats,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -17,6 +18,8 @@ use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::H
 
 /// Names per subscription (the node's default `max_things`).
 const PER_SUBSCRIPTION: usize = 1000;
+/// Keep-alive of the broker observer.
+const KEEP_ALIVE: Duration = Duration::from_secs(60);
 
 /// Microseconds since the epoch: the clock devices stamp `sent_us` with.
 pub(crate) fn now_us() -> u64 {
@@ -105,6 +108,83 @@ pub(crate) async fn watch_twins(
     }))
 }
 
+/// Counts every frame of a WebSocket that streams deliveries (another system's output): each
+/// frame carrying a `sent_us` is one delivery.
+pub(crate) async fn watch_stream(
+    url: &str,
+    stats: Arc<Stats>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, SimError> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .map_err(|e| SimError::Api(format!("websocket {url}: {e}")))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(text))) => match sent_us(text.as_bytes()) {
+                        Some(sent) => stats.end_to_end(now_us().saturating_sub(sent)),
+                        None => stats.error("websocket_frame_without_sent_us"),
+                    },
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => {
+                        stats.error("websocket_closed");
+                        break;
+                    }
+                },
+            }
+        }
+        let _ = ws.close(None).await;
+    }))
+}
+
+/// Subscribes to every device's telemetry on a plain broker and counts each message.
+pub(crate) async fn watch_broker(
+    config: &SimConfig,
+    stats: Arc<Stats>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, SimError> {
+    let name = format!("{}-observer", config.prefix);
+    let mut connection = Connection::open(config.mqtt, None, &name, "", KEEP_ALIVE).await?;
+    connection.subscribe("things/+/telemetry")?;
+    connection.flush().await?;
+    connection.next().await?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                incoming = connection.next() => match incoming {
+                    Ok(Incoming::Message(_, payload)) => match sent_us(&payload) {
+                        Some(sent) => stats.end_to_end(now_us().saturating_sub(sent)),
+                        None => stats.error("message_without_sent_us"),
+                    },
+                    Ok(_) => {}
+                    Err(_) => {
+                        stats.error("observer_connection_lost");
+                        break;
+                    }
+                },
+            }
+            let _ = connection.ping_if_idle(KEEP_ALIVE / 2);
+            if connection.flush().await.is_err() {
+                stats.error("observer_connection_lost");
+                break;
+            }
+        }
+        connection.close().await;
+    }))
+}
+
+/// The first `"sent_us":<digits>` in a JSON text, without parsing the rest.
+fn sent_us(text: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"sent_us\":";
+    let at = text.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits = &text[at..];
+    let digits = &digits[..digits.iter().take_while(|b| b.is_ascii_digit()).count()];
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 fn on_frame(text: &str, stats: &Stats) {
     let Ok(frame) = serde_json::from_str::<Value>(text) else {
         stats.error("websocket_bad_frame");
@@ -130,11 +210,7 @@ fn on_frame(text: &str, stats: &Stats) {
 }
 
 /// Reads the node's RSS and active twins from `/metrics`.
-pub(crate) async fn memory(
-    http: &reqwest::Client,
-    config: &SimConfig,
-    t_s: f64,
-) -> Option<MemoryPoint> {
+pub(crate) async fn memory(http: &reqwest::Client, config: &SimConfig) -> Option<(u64, u64)> {
     let text = http
         .get(format!("{}/metrics", config.api))
         .bearer_auth(&config.token)
@@ -153,9 +229,25 @@ pub(crate) async fn memory(
                 .ok()
         })
     };
-    Some(MemoryPoint {
-        t_s,
-        rss_bytes: gauge("doppel_process_resident_memory_bytes")? as u64,
-        twins_active: gauge("doppel_twins_active").unwrap_or(0.0) as u64,
-    })
+    Some((
+        gauge("doppel_process_resident_memory_bytes")? as u64,
+        gauge("doppel_twins_active").unwrap_or(0.0) as u64,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sent_us_is_found_anywhere_in_a_frame() {
+        assert_eq!(
+            super::sent_us(br#"{"ts":1,"sent_us":1732492800123456,"t":2}"#),
+            Some(1732492800123456)
+        );
+        assert_eq!(
+            super::sent_us(br#"{"changed":{"reported":{"sent_us":42}}}"#),
+            Some(42)
+        );
+        assert_eq!(super::sent_us(br#"{"ts":1}"#), None);
+        assert_eq!(super::sent_us(br#"{"sent_us":"x"}"#), None);
+    }
 }
