@@ -185,27 +185,24 @@ fn sent_us(text: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
+/// Counts one frame of the node's WebSocket. `change` frames (the bulk) are read without a
+/// JSON parse: the node writes `"type"` first and a change's `changed` before anything else
+/// that could hold a `sent_us`.
 fn on_frame(text: &str, stats: &Stats) {
-    let Ok(frame) = serde_json::from_str::<Value>(text) else {
-        stats.error("websocket_bad_frame");
-        return;
-    };
-    match frame["type"].as_str() {
-        Some("change") => {
-            if let Some(sent) = frame["changed"]["reported"]["sent_us"].as_u64() {
-                stats.end_to_end(now_us().saturating_sub(sent));
-            }
+    if text.starts_with(r#"{"type":"change""#) {
+        if let Some(sent) = sent_us(text.as_bytes()) {
+            stats.end_to_end(now_us().saturating_sub(sent));
         }
-        Some("resync") => {
-            stats
-                .ws_resyncs
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        Some("error") => stats.error(&format!(
-            "websocket_{}",
-            frame["code"].as_str().unwrap_or("error")
-        )),
-        _ => {}
+    } else if text.starts_with(r#"{"type":"resync""#) {
+        stats
+            .ws_resyncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    } else if text.starts_with(r#"{"type":"error""#) {
+        let code = serde_json::from_str::<Value>(text)
+            .ok()
+            .and_then(|f| f["code"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "error".into());
+        stats.error(&format!("websocket_{code}"));
     }
 }
 
