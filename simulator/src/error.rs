@@ -28,6 +28,14 @@ pub enum SimError {
 
 impl From<reqwest::Error> for SimError {
     fn from(error: reqwest::Error) -> Self {
-        SimError::Api(error.to_string())
+        // reqwest's message leaves the cause (refused, timed out) to its sources.
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        SimError::Api(message)
     }
 }
