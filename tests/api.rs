@@ -534,9 +534,9 @@ async fn telemetry_history_returns_downsampled_points() {
         "/v1/things/meter-1/telemetry?from={start}&to={}&step=15m&agg=avg",
         start + 3_600_000
     );
+    // Count first: samples only accumulate, so once all 60 are counted the averages that follow
+    // see all of them too.
     let points = eventually(WAIT, "60 samples in the history", async || {
-        let (_, reply) = admin.get(&query).await;
-        let points = reply["points"].as_array()?.clone();
         let counted: f64 = {
             let (_, counts) = admin.get(&query.replace("agg=avg", "agg=count")).await;
             counts["points"]
@@ -545,7 +545,11 @@ async fn telemetry_history_returns_downsampled_points() {
                 .map(|p| p["values"]["kwh"].as_f64().unwrap_or(0.0))
                 .sum()
         };
-        (counted == 60.0).then_some(points)
+        if counted != 60.0 {
+            return None;
+        }
+        let (_, reply) = admin.get(&query).await;
+        reply["points"].as_array().cloned()
     })
     .await;
     let got: Vec<(u64, f64)> = points
