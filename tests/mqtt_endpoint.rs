@@ -553,3 +553,70 @@ async fn gateways_send_batches_for_their_own_devices_only() {
     gw.closed().await;
     assert_eq!(node.shadow("s-3", None).await.0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commits_stay_within_their_window_while_work_piles_up() {
+    // A burst activating 2,000 twins at once (activation hands them to the host 256 at a time)
+    // must not grow a commit past `commit_max_twins`: work that arrives while the window is full
+    // and a commit is in flight waits for the next window. Before, windows grew while commits
+    // were slow, until one exceeded the store's transaction limit and never committed.
+    let node = Node::start(
+        BIN,
+        Options {
+            config: Some("[node]\ncommit_max_twins = 10\n".into()),
+            ..Options::default()
+        },
+    );
+    let api = doppel_tests::api::Api::admin(&node);
+    let token = api.register("gw-big", None).await;
+    let things: Vec<Value> = (0..2000)
+        .map(|i| json!({"name": format!("big-{i}"), "attributes": {"gateway": "gw-big"}}))
+        .collect();
+    let (status, reply) = api
+        .post("/v1/things/bulk", json!({ "things": things }))
+        .await;
+    assert_eq!(status, 201, "{reply}");
+    let mut gw = device::connect(node.mqtt(), "gw-big", &token)
+        .await
+        .unwrap();
+    for batch in 0..20 {
+        let entries: Vec<Value> = (0..100)
+            .map(|k| json!({"thing": format!("big-{}", batch * 100 + k), "values": {"n": k}}))
+            .collect();
+        gw.publish("gateways/gw-big/telemetry", &json!(entries))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < 20 {
+        match gw.next().await {
+            Seen::PubAck(_) => acked += 1,
+            Seen::Closed(e) => panic!("closed: {e}"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        node.shadow("big-1999", None).await.1["state"]["reported"]["n"],
+        99
+    );
+    let metrics = node.get("/metrics").await.text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    let commits = value("doppel_commit_twins_count");
+    assert!(
+        commits >= 200.0,
+        "2,000 twins in windows of 10: {commits} commits; {:?}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("doppel_commit_twins"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        value("doppel_commit_twins_bucket{le=\"10\"}"),
+        commits,
+        "every commit held at most 10 twins"
+    );
+}

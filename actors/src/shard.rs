@@ -176,6 +176,9 @@ pub(crate) struct ShardHost {
     /// Things decommissioned while their load was in flight.
     cancelled: HashSet<ThingName>,
     window: Window,
+    /// Work that arrived while the window was full and a commit in flight, in arrival order;
+    /// it fills the next window, so no transaction outgrows the store's limits.
+    overflow: VecDeque<Handled>,
     committing: bool,
     flush_armed: bool,
     flush_waiters: Vec<oneshot::Sender<()>>,
@@ -202,6 +205,7 @@ impl ShardHost {
             load_in_flight: false,
             cancelled: HashSet::new(),
             window: Window::default(),
+            overflow: VecDeque::new(),
             committing: false,
             flush_armed: false,
             flush_waiters: Vec::new(),
@@ -477,6 +481,19 @@ impl ShardHost {
         for waiter in self.after_commit.drain(..) {
             let _ = waiter.send(());
         }
+        let max_twins = self.shared.config.commit_max_twins;
+        while let Some(handled) = self.overflow.pop_front() {
+            if self.window.is_full(max_twins) {
+                // Commit the full window first (if no commit is in flight, this starts one and
+                // leaves an empty window); otherwise the rest waits for the next commit.
+                self.flush(ctx);
+                if self.window.is_full(max_twins) {
+                    self.overflow.push_front(handled);
+                    break;
+                }
+            }
+            self.admit(handled, ctx);
+        }
         if self.window.is_full(self.shared.config.commit_max_twins) || !self.window.has_writes() {
             self.flush(ctx);
         } else {
@@ -605,6 +622,7 @@ impl ShardHost {
             return;
         }
         let idle = !self.committing
+            && self.overflow.is_empty()
             && !self.load_in_flight
             && self.loading.is_empty()
             && !self.window.has_writes()
@@ -653,6 +671,20 @@ impl Handler<Handled> for ShardHost {
     type Result = ();
 
     fn handle(&mut self, handled: Handled, ctx: &mut Context<Self>) {
+        if !self.overflow.is_empty()
+            || (self.committing && self.window.is_full(self.shared.config.commit_max_twins))
+        {
+            self.overflow.push_back(handled);
+            metrics::counter!("doppel_commit_overflow_total").increment(1);
+            return;
+        }
+        self.admit(handled, ctx);
+    }
+}
+
+impl ShardHost {
+    /// Takes a twin's finished work into the commit window.
+    fn admit(&mut self, handled: Handled, ctx: &mut Context<Self>) {
         let Handled {
             thing,
             record,
@@ -667,6 +699,7 @@ impl Handler<Handled> for ShardHost {
             meta,
             routed,
         } = handled;
+        let (mut record, mut rule_state, mut deadline) = (record, rule_state, deadline);
         let mut written = 0;
         if let Some(entry) = self.twins.get_mut(&thing) {
             if routed {
@@ -679,6 +712,9 @@ impl Handler<Handled> for ShardHost {
                 entry.deadline = deadline;
             }
             written = entry.written;
+        } else {
+            // Decommissioned (evicted) while this work waited: its state must not come back.
+            (record, rule_state, deadline) = (None, None, None);
         }
         if let Some(actor) = actor
             && record.is_some()
