@@ -185,22 +185,29 @@ impl Watcher {
     /// Waits for the next delivery.
     pub async fn next(&self) -> Delivery {
         loop {
-            if let Ok(mut state) = self.state.lock() {
-                if let Some((sub, item)) = state.queue.pop_front() {
-                    return match item {
-                        Item::Change(event) => Delivery::Change(sub, event),
-                        Item::Event(event) => Delivery::Event(sub, event),
-                    };
-                }
-                if state.overflowed {
-                    state.overflowed = false;
-                    let behind = std::mem::take(&mut state.behind);
-                    let dropped = std::mem::take(&mut state.dropped);
-                    return Delivery::Resync(behind.into_iter().collect(), dropped);
-                }
+            if let Some(delivery) = self.try_next() {
+                return delivery;
             }
             self.notify.notified().await;
         }
+    }
+
+    /// The next delivery if one is ready, without waiting.
+    pub fn try_next(&self) -> Option<Delivery> {
+        let mut state = self.state.lock().ok()?;
+        if let Some((sub, item)) = state.queue.pop_front() {
+            return Some(match item {
+                Item::Change(event) => Delivery::Change(sub, event),
+                Item::Event(event) => Delivery::Event(sub, event),
+            });
+        }
+        if state.overflowed {
+            state.overflowed = false;
+            let behind = std::mem::take(&mut state.behind);
+            let dropped = std::mem::take(&mut state.dropped);
+            return Some(Delivery::Resync(behind.into_iter().collect(), dropped));
+        }
+        None
     }
 
     /// Changes queued and shadows marked for resync (for tests and metrics).

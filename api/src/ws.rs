@@ -35,6 +35,9 @@ use std::{
 use tokio::time::Instant;
 use twin_core::{Command, GetRequest, ShadowName, ThingName, TypeName, request};
 
+/// Deliveries a session takes per wake-up beyond the first, before it flushes.
+const DRAIN_BATCH: usize = 255;
+
 /// Limits of one WebSocket connection (the `[ws]` table of the configuration file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -278,7 +281,19 @@ impl Session {
                     }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 },
-                delivery = watcher.next() => self.on_delivery(delivery).await,
+                delivery = watcher.next() => {
+                    // Take what else is already queued (bounded), so that one wake-up and one
+                    // flush carry many changes: a session woken once per change falls behind
+                    // when ingest keeps every core busy.
+                    let mut frames = self.on_delivery(delivery).await;
+                    for _ in 0..DRAIN_BATCH {
+                        match watcher.try_next() {
+                            Some(delivery) => frames.extend(self.on_delivery(delivery).await),
+                            None => break,
+                        }
+                    }
+                    frames
+                }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > 3 * self.config.heartbeat {
                         break;
