@@ -18,7 +18,7 @@ use crate::{
     outbox::Outbox,
 };
 use bytes::BytesMut;
-use futures::{StreamExt, stream::FuturesOrdered};
+use futures::{FutureExt, StreamExt, stream::FuturesOrdered};
 use std::{
     collections::{BTreeMap, HashSet},
     future::Future,
@@ -313,14 +313,11 @@ impl Session {
                     Err(e) => break End::Io(e),
                 },
                 Some(outgoing) = rx.recv() => self.on_outgoing(outgoing),
-                Some((pkid, reason)) = self.acks.next(), if !self.acks.is_empty() => match reason {
-                    Some(reason) => self.write(Out::PubAck { pkid, reason }),
-                    // The message was not committed: no PUBACK; closing makes the device resend.
-                    None => {
-                        warn!(thing = %self.thing, pkid, "a message could not be committed; closing so the device resends it");
-                        break End::Closed(Reason::Unspecified);
+                Some(first) = self.acks.next(), if !self.acks.is_empty() => {
+                    if let Some(end) = self.on_acks(first) {
+                        break end;
                     }
-                },
+                }
                 () = self.handle.closed.notified() => {
                     let reason = self.handle.close.lock().ok().and_then(|r| *r).unwrap_or(Reason::Unspecified);
                     self.write(Out::Disconnect(reason));
@@ -339,6 +336,24 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Writes the PUBACK of `first` and of every later message already committed (one commit
+    /// completes many at once, and they then leave in one write); `Some` ends the session.
+    fn on_acks(&mut self, first: (u16, Option<Reason>)) -> Option<End> {
+        let mut next = Some(first);
+        while let Some((pkid, reason)) = next {
+            match reason {
+                Some(reason) => self.write(Out::PubAck { pkid, reason }),
+                // The message was not committed: no PUBACK; closing makes the device resend.
+                None => {
+                    warn!(thing = %self.thing, pkid, "a message could not be committed; closing so the device resends it");
+                    return Some(End::Closed(Reason::Unspecified));
+                }
+            }
+            next = self.acks.next().now_or_never().flatten();
+        }
+        None
     }
 
     fn write(&mut self, out: Out) {
