@@ -1,7 +1,7 @@
 //! External broker mode: doppel behind Debian's Mosquitto running the configuration shipped in
 //! `deploy/mosquitto/`. Shadows work through the broker, the broker keeps each device to its own
-//! topics, doppel's persistent session picks up what devices sent while it was down, and ingest
-//! resumes after the broker restarts.
+//! topics, doppel's persistent session picks up what devices sent while it was down, ingest
+//! resumes after the broker restarts, and gateway batches work through the broker.
 
 use doppel_tests::{
     broker::Mosquitto,
@@ -289,4 +289,44 @@ async fn ingest_resumes_after_the_broker_restarts() {
             .map(str::to_owned)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_batches_work_through_mosquitto() {
+    let broker = Mosquitto::start();
+    let node = node_behind(&broker);
+    let token = enrol(&node, &broker, "gw-m").await;
+    let api = doppel_tests::api::Api::admin(&node);
+    for (thing, gateway) in [("s-a", "gw-m"), ("s-b", "gw-other")] {
+        let (status, reply) = api
+            .post(
+                "/v1/things",
+                json!({"name": thing, "attributes": {"gateway": gateway}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{reply}");
+    }
+    let mut gw = connect(&broker, "gw-m", &token).await;
+    gw.subscribe("gateways/gw-m/telemetry/rejected").await;
+    gw.publish(
+        "gateways/gw-m/telemetry",
+        &json!([
+            {"thing": "s-a", "ts": 1_000, "values": {"temp": 20.5}},
+            {"thing": "s-b", "values": {"temp": 99}},
+        ]),
+    )
+    .await;
+    // The entry for another gateway's device is refused by name, through the broker.
+    let refused = gw.message_on("gateways/gw-m/telemetry/rejected").await;
+    assert_eq!(
+        (refused["thing"].as_str(), refused["code"].as_u64()),
+        (Some("s-b"), Some(403))
+    );
+    let reported = eventually(WAIT, "the batch to reach s-a's twin", async || {
+        let (status, shadow) = node.shadow("s-a", None).await;
+        (status == 200).then(|| shadow["state"]["reported"].clone())
+    })
+    .await;
+    assert_eq!(reported, json!({"temp": 20.5}));
+    assert_eq!(node.shadow("s-b", None).await.0, 404);
 }
