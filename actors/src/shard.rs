@@ -16,7 +16,7 @@ use crate::{
 };
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
 use bytes::Bytes;
-use rules_dsl::{Input, Output, OutputKind, TraceEntry, ast::AlertState, engine::CommandOutcome};
+use rules_dsl::{Input, Output, OutputKind, TraceEntry};
 use serde_json::json;
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -864,45 +864,13 @@ fn output_kind(kind: &OutputKind) -> &'static str {
 
 /// The rule log entry of an output, if it is logged: alerts, and commands sent and ended.
 fn log_entry(thing: &ThingName, output: &Output) -> Option<(&'static str, RuleLogEntry)> {
-    let (kind, details) = match &output.kind {
-        OutputKind::Alert {
-            name,
-            severity,
-            state,
-            message,
-        } => (
-            "alert",
-            json!({
-                "name": name.as_ref(),
-                "severity": severity.as_str(),
-                "state": if *state == AlertState::Firing { "firing" } else { "resolved" },
-                "message": message,
-            }),
-        ),
-        OutputKind::Command {
-            request_id,
-            name,
-            payload,
-        } => (
-            "command",
-            json!({"name": name.as_ref(), "request_id": request_id, "state": "sent", "payload": payload}),
-        ),
-        OutputKind::CommandEnded {
-            request_id,
-            name,
-            outcome,
-        } => {
-            let (state, payload) = match outcome {
-                CommandOutcome::Replied { payload } => ("replied", payload.clone()),
-                CommandOutcome::TimedOut => ("timed_out", serde_json::Value::Null),
-            };
-            (
-                "command",
-                json!({"name": name, "request_id": request_id, "state": state, "payload": payload}),
-            )
-        }
+    // Alerts, and commands sent and ended.
+    let kind = match &output.kind {
+        OutputKind::Alert { .. } => "alert",
+        OutputKind::Command { .. } | OutputKind::CommandEnded { .. } => "command",
         _ => return None,
     };
+    let (_, details) = output.kind.describe();
     Some((
         kind,
         RuleLogEntry {

@@ -167,56 +167,8 @@ fn change_tail(event: &ChangeEvent) -> Bytes {
 /// The part of an event frame after `"sub":…`, shared by every subscriber:
 /// `"thing", "rule", "kind", "payload", "ts"`.
 fn event_tail(event: &RuleEvent) -> Bytes {
-    use rules_dsl::{OutputKind, ast::AlertState, engine::CommandOutcome};
     let o = &event.output;
-    let (kind, payload): (&str, Value) = match &o.kind {
-        OutputKind::Alert {
-            name,
-            severity,
-            state,
-            message,
-        } => (
-            "alert",
-            json!({
-                "name": name.as_ref(),
-                "severity": severity.as_str(),
-                "state": if *state == AlertState::Firing { "firing" } else { "resolved" },
-                "message": message,
-            }),
-        ),
-        OutputKind::Event { event, payload } => (event.as_ref(), payload.clone()),
-        OutputKind::Command {
-            request_id,
-            name,
-            payload,
-        } => (
-            "command",
-            json!({"name": name.as_ref(), "request_id": request_id, "state": "sent", "payload": payload}),
-        ),
-        OutputKind::CommandEnded {
-            request_id,
-            name,
-            outcome,
-        } => {
-            let (state, reply) = match outcome {
-                CommandOutcome::Replied { payload } => ("replied", payload.clone()),
-                CommandOutcome::TimedOut => ("timed_out", Value::Null),
-            };
-            (
-                "command",
-                json!({"name": name, "request_id": request_id, "state": state, "reply": reply}),
-            )
-        }
-        OutputKind::SetRefused { message } => ("set_refused", json!({ "message": message })),
-        OutputKind::Set {
-            section,
-            field,
-            value,
-        } => (
-            "set",
-            json!({"section": section, "field": field, "value": value}),
-        ),
-    };
+    let (kind, payload) = o.kind.describe();
     let tail = json!({
         "thing": event.thing,
         "rule": o.rule.as_ref(),

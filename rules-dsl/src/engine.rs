@@ -127,6 +127,63 @@ pub enum OutputKind {
     },
 }
 
+impl OutputKind {
+    /// How apps (WebSocket `event` frames) and the rule log see the output: its kind (`alert`,
+    /// `command`, an event's own kind, `set`, `set_refused`) and a JSON object of its details.
+    pub fn describe(&self) -> (&str, Value) {
+        match self {
+            OutputKind::Alert {
+                name,
+                severity,
+                state,
+                message,
+            } => (
+                "alert",
+                serde_json::json!({
+                    "name": name.as_ref(),
+                    "severity": severity.as_str(),
+                    "state": if *state == AlertState::Firing { "firing" } else { "resolved" },
+                    "message": message,
+                }),
+            ),
+            OutputKind::Event { event, payload } => (event.as_ref(), payload.clone()),
+            OutputKind::Command {
+                request_id,
+                name,
+                payload,
+            } => (
+                "command",
+                serde_json::json!({"name": name.as_ref(), "request_id": request_id, "state": "sent", "payload": payload}),
+            ),
+            OutputKind::CommandEnded {
+                request_id,
+                name,
+                outcome,
+            } => {
+                let (state, reply) = match outcome {
+                    CommandOutcome::Replied { payload } => ("replied", payload.clone()),
+                    CommandOutcome::TimedOut => ("timed_out", Value::Null),
+                };
+                (
+                    "command",
+                    serde_json::json!({"name": name, "request_id": request_id, "state": state, "reply": reply}),
+                )
+            }
+            OutputKind::SetRefused { message } => {
+                ("set_refused", serde_json::json!({ "message": message }))
+            }
+            OutputKind::Set {
+                section,
+                field,
+                value,
+            } => (
+                "set",
+                serde_json::json!({"section": section, "field": field, "value": value}),
+            ),
+        }
+    }
+}
+
 /// An output and the rule that produced it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Output {
