@@ -25,8 +25,8 @@ const MAX_PACKET: usize = 1 << 20;
 /// Something the node sent.
 #[derive(Debug)]
 pub(crate) enum Incoming {
-    /// A QoS 1 publish was acknowledged after `latency`.
-    PubAck(Duration),
+    /// A QoS 1 publish carrying this many telemetry messages was acknowledged after `latency`.
+    PubAck(Duration, u64),
     /// A message on a subscribed topic.
     Message(String, bytes::Bytes),
     /// Anything else (SUBACK, PINGRESP).
@@ -40,8 +40,9 @@ pub(crate) struct Connection {
     input: BytesMut,
     output: BytesMut,
     next_pkid: u16,
-    /// QoS 1 publishes awaiting their PUBACK, oldest first (the node acknowledges in order).
-    inflight: VecDeque<(u16, Instant)>,
+    /// QoS 1 publishes awaiting their PUBACK, oldest first (the node acknowledges in order),
+    /// with when they were sent and how many telemetry messages they carry.
+    inflight: VecDeque<(u16, Instant, u64)>,
     last_sent: Instant,
 }
 
@@ -114,13 +115,20 @@ impl Connection {
             .map_err(|e| SimError::Mqtt(format!("encoding a packet: {e}")))
     }
 
-    /// Queues a QoS 1 publish (sent by the next [`flush`](Self::flush)).
-    pub fn publish(&mut self, topic: &str, payload: Vec<u8>) -> Result<(), SimError> {
+    /// Queues a QoS 1 publish carrying `messages` telemetry messages (sent by the next
+    /// [`flush`](Self::flush)).
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        payload: Vec<u8>,
+        messages: u64,
+    ) -> Result<(), SimError> {
         self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
         let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload);
         publish.pkid = self.next_pkid;
         self.encode(Packet::Publish(publish))?;
-        self.inflight.push_back((self.next_pkid, Instant::now()));
+        self.inflight
+            .push_back((self.next_pkid, Instant::now(), messages));
         Ok(())
     }
 
@@ -172,7 +180,9 @@ impl Connection {
     pub async fn next(&mut self) -> Result<Incoming, SimError> {
         match self.read_packet().await? {
             Packet::PubAck(ack) => match self.inflight.pop_front() {
-                Some((pkid, at)) if pkid == ack.pkid => Ok(Incoming::PubAck(at.elapsed())),
+                Some((pkid, at, messages)) if pkid == ack.pkid => {
+                    Ok(Incoming::PubAck(at.elapsed(), messages))
+                }
                 _ => Err(SimError::Mqtt(format!("PUBACK {} out of order", ack.pkid))),
             },
             Packet::Publish(publish) => {

@@ -433,8 +433,6 @@ impl DirectDevice {
         let update = format!("$aws/things/{}/shadow/update", self.name);
         let mut next = first;
         let mut payload = String::with_capacity(128);
-        // Publishes in flight that were telemetry (the rest are shadow updates).
-        let mut kinds = std::collections::VecDeque::new();
         loop {
             tokio::select! {
                 _ = sleep_until(next.into()), if next < end => {
@@ -449,27 +447,24 @@ impl DirectDevice {
                             sensor.sample(&mut rng, &mut payload);
                         }
                         payload.push('}');
-                        if connection.publish(&topic, payload.as_bytes().to_vec()).is_err() {
+                        if connection.publish(&topic, payload.as_bytes().to_vec(), 1).is_err() {
                             stats.error("encode");
                         }
-                        kinds.push_back(true);
                         stats.sent.fetch_add(1, Ordering::Relaxed);
                     }
                     next = next_tick(next, period, &stats);
                 }
                 _ = sleep_until((end + DRAIN).into()), if next >= end => {}
                 incoming = connection.next() => match incoming {
-                    Ok(Incoming::PubAck(latency)) => {
-                        let telemetry = kinds.pop_front().unwrap_or(true);
-                        stats.acked(latency, u64::from(telemetry));
-                    }
+                    Ok(Incoming::PubAck(latency, messages)) => stats.acked(latency, messages),
                     Ok(Incoming::Message(_, body)) => {
                         let delta = serde_json::from_slice::<Value>(&body).ok();
                         let state = delta.as_ref().and_then(|d| d["state"].as_object());
+                        // A shadow update, not telemetry: it counts no message.
                         if let Some(reported) = state.and_then(|s| actuator.follow(s))
-                            && connection.publish(&update, reported.to_string().into_bytes()).is_ok()
+                            && connection.publish(&update, reported.to_string().into_bytes(), 0).is_err()
                         {
-                            kinds.push_back(false);
+                            stats.error("encode");
                         }
                     }
                     Ok(Incoming::Other) => {}
@@ -480,20 +475,30 @@ impl DirectDevice {
                     }
                 }
             }
-            if next >= end && (connection.inflight() == 0 || Instant::now() > end + DRAIN) {
-                if connection.inflight() > 0 {
-                    stats.error("unacknowledged_at_end");
-                }
+            if !settle(&mut connection, next, end, &stats).await {
                 break;
-            }
-            let _ = connection.ping_if_idle(KEEP_ALIVE / 2);
-            if connection.flush().await.is_err() {
-                stats.error("connection_lost");
-                return;
             }
         }
         connection.close().await;
     }
+}
+
+/// After each event of a sender's loop: whether to go on. Stops once sending is over and every
+/// PUBACK came (or the drain time passed), or when the connection fails; otherwise pings if
+/// idle and writes what was queued.
+async fn settle(connection: &mut Connection, next: Instant, end: Instant, stats: &Stats) -> bool {
+    if next >= end && (connection.inflight() == 0 || Instant::now() > end + DRAIN) {
+        if connection.inflight() > 0 {
+            stats.error("unacknowledged_at_end");
+        }
+        return false;
+    }
+    let _ = connection.ping_if_idle(KEEP_ALIVE / 2);
+    if connection.flush().await.is_err() {
+        stats.error("connection_lost");
+        return false;
+    }
+    true
 }
 
 /// The next send time on the absolute schedule; a sender that fell a second behind skips
@@ -535,7 +540,6 @@ impl GatewayDevices {
         let mut cursor = 0;
         let mut next = first;
         let mut payload = String::with_capacity(batch * 120);
-        let mut sizes = std::collections::VecDeque::new();
         loop {
             tokio::select! {
                 _ = sleep_until(next.into()), if next < end => {
@@ -556,19 +560,16 @@ impl GatewayDevices {
                         }
                         payload.push(']');
                         cursor = (cursor + batch) % self.devices.len();
-                        if connection.publish(&topic, payload.as_bytes().to_vec()).is_err() {
+                        if connection.publish(&topic, payload.as_bytes().to_vec(), batch as u64).is_err() {
                             stats.error("encode");
                         }
-                        sizes.push_back(batch as u64);
                         stats.sent.fetch_add(batch as u64, Ordering::Relaxed);
                     }
                     next = next_tick(next, period, &stats);
                 }
                 _ = sleep_until((end + DRAIN).into()), if next >= end => {}
                 incoming = connection.next() => match incoming {
-                    Ok(Incoming::PubAck(latency)) => {
-                        stats.acked(latency, sizes.pop_front().unwrap_or(0));
-                    }
+                    Ok(Incoming::PubAck(latency, messages)) => stats.acked(latency, messages),
                     Ok(Incoming::Message(topic, body)) => {
                         tracing::debug!(%topic, refused = %String::from_utf8_lossy(&body), "entry refused");
                         stats.error("entry_rejected");
@@ -581,16 +582,8 @@ impl GatewayDevices {
                     }
                 }
             }
-            if next >= end && (connection.inflight() == 0 || Instant::now() > end + DRAIN) {
-                if connection.inflight() > 0 {
-                    stats.error("unacknowledged_at_end");
-                }
+            if !settle(&mut connection, next, end, &stats).await {
                 break;
-            }
-            let _ = connection.ping_if_idle(KEEP_ALIVE / 2);
-            if connection.flush().await.is_err() {
-                stats.error("connection_lost");
-                return;
             }
         }
         connection.close().await;
