@@ -235,24 +235,11 @@ pub(crate) async fn audit(
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
     caller.require_unscoped_admin()?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1_000 {
-        return Err(ApiError::invalid("limit must be between 1 and 1000"));
-    }
-    crate::check_time("from", q.from)?;
-    crate::check_time("to", q.to)?;
-    let after = q
-        .cursor
-        .map(|c| {
-            let (at, seq) = c.split_once('-').ok_or(())?;
-            Ok::<_, ()>((at.parse().map_err(|_| ())?, seq.parse().map_err(|_| ())?))
-        })
-        .transpose()
-        .map_err(|()| ApiError::invalid("cursor must come from a previous page"))?;
-    let (from, to) = (
-        q.from.unwrap_or(0),
-        q.to.unwrap_or_else(|| actors::now_ms() + 1),
-    );
+    let crate::LogWindow {
+        limit,
+        range: (from, to),
+        after,
+    } = crate::LogWindow::parse(q.limit, q.from, q.to, q.cursor.as_deref())?;
     let entries = state
         .node
         .with_directory(move |d| d.audit_log(from, to, after, limit + 1))
@@ -260,7 +247,7 @@ pub(crate) async fn audit(
     let more = entries.len() > limit;
     let entries: Vec<_> = entries.into_iter().take(limit).collect();
     let next = more
-        .then(|| entries.last().map(|((at, seq), _)| format!("{at}-{seq}")))
+        .then(|| entries.last().map(|(cursor, _)| crate::log_cursor(*cursor)))
         .flatten();
     Ok(Json(AuditPage {
         entries: entries.into_iter().map(|(_, e)| e.into()).collect(),

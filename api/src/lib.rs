@@ -86,6 +86,55 @@ fn check_time(name: &str, ms: Option<u64>) -> Result<(), ApiError> {
     }
 }
 
+/// What a page of a time-ordered log (audit, alerts) asks for: at most `limit` entries in
+/// `range` (epoch ms, end exclusive), after the entry `after` names.
+struct LogWindow {
+    limit: usize,
+    range: (u64, u64),
+    after: Option<(u64, u64)>,
+}
+
+impl LogWindow {
+    /// Checks the query's `limit` (default 100, at most 1,000), `from`, `to` (default now) and
+    /// `cursor` (`{at}-{seq}`, the `next` of a previous page).
+    fn parse(
+        limit: Option<usize>,
+        from: Option<u64>,
+        to: Option<u64>,
+        cursor: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        let limit = limit.unwrap_or(100);
+        if limit == 0 || limit > 1_000 {
+            return Err(ApiError::invalid("limit must be between 1 and 1000"));
+        }
+        check_time("from", from)?;
+        check_time("to", to)?;
+        let after = cursor
+            .map(|c| {
+                let (at, seq) = c.split_once('-')?;
+                Some((at.parse().ok()?, seq.parse().ok()?))
+            })
+            .map(|parsed| {
+                parsed.ok_or_else(|| ApiError::invalid("cursor must come from a previous page"))
+            })
+            .transpose()?;
+        let range = (
+            from.unwrap_or(0),
+            to.unwrap_or_else(|| actors::now_ms() + 1),
+        );
+        Ok(Self {
+            limit,
+            range,
+            after,
+        })
+    }
+}
+
+/// The cursor naming a log entry, as `LogWindow::parse` reads it.
+fn log_cursor((at, seq): (u64, u64)) -> String {
+    format!("{at}-{seq}")
+}
+
 fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }

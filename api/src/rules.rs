@@ -477,27 +477,14 @@ pub(crate) async fn alerts(
     caller: Caller,
     Query(q): Query<AlertQuery>,
 ) -> Result<Json<AlertPage>, ApiError> {
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1_000 {
-        return Err(ApiError::invalid("limit must be between 1 and 1000"));
-    }
-    crate::check_time("from", q.from)?;
-    crate::check_time("to", q.to)?;
+    let crate::LogWindow {
+        limit,
+        range,
+        mut after,
+    } = crate::LogWindow::parse(q.limit, q.from, q.to, q.cursor.as_deref())?;
     if let Some(thing) = &q.thing {
         visible_thing(&state, &caller, thing).await?;
     }
-    let mut after = q
-        .cursor
-        .map(|c| {
-            let (at, seq) = c.split_once('-').ok_or(())?;
-            Ok::<_, ()>((at.parse().map_err(|_| ())?, seq.parse().map_err(|_| ())?))
-        })
-        .transpose()
-        .map_err(|()| ApiError::invalid("cursor must come from a previous page"))?;
-    let range = (
-        q.from.unwrap_or(0),
-        q.to.unwrap_or_else(|| actors::now_ms() + 1),
-    );
     let mut alerts = Vec::new();
     let mut next = None;
     let mut visible: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
@@ -531,7 +518,7 @@ pub(crate) async fn alerts(
             if alerts.len() == limit {
                 next = alerts
                     .last()
-                    .map(|(c, _): &((u64, u64), AlertView)| format!("{}-{}", c.0, c.1));
+                    .map(|(c, _): &((u64, u64), AlertView)| crate::log_cursor(*c));
                 break 'pages;
             }
             alerts.push((
