@@ -107,6 +107,25 @@ impl ShadowError {
     pub const fn too_large() -> Self {
         Self::fixed(413, "The payload exceeds the maximum size allowed")
     }
+    /// 413: a telemetry sample over the size limit.
+    pub fn sample_too_large(max: usize) -> Self {
+        Self {
+            code: 413,
+            message: format!("The telemetry sample exceeds the maximum size allowed ({max} bytes)")
+                .into(),
+        }
+    }
+    /// 400: a device time (`ts`) ahead of the server's clock by more than the allowed skew.
+    pub fn timestamp_in_future(max_skew_ms: u64) -> Self {
+        Self {
+            code: 400,
+            message: format!(
+                "Invalid ts: more than {} s ahead of the server's clock",
+                max_skew_ms / 1000
+            )
+            .into(),
+        }
+    }
     /// 415: the payload is not UTF-8.
     pub const fn not_utf8() -> Self {
         Self::fixed(

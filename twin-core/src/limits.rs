@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_CLIENT_TOKEN: usize = 64;
 /// The largest state size limit that may be configured.
 pub const MAX_STATE_BYTES_CEILING: usize = 64 * 1024;
+/// The largest telemetry sample size limit that may be configured (well under the store's
+/// 100,000-byte value limit: a sample is stored as one value).
+pub const MAX_SAMPLE_BYTES_CEILING: usize = 64 * 1024;
 /// How long a deleted shadow's version is remembered (AWS: 48 hours).
 pub const TOMBSTONE_MS: u64 = 48 * 3600 * 1000;
 
@@ -24,6 +27,10 @@ pub struct Limits {
     pub token_window: usize,
     /// How long an accepted reply is remembered, in milliseconds.
     pub token_ttl_ms: u64,
+    /// Largest telemetry sample (its fields as compact JSON, `ts` excluded), in bytes.
+    pub max_sample_bytes: usize,
+    /// How far ahead of the server's clock a device time (`ts`) may be, in milliseconds.
+    pub max_clock_skew_ms: u64,
 }
 
 impl Default for Limits {
@@ -34,6 +41,8 @@ impl Default for Limits {
             max_named_shadows: 10,
             token_window: 16,
             token_ttl_ms: 10 * 60 * 1000,
+            max_sample_bytes: 16 * 1024,
+            max_clock_skew_ms: 5 * 60 * 1000,
         }
     }
 }
@@ -55,6 +64,12 @@ impl Limits {
         }
         if self.token_window > 1024 {
             return bad("token_window", "must be at most 1024");
+        }
+        if self.max_sample_bytes == 0 || self.max_sample_bytes > MAX_SAMPLE_BYTES_CEILING {
+            return bad("max_sample_bytes", "must be between 1 and 65536");
+        }
+        if self.max_clock_skew_ms > 24 * 3600 * 1000 {
+            return bad("max_clock_skew_ms", "must be at most a day (86400000)");
         }
         if self.max_named_shadows > 1000 {
             return bad("max_named_shadows", "must be at most 1000");

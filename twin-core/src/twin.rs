@@ -150,6 +150,8 @@ pub enum Effect {
         ts: u64,
         /// The sample's fields.
         values: Map<String, Value>,
+        /// The same fields as compact JSON, as the history stores them.
+        json: Bytes,
     },
 }
 
@@ -553,23 +555,47 @@ impl Twin {
     }
 
     fn telemetry(&mut self, sample: Sample, ctx: &Context<'_>, now: u64, out: &mut Vec<Effect>) {
+        // A refused sample changes nothing and is not recorded: the device learns of the
+        // refusal, and history holds exactly the samples that were accepted.
+        match self.accept_telemetry(sample, ctx, now, out) {
+            Ok(accepted) => out.push(accepted),
+            Err(error) => reject(out, ShadowName::CLASSIC, Op::Telemetry, error, None, now),
+        }
+    }
+
+    /// Checks a sample (device time, size, schema), merges its mapped fields into `reported`
+    /// and returns its `Telemetry` effect.
+    fn accept_telemetry(
+        &mut self,
+        sample: Sample,
+        ctx: &Context<'_>,
+        now: u64,
+        out: &mut Vec<Effect>,
+    ) -> Result<Effect, ShadowError> {
         let Sample { ts, values } = sample;
+        // A device time far ahead would hold its fields against every later sample.
+        if ts.is_some_and(|ts| ts > now.saturating_add(ctx.limits.max_clock_skew_ms)) {
+            return Err(ShadowError::timestamp_in_future(ctx.limits.max_clock_skew_ms));
+        }
         let values = Value::Object(values);
+        // Serialized once: the size checked here is the size the history stores.
+        let json = Bytes::from(serde_json::to_vec(&values).unwrap_or_default());
+        if json.len() > ctx.limits.max_sample_bytes {
+            return Err(ShadowError::sample_too_large(ctx.limits.max_sample_bytes));
+        }
         if let Some(Err(error)) = ctx.device_type.map(|t| t.check_telemetry(&values)) {
-            return reject(out, ShadowName::CLASSIC, Op::Telemetry, error, None, now);
+            return Err(error);
         }
         let Value::Object(values) = values else {
             unreachable!("built as an object above")
         };
         let device_time = ts.unwrap_or(now);
-        if let Err(error) = self.merge_telemetry(&values, device_time, ctx, now, out) {
-            reject(out, ShadowName::CLASSIC, Op::Telemetry, error, None, now);
-        }
-        // A sample that passed the telemetry schema is recorded even if `reported` refused it.
-        out.push(Effect::Telemetry {
+        self.merge_telemetry(&values, device_time, ctx, now, out)?;
+        Ok(Effect::Telemetry {
             ts: device_time,
             values,
-        });
+            json,
+        })
     }
 
     /// Merges the fields of a sample that the type maps to `reported`, last writer wins.

@@ -10,7 +10,7 @@ use twin_core::Effect;
 
 fn recorded(effects: &[Effect]) -> Option<(u64, Value)> {
     effects.iter().find_map(|e| match e {
-        Effect::Telemetry { ts, values } => Some((*ts, Value::Object(values.clone()))),
+        Effect::Telemetry { ts, values, .. } => Some((*ts, Value::Object(values.clone()))),
         _ => None,
     })
 }
@@ -141,11 +141,56 @@ fn samples_that_would_break_reported_limits_leave_it_unchanged() {
     let before = h.doc("").unwrap();
     let effects = h.telemetry(json!({"big": "x".repeat(9000)}));
     assert_eq!(rejected(&effects).0, 413);
+    assert!(recorded(&effects).is_none(), "a refused sample is not recorded");
     let effects = h.telemetry(json!({"deep": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}}));
     assert_eq!(rejected(&effects).0, 400);
+    assert!(recorded(&effects).is_none());
     let effects = h.telemetry(json!({"arr": [1, null]}));
     assert_eq!(rejected(&effects).0, 400);
+    assert!(recorded(&effects).is_none());
     assert_eq!(h.doc("").unwrap(), before);
+}
+
+#[test]
+fn samples_over_the_sample_limit_are_refused_whole() {
+    let mut h = Harness::new().with_type(
+        json!({"name": "Logger", "telemetry_to_reported": {"fields": ["small"]}}),
+    );
+    let effects = h.telemetry(json!({"small": 1, "blob": "x".repeat(20_000)}));
+    let (code, message) = rejected(&effects);
+    assert_eq!(code, 413);
+    assert!(message.contains("16384 bytes"), "{message}");
+    assert!(recorded(&effects).is_none());
+    assert!(h.doc("").is_none(), "nothing merged");
+    // Within the limit it is recorded, and its stored form is what was measured.
+    let effects = h.telemetry(json!({"small": 1, "blob": "x".repeat(16_000)}));
+    let stored = effects.iter().find_map(|e| match e {
+        Effect::Telemetry { json, .. } => Some(json.len()),
+        _ => None,
+    });
+    assert!(stored.is_some_and(|n| n <= 16 * 1024), "{stored:?}");
+}
+
+#[test]
+fn device_times_ahead_of_the_clock_are_refused() {
+    let mut h = Harness::new();
+    // Five minutes of skew are allowed by default.
+    h.telemetry(json!({"ts": T0 + 299_000, "temp": 1}));
+    assert_eq!(h.state("")["reported"]["temp"], 1);
+    for ts in [T0 + 301_000, 253_402_300_799_999, 10_000_000_000_000_000] {
+        let effects = h.telemetry(json!({"ts": ts, "temp": 999}));
+        let (code, message) = rejected(&effects);
+        assert_eq!(code, 400, "ts {ts}");
+        assert!(message.contains("ahead of the server's clock"), "{message}");
+        assert!(recorded(&effects).is_none());
+    }
+    assert_eq!(h.state("")["reported"]["temp"], 1, "no sample froze the field");
+    // Before the epoch is not a time at all.
+    let before_epoch = twin_core::Sample::parse(br#"{"ts": -5, "temp": 2}"#).unwrap_err();
+    assert_eq!(before_epoch.code, 400);
+    // The next newer sample still applies.
+    h.telemetry(json!({"ts": T0 + 300_000, "temp": 3}));
+    assert_eq!(h.state("")["reported"]["temp"], 3);
 }
 
 #[test]
