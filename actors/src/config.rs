@@ -29,6 +29,10 @@ pub struct NodeConfig {
     pub history: HistoryConfig,
     /// The MQTT endpoint.
     pub mqtt: MqttConfig,
+    /// Longest a request waits for its twin (HTTP and WebSocket answer 504 after it); a host
+    /// whose commit has been in flight or failing this long reports the node not ready.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for NodeConfig {
@@ -43,6 +47,7 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             history: HistoryConfig::default(),
             mqtt: MqttConfig::default(),
+            request_timeout: Duration::from_secs(10),
         }
     }
 }

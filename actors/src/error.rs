@@ -32,9 +32,13 @@ pub enum NodeError {
     /// A name or document was refused.
     #[error(transparent)]
     Invalid(#[from] twin_core::TwinError),
-    /// The node is shutting down or its actors stopped.
-    #[error("the node is shutting down")]
+    /// The request was dropped before it completed: the node is stopping, or the change could
+    /// not be stored.
+    #[error("the request could not be completed")]
     Stopped,
+    /// The twin did not answer within the node's request timeout.
+    #[error("the twin did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     /// A network or broker failure.
     #[error("{0}")]
     Io(String),

@@ -2,6 +2,7 @@
 //! days up into hourly aggregates and removes expired days, and queries that downsample raw
 //! samples (recent data) or hourly aggregates (older data) into buckets.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use crate::{config::HistoryConfig, directory::Directory, error::NodeError};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -118,6 +119,24 @@ fn numeric_fields(sample: &Map<String, Value>) -> impl Iterator<Item = (&String,
         .filter_map(|(k, v)| v.as_f64().map(|n| (k, n)))
 }
 
+/// The sequence of the next telemetry sample: unique and rising in this process, and ahead of
+/// every sequence an earlier run of the node used (it starts from the clock in microseconds
+/// and advances by one per sample, far slower than the clock).
+pub(crate) fn next_seq() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now_us.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
 /// Runs a query against the history of `thing`.
 pub fn query(
     directory: &Directory,
@@ -148,7 +167,7 @@ pub fn query(
             .map_err(NodeError::from)?;
         let samples = raw
             .into_iter()
-            .filter_map(|(ts, json)| {
+            .filter_map(|(ts, _, json)| {
                 serde_json::from_slice::<Map<String, Value>>(&json)
                     .ok()
                     .map(|m| (ts, m))
@@ -196,14 +215,17 @@ pub fn query(
     }
     if q.to > raw_from {
         let start = q.from.max(raw_from);
-        let mut after = start;
+        let mut after: Option<(u64, u64)> = None;
         // Raw samples are read in pages so that a long range does not load in one piece.
         loop {
             let page = store
-                .transact(|tx| repos.history.raw(tx, thing, after, q.to, 10_000))
+                .transact(|tx| match after {
+                    None => repos.history.raw(tx, thing, start, q.to, 10_000),
+                    Some(after) => repos.history.raw_after(tx, thing, after, q.to, 10_000),
+                })
                 .map_err(NodeError::from)?;
             let full = page.len() == 10_000;
-            for (ts, json) in &page {
+            for (ts, _, json) in &page {
                 let Ok(sample) = serde_json::from_slice::<Map<String, Value>>(json) else {
                     continue;
                 };
@@ -218,7 +240,7 @@ pub fn query(
                 }
             }
             match page.last() {
-                Some((ts, _)) if full => after = ts + 1,
+                Some((ts, seq, _)) if full => after = Some((*ts, *seq)),
                 _ => break,
             }
         }
@@ -278,7 +300,7 @@ pub fn maintain(directory: &Directory, config: &HistoryConfig, now: u64) -> Resu
 fn rollup_day(directory: &Directory, day: u32) -> Result<(), NodeError> {
     let repos = directory.repos();
     let store = directory.store();
-    let mut after: Option<(String, u64)> = None;
+    let mut after: Option<(String, u64, u64)> = None;
     let mut current: Option<(String, BTreeMap<u64, HourAgg>)> = None;
     let flush = |thing: &str, hours: &BTreeMap<u64, HourAgg>| -> Result<(), NodeError> {
         store.transact(|tx| {
@@ -294,12 +316,12 @@ fn rollup_day(directory: &Directory, day: u32) -> Result<(), NodeError> {
             repos.history.raw_day(
                 tx,
                 day,
-                after.as_ref().map(|(t, ts)| (t.as_str(), *ts)),
+                after.as_ref().map(|(t, ts, seq)| (t.as_str(), *ts, *seq)),
                 10_000,
             )
         })?;
         let done = page.len() < 10_000;
-        for (thing, ts, json) in page {
+        for (thing, ts, seq, json) in page {
             if current.as_ref().is_none_or(|(t, _)| *t != thing) {
                 if let Some((t, hours)) = current.take() {
                     flush(&t, &hours)?;
@@ -320,7 +342,7 @@ fn rollup_day(directory: &Directory, day: u32) -> Result<(), NodeError> {
                     }
                 }
             }
-            after = Some((thing, ts));
+            after = Some((thing, ts, seq));
         }
         if done {
             break;
@@ -352,7 +374,7 @@ mod tests {
                 for (ts, v) in samples {
                     d.repos()
                         .history
-                        .append(tx, thing, *ts, v.to_string().as_bytes())?;
+                        .append(tx, thing, *ts, next_seq(), v.to_string().as_bytes())?;
                 }
                 Ok(())
             })

@@ -15,7 +15,10 @@ use crate::{
 };
 use actix::{Actor, Addr, Arbiter};
 use rules_dsl::{Input, TraceEntry};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{
+    Arc, Mutex, OnceLock,
+    atomic::{AtomicU64, Ordering},
+};
 use storage::Store;
 use tokio::sync::oneshot;
 use twin_core::{BatchEntry, Command, Limits, Reply, ShadowName, ThingName};
@@ -29,6 +32,18 @@ pub(crate) struct Shared {
     pub limits: Arc<Limits>,
     /// The shard hosts, set once they started.
     pub hosts: OnceLock<Vec<Addr<ShardHost>>>,
+    /// Per host: how its commits fare, for readiness.
+    pub health: Vec<HostHealth>,
+}
+
+/// How one host's commits fare, read by [`Node::stuck`] without asking the host (a stuck host
+/// might not answer).
+#[derive(Debug, Default)]
+pub(crate) struct HostHealth {
+    /// When the commit in flight started (epoch ms), or 0.
+    pub committing_since: AtomicU64,
+    /// When the commits started failing (epoch ms), or 0 while they succeed.
+    pub failing_since: AtomicU64,
 }
 
 impl Shared {
@@ -86,6 +101,9 @@ impl Node {
             outbox,
             hub,
             limits: Arc::new(config.limits.clone()),
+            health: (0..config.arbiter_count())
+                .map(|_| HostHealth::default())
+                .collect(),
             config,
             hosts: OnceLock::new(),
         });
@@ -200,7 +218,35 @@ impl Node {
             audit: audit.map(Arc::from),
         };
         self.host(&thing).do_send(Route { thing, deliver });
-        rx.await.map_err(|_| NodeError::Stopped)
+        let limit = self.config().request_timeout;
+        match tokio::time::timeout(limit, rx).await {
+            Ok(reply) => reply.map_err(|_| NodeError::Stopped),
+            Err(_) => Err(NodeError::Timeout(limit)),
+        }
+    }
+
+    /// Why the node cannot serve now, if it cannot: a host whose commit has been in flight, or
+    /// failing, for longer than the request timeout (requests to its twins would time out).
+    pub fn stuck(&self) -> Option<String> {
+        let now = crate::now_ms();
+        let limit = self.config().request_timeout.as_millis() as u64;
+        self.inner
+            .shared
+            .health
+            .iter()
+            .enumerate()
+            .find_map(|(host, health)| {
+                let since = |at: &AtomicU64| match at.load(Ordering::Acquire) {
+                    0 => None,
+                    at => Some(now.saturating_sub(at)).filter(|took| *took >= limit),
+                };
+                if let Some(took) = since(&health.failing_since) {
+                    Some(format!("host {host}: commits failing for {} ms", took))
+                } else {
+                    since(&health.committing_since)
+                        .map(|took| format!("host {host}: a commit in flight for {} ms", took))
+                }
+            })
     }
 
     /// Runs `f` against the directory on the blocking pool (its calls reach the store).
@@ -264,10 +310,13 @@ impl Node {
         rx.await.map_err(|_| NodeError::Stopped)?;
         // A commit that was in flight during the removal may have written the twin again.
         let name = thing.clone();
+        // Its history goes too: a thing registered later under this name starts afresh.
+        let last_day = storage::repo::day_of(crate::now_ms()) + 1;
         self.with_directory(move |d| {
             Ok(d.store().transact(|tx| {
                 d.repos().twins.remove(tx, &name)?;
-                d.repos().rule_states.remove(tx, &name)
+                d.repos().rule_states.remove(tx, &name)?;
+                d.repos().history.remove_thing(tx, &name, last_day)
             })?)
         })
         .await?;

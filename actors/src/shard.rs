@@ -20,12 +20,12 @@ use rules_dsl::{Input, Output, OutputKind, TraceEntry};
 use serde_json::json;
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 use storage::{AuditEntry, RuleLogEntry, Store, StoreError};
 use tokio::sync::oneshot;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 use twin_core::{Effect, Op, ShadowError, ThingName, Twin};
 
 /// A command for the twin `thing`, sent to the host of its shard.
@@ -119,8 +119,8 @@ struct Window {
     records: HashMap<ThingName, (Bytes, u64)>,
     /// Audit entries of changes made through the API.
     audits: Vec<AuditEntry>,
-    /// Telemetry samples for the history: thing, device time, fields as JSON.
-    telemetry: Vec<(ThingName, u64, Vec<u8>)>,
+    /// Telemetry samples for the history: thing, device time, sequence, fields as JSON.
+    telemetry: Vec<(ThingName, u64, u64, Bytes)>,
     /// Latest rule state per twin (empty: remove it).
     rule_states: HashMap<ThingName, Bytes>,
     /// Latest rule deadline per twin.
@@ -141,6 +141,22 @@ impl Window {
             || !self.rule_log.is_empty()
     }
 
+    /// Removes the writes and effects of `things` (their acknowledgements fail).
+    fn drop_things(&mut self, things: &HashSet<ThingName>) {
+        self.records.retain(|thing, _| !things.contains(thing));
+        self.rule_states.retain(|thing, _| !things.contains(thing));
+        self.deadlines.retain(|thing, _| !things.contains(thing));
+        self.telemetry.retain(|(thing, ..)| !things.contains(thing));
+        self.audits
+            .retain(|entry| !things.iter().any(|t| t.as_str() == entry.target));
+        self.rule_log
+            .retain(|(_, entry)| !things.iter().any(|t| t.as_str() == entry.thing));
+        self.released.retain(|r| !things.contains(&r.thing));
+        self.bytes = self.records.values().map(|(b, _)| b.len()).sum::<usize>()
+            + self.rule_states.values().map(Bytes::len).sum::<usize>()
+            + self.telemetry.iter().map(|(.., j)| j.len()).sum::<usize>();
+    }
+
     fn is_full(&self, max_twins: usize) -> bool {
         self.records.len() >= max_twins
             || self.telemetry.len() >= 4 * max_twins
@@ -152,7 +168,7 @@ impl Window {
 struct Batch {
     records: Vec<(ThingName, Bytes, u64)>,
     audits: Vec<AuditEntry>,
-    telemetry: Vec<(ThingName, u64, Vec<u8>)>,
+    telemetry: Vec<(ThingName, u64, u64, Bytes)>,
     rule_states: Vec<(ThingName, Bytes)>,
     deadlines: Vec<(ThingName, Option<u64>)>,
     rule_log: Vec<(&'static str, RuleLogEntry)>,
@@ -184,6 +200,10 @@ pub(crate) struct ShardHost {
     flush_waiters: Vec<oneshot::Sender<()>>,
     /// Answered when the commit in flight completes.
     after_commit: Vec<oneshot::Sender<()>>,
+    /// Twins whose commit was abandoned: work they still had in flight when they were
+    /// stopped was computed on state that was never stored, and is dropped (its senders learn
+    /// it failed) — counted per twin.
+    abandoned: HashMap<ThingName, u32>,
     passivated: u64,
     sweeps: u64,
 }
@@ -210,6 +230,7 @@ impl ShardHost {
             flush_armed: false,
             flush_waiters: Vec::new(),
             after_commit: Vec::new(),
+            abandoned: HashMap::new(),
             passivated: 0,
             sweeps: 0,
         }
@@ -405,7 +426,14 @@ impl ShardHost {
             rule_log: window.rule_log,
         };
         self.committing = true;
+        self.health()
+            .committing_since
+            .store(crate::now_ms(), Ordering::Release);
         self.commit(batch, window.released, Duration::ZERO, ctx);
+    }
+
+    fn health(&self) -> &crate::node::HostHealth {
+        &self.shared.health[self.index]
     }
 
     fn commit(
@@ -426,8 +454,8 @@ impl ShardHost {
                 for entry in &batch.audits {
                     repos.audit.append(tx, entry)?;
                 }
-                for (thing, ts, json) in &batch.telemetry {
-                    repos.history.append(tx, thing, *ts, json)?;
+                for (thing, ts, seq, json) in &batch.telemetry {
+                    repos.history.append(tx, thing, *ts, *seq, json)?;
                 }
                 for (thing, bytes) in &batch.rule_states {
                     if bytes.is_empty() {
@@ -454,18 +482,53 @@ impl ShardHost {
                 metrics::histogram!("doppel_commit_samples").record(batch.telemetry.len() as f64);
                 host.committed(batch, released, ctx);
             }
+            Ok((batch, Err(error), _)) if error.is_permanent() => {
+                // Retrying the same writes can never succeed: fail them, not the host.
+                error!(host = host.index, %error, twins = batch.records.len(), "group commit refused by the store; dropping its changes");
+                metrics::counter!("doppel_commit_abandoned_total").increment(1);
+                host.abandon(&batch, released);
+                host.commit_ended(ctx);
+            }
             Ok((batch, Err(error), _)) => {
                 let backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_BACKOFF);
                 error!(host = host.index, %error, twins = batch.records.len(), ?backoff, "group commit failed; retrying");
                 metrics::counter!("doppel_commit_failures_total").increment(1);
+                let _ = host.health().failing_since.compare_exchange(
+                    0,
+                    crate::now_ms(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
                 ctx.run_later(backoff, move |host, ctx| host.commit(batch, released, backoff, ctx));
             }
             Err(panic) => {
                 // Nothing was acknowledged; dropping the acks tells every sender so.
                 error!(host = host.index, %panic, "group commit panicked");
-                host.committing = false;
+                host.commit_ended(ctx);
             }
         }));
+    }
+
+    /// Drops a batch the store refused for good: its twins are stopped (the next message
+    /// reloads them from what is stored), their effects are dropped so that no sender learns
+    /// of a success, and work of theirs still on its way is dropped too.
+    fn abandon(&mut self, batch: &Batch, released: Vec<Released>) {
+        let mut things: HashSet<ThingName> = batch.records.iter().map(|(t, ..)| t.clone()).collect();
+        things.extend(batch.telemetry.iter().map(|(t, ..)| t.clone()));
+        things.extend(batch.rule_states.iter().map(|(t, _)| t.clone()));
+        things.extend(batch.deadlines.iter().map(|(t, _)| t.clone()));
+        things.extend(released.iter().map(|r| r.thing.clone()));
+        drop(released);
+        for thing in &things {
+            if let Some(entry) = self.twins.remove(thing) {
+                entry.addr.do_send(Stop);
+                if entry.in_flight > 0 {
+                    *self.abandoned.entry(thing.clone()).or_default() += entry.in_flight;
+                }
+            }
+        }
+        self.window.drop_things(&things);
+        self.overflow.retain(|h| !things.contains(&h.thing));
     }
 
     fn committed(&mut self, batch: Batch, released: Vec<Released>, ctx: &mut Context<Self>) {
@@ -477,7 +540,15 @@ impl ShardHost {
         for item in released {
             self.release(item);
         }
+        self.commit_ended(ctx);
+    }
+
+    /// The commit in flight is over: waiters learn it, and work that waited fills the window.
+    fn commit_ended(&mut self, ctx: &mut Context<Self>) {
         self.committing = false;
+        let health = self.health();
+        health.committing_since.store(0, Ordering::Release);
+        health.failing_since.store(0, Ordering::Release);
         for waiter in self.after_commit.drain(..) {
             let _ = waiter.send(());
         }
@@ -499,6 +570,7 @@ impl ShardHost {
         } else {
             self.arm_flush(ctx);
         }
+        self.check_idle();
     }
 
     /// Sends a command's effects on their way and acknowledges it.
@@ -518,6 +590,7 @@ impl ShardHost {
             Origin::Device => (None, None),
             Origin::Gateway(gateway) => (None, Some(gateway)),
         };
+        let mut refused = None;
         for effect in effects {
             match effect {
                 Effect::Reply(reply) => {
@@ -534,7 +607,16 @@ impl ShardHost {
                         let _ = tx.send(reply);
                     } else if reply.op == Op::Telemetry {
                         if let Err(error) = &reply.outcome {
-                            warn!(%thing, gateway = ?gateway.as_ref().map(ThingName::as_str), code = error.code, message = %error.message, "telemetry refused");
+                            info!(%thing, gateway = ?gateway.as_ref().map(ThingName::as_str), code = error.code, message = %error.message, "telemetry refused");
+                            if gateway.is_none() {
+                                // The device learns why; its PUBACK carries the reason (MQTT 5).
+                                refused = Some(error.code);
+                                outbox.publish(
+                                    &thing,
+                                    topics::telemetry_rejected(&thing),
+                                    reply.payload.clone(),
+                                );
+                            }
                             if let Some(gateway) = &gateway {
                                 let payload = json!({
                                     "thing": thing.as_str(),
@@ -585,8 +667,10 @@ impl ShardHost {
                 },
             );
         }
-        if let Some(ack) = ack {
-            ack.done();
+        match (ack, refused) {
+            (Some(ack), Some(code)) => ack.refuse(code),
+            (Some(ack), None) => ack.done(),
+            (None, _) => {}
         }
     }
 
@@ -671,6 +755,17 @@ impl Handler<Handled> for ShardHost {
     type Result = ();
 
     fn handle(&mut self, handled: Handled, ctx: &mut Context<Self>) {
+        if handled.routed
+            && let Some(left) = self.abandoned.get_mut(&handled.thing)
+        {
+            *left -= 1;
+            if *left == 0 {
+                self.abandoned.remove(&handled.thing);
+            }
+            debug!(host = self.index, thing = %handled.thing, "dropped work of a twin whose commit was refused");
+            self.check_idle();
+            return;
+        }
         if !self.overflow.is_empty()
             || (self.committing && self.window.is_full(self.shared.config.commit_max_twins))
         {
@@ -724,10 +819,12 @@ impl ShardHost {
         }
         if self.shared.config.history.enabled {
             effects.retain(|effect| match effect {
-                Effect::Telemetry { ts, values } => {
-                    let json = serde_json::to_vec(values).unwrap_or_default();
+                Effect::Telemetry { ts, json, .. } => {
                     self.window.bytes += json.len();
-                    self.window.telemetry.push((thing.clone(), *ts, json));
+                    let seq = crate::history::next_seq();
+                    self.window
+                        .telemetry
+                        .push((thing.clone(), *ts, seq, json.clone()));
                     false
                 }
                 _ => true,

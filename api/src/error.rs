@@ -139,6 +139,16 @@ impl From<NodeError> for ApiError {
                 "unavailable",
                 error.to_string(),
             ),
+            NodeError::Timeout(_) => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                error.to_string(),
+            ),
+            NodeError::Store(store) if store.is_too_large() => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the document exceeds the store's size limits",
+            ),
             NodeError::Store(_) | NodeError::Io(_) => {
                 tracing::error!(%error, "request failed");
                 Self::new(

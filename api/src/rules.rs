@@ -386,7 +386,7 @@ pub(crate) async fn dry_run(
                 .transact(|tx| d.repos().history.raw(tx, &thing.name, from, to, 10_000))?;
             let samples: Vec<(u64, Map<String, Value>)> = raw
                 .into_iter()
-                .filter_map(|(ts, json)| serde_json::from_slice(&json).ok().map(|m| (ts, m)))
+                .filter_map(|(ts, _, json)| serde_json::from_slice(&json).ok().map(|m| (ts, m)))
                 .collect();
             let count = samples.len();
             let device_type = thing.device_type.as_ref().and_then(|t| d.device_type(t));

@@ -474,48 +474,65 @@ pub fn telemetry_history_is_kept_by_day<S: Store>(store: &S, root: &Subspace) {
     let day0 = 20_000 * DAY_MS;
     store
         .transact(|tx| {
-            for (thing, ts) in [
+            for (seq, (thing, ts)) in [
                 (&a, day0 + 5),
                 (&b, day0 + 6),
                 (&a, day0 + DAY_MS + 1),
                 (&a, day0 + 2 * DAY_MS + 7),
-            ] {
-                repos
-                    .history
-                    .append(tx, thing, ts, format!("{{\"ts\":{ts}}}").as_bytes())?;
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                repos.history.append(
+                    tx,
+                    thing,
+                    ts,
+                    seq as u64,
+                    format!("{{\"ts\":{ts}}}").as_bytes(),
+                )?;
             }
-            // A redelivered sample overwrites itself.
-            repos.history.append(tx, &a, day0 + 5, b"{\"again\":true}")
+            // Another sample at the same time is another sample; the same sequence overwrites.
+            repos.history.append(tx, &a, day0 + 5, 10, b"{\"again\":true}")?;
+            repos.history.append(tx, &a, day0 + 5, 10, b"{\"again\":2}")
         })
         .unwrap();
     let raw = store
         .transact(|tx| repos.history.raw(tx, &a, day0, day0 + 3 * DAY_MS, 100))
         .unwrap();
     assert_eq!(
-        raw.iter().map(|(ts, _)| *ts).collect::<Vec<_>>(),
-        [day0 + 5, day0 + DAY_MS + 1, day0 + 2 * DAY_MS + 7]
+        raw.iter().map(|(ts, seq, _)| (*ts, *seq)).collect::<Vec<_>>(),
+        [
+            (day0 + 5, 0),
+            (day0 + 5, 10),
+            (day0 + DAY_MS + 1, 2),
+            (day0 + 2 * DAY_MS + 7, 3)
+        ]
     );
-    assert_eq!(raw[0].1, b"{\"again\":true}");
+    assert_eq!(raw[1].2, b"{\"again\":2}");
+    let page = store
+        .transact(|tx| repos.history.raw(tx, &a, day0, day0 + 3 * DAY_MS, 1))
+        .unwrap();
+    assert_eq!(page.len(), 1, "limit");
+    // Paging after a sample does not skip another sample of the same time.
+    let next = store
+        .transact(|tx| repos.history.raw_after(tx, &a, (day0 + 5, 0), day0 + 3 * DAY_MS, 2))
+        .unwrap();
     assert_eq!(
-        store
-            .transact(|tx| repos.history.raw(tx, &a, day0, day0 + 3 * DAY_MS, 2))
-            .unwrap()
-            .len(),
-        2,
-        "limit"
+        next.iter().map(|(ts, seq, _)| (*ts, *seq)).collect::<Vec<_>>(),
+        [(day0 + 5, 10), (day0 + DAY_MS + 1, 2)]
     );
     let day = store
         .transact(|tx| repos.history.raw_day(tx, 20_000, None, 10))
         .unwrap();
     assert_eq!(
-        day.iter().map(|(t, _, _)| t.as_str()).collect::<Vec<_>>(),
-        ["a", "b"],
+        day.iter().map(|(t, ..)| t.as_str()).collect::<Vec<_>>(),
+        ["a", "a", "b"],
         "thing by thing"
     );
     let after = store
-        .transact(|tx| repos.history.raw_day(tx, 20_000, Some(("a", day0 + 5)), 10))
+        .transact(|tx| repos.history.raw_day(tx, 20_000, Some(("a", day0 + 5, 0)), 10))
         .unwrap();
-    assert_eq!(after.len(), 1);
+    assert_eq!(after.len(), 2);
 
     let mut agg = crate::repo::HourAgg::new();
     agg.insert("temp".into(), FieldAgg::of(21.5));
@@ -563,6 +580,31 @@ pub fn telemetry_history_is_kept_by_day<S: Store>(store: &S, root: &Subspace) {
             .unwrap()
             .is_empty()
     );
+
+    // A removed thing's samples and aggregates go, on every day; another thing's stay.
+    store
+        .transact(|tx| {
+            repos.history.append(tx, &b, day0 + DAY_MS + 9, 20, b"{}")?;
+            repos
+                .history
+                .put_hourly(tx, "a", day0 + 2 * DAY_MS, &crate::repo::HourAgg::new())
+        })
+        .unwrap();
+    store
+        .transact(|tx| repos.history.remove_thing(tx, &a, 20_003))
+        .unwrap();
+    let everything = |thing: &ThingName| {
+        store
+            .transact(|tx| {
+                Ok((
+                    repos.history.raw(tx, thing, 0, day0 + 4 * DAY_MS, 100)?.len(),
+                    repos.history.hourly(tx, thing, 0, day0 + 4 * DAY_MS)?.len(),
+                ))
+            })
+            .unwrap()
+    };
+    assert_eq!(everything(&a), (0, 0));
+    assert_eq!(everything(&b).0, 1);
 }
 
 /// API keys are stored with their secret hashed.

@@ -55,6 +55,30 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether retrying the same writes can never succeed: a key, value or transaction over
+    /// the store's limits, a corrupt record, a misused transaction. Conflicts and engine or
+    /// cluster failures may pass.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            StoreError::KeyTooLarge { .. }
+                | StoreError::ValueTooLarge { .. }
+                | StoreError::TransactionTooLarge { .. }
+                | StoreError::Corrupt { .. }
+                | StoreError::Finished
+        )
+    }
+
+    /// Whether the writes were refused for their size.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            StoreError::KeyTooLarge { .. }
+                | StoreError::ValueTooLarge { .. }
+                | StoreError::TransactionTooLarge { .. }
+        )
+    }
+
     pub(crate) fn corrupt(what: impl std::fmt::Display, message: impl std::fmt::Display) -> Self {
         StoreError::Corrupt {
             what: what.to_string(),

@@ -9,7 +9,7 @@
 //! answer for: Mosquitto, for one, acknowledges QoS 1 messages before it persists them.
 
 use crate::{
-    ack::Ack,
+    ack::{Ack, Settled},
     mqtt::inbound::{self, Inbound},
     mqtt::topics,
     node::Node,
@@ -272,26 +272,14 @@ impl Bridge {
         };
         match inbound::interpret(target, &publish.payload, &node.config().limits) {
             Inbound::Command(thing, command) => {
-                if publish.qos == QoS::AtMostOnce {
-                    node.deliver_from_device(thing, command, None);
-                    return None;
-                }
                 let (ack, done) = Ack::new();
                 node.deliver_from_device(thing, command, Some(ack));
-                Some(Box::pin(async move {
-                    done.await.unwrap_or(false).then_some(publish)
-                }))
+                Some(settle(publish, done))
             }
             Inbound::Batch { gateway, entries } => {
-                if publish.qos == QoS::AtMostOnce {
-                    node.deliver_batch(&gateway, entries, None);
-                    return None;
-                }
                 let (ack, done) = Ack::new();
                 node.deliver_batch(&gateway, entries, Some(ack));
-                Some(Box::pin(async move {
-                    done.await.unwrap_or(false).then_some(publish)
-                }))
+                Some(settle(publish, done))
             }
             Inbound::Answer { topic, payload, .. } => {
                 let _ = self
@@ -305,6 +293,21 @@ impl Bridge {
             }
         }
     }
+}
+
+/// Waits for a message's acknowledgement: a handled message (committed, or refused by its
+/// twin) is acknowledged to the broker; a lost one is not, so the broker redelivers it. QoS 0
+/// messages need no acknowledgement but wait too, so they count against the window of
+/// messages in flight.
+fn settle(
+    publish: Publish,
+    done: tokio::sync::oneshot::Receiver<Settled>,
+) -> Pin<Box<dyn Future<Output = Option<Publish>> + Send>> {
+    Box::pin(async move {
+        let settled = done.await.unwrap_or(Settled::Failed);
+        let handled = matches!(settled, Settled::Done | Settled::Refused(_));
+        (handled && publish.qos != QoS::AtMostOnce).then_some(publish)
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! messages arrived. Sessions are clean: nothing is kept for a device between connections.
 
 use crate::{
-    ack::Ack,
+    ack::{Ack, Settled},
     mqtt::{
         inbound::{self, Inbound},
         packets::{
@@ -79,10 +79,40 @@ pub async fn serve(
     }
 }
 
-type AckFuture = Pin<Box<dyn Future<Output = (u16, Option<Reason>)> + Send>>;
+/// What a message's place in the connection's window turns into once it is settled.
+enum Settle {
+    /// Write this PUBACK.
+    PubAck(u16, Reason),
+    /// A QoS 1 message was not committed: no PUBACK, and the connection closes so that the
+    /// device resends it.
+    Lost(u16),
+    /// A QoS 0 message is done (it held its place in the window until then).
+    Quiet,
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = Settle> + Send>>;
 
 fn ready(pkid: u16, reason: Reason) -> AckFuture {
-    Box::pin(std::future::ready((pkid, Some(reason))))
+    Box::pin(std::future::ready(Settle::PubAck(pkid, reason)))
+}
+
+/// Waits for a message's acknowledgement. QoS 0 messages wait too, so that they count against
+/// the connection's window like QoS 1 ones: a flood at either QoS stops the socket being read
+/// rather than queueing without bound.
+fn settle(qos: u8, pkid: u16, done: tokio::sync::oneshot::Receiver<Settled>) -> AckFuture {
+    Box::pin(async move {
+        let settled = done.await.unwrap_or(Settled::Failed);
+        match (qos, settled) {
+            (0, Settled::Failed) => {
+                metrics::counter!("doppel_mqtt_qos0_lost_total").increment(1);
+                Settle::Quiet
+            }
+            (0, _) => Settle::Quiet,
+            (_, Settled::Done) => Settle::PubAck(pkid, Reason::Success),
+            (_, Settled::Refused(code)) => Settle::PubAck(pkid, Reason::for_refusal(code)),
+            (_, Settled::Failed) => Settle::Lost(pkid),
+        }
+    })
 }
 
 /// Serves one connection (plain TCP or TLS).
@@ -340,13 +370,13 @@ impl Session {
 
     /// Writes the PUBACK of `first` and of every later message already committed (one commit
     /// completes many at once, and they then leave in one write); `Some` ends the session.
-    fn on_acks(&mut self, first: (u16, Option<Reason>)) -> Option<End> {
+    fn on_acks(&mut self, first: Settle) -> Option<End> {
         let mut next = Some(first);
-        while let Some((pkid, reason)) = next {
-            match reason {
-                Some(reason) => self.write(Out::PubAck { pkid, reason }),
-                // The message was not committed: no PUBACK; closing makes the device resend.
-                None => {
+        while let Some(settle) = next {
+            match settle {
+                Settle::PubAck(pkid, reason) => self.write(Out::PubAck { pkid, reason }),
+                Settle::Quiet => {}
+                Settle::Lost(pkid) => {
                     warn!(thing = %self.thing, pkid, "a message could not be committed; closing so the device resends it");
                     return Some(End::Closed(Reason::Unspecified));
                 }
@@ -411,7 +441,14 @@ impl Session {
                 pkid,
                 payload,
                 topic_alias,
+                retain,
             } => {
+                if retain {
+                    // CONNACK said retain is not available (MQTT 5 §3.3.1.3: disconnect 0x9A).
+                    info!(thing = %self.thing, %topic, "refused a retained publish");
+                    self.write(Out::Disconnect(Reason::RetainNotSupported));
+                    return Err(End::Closed(Reason::RetainNotSupported));
+                }
                 if qos > 1 {
                     self.write(Out::Disconnect(Reason::QoSNotSupported));
                     return Err(End::Closed(Reason::QoSNotSupported));
@@ -492,39 +529,26 @@ impl Session {
     ) -> Result<(), End> {
         match inbound::interpret(target, &payload, &self.node.config().limits) {
             Inbound::Command(thing, command) => {
-                if qos == 1 {
-                    let (ack, done) = Ack::new();
-                    self.node.deliver_from_device(thing, command, Some(ack));
-                    self.acks.push_back(Box::pin(async move {
-                        let committed = done.await.unwrap_or(false);
-                        (pkid, committed.then_some(Reason::Success))
-                    }));
-                } else {
-                    self.node.deliver_from_device(thing, command, None);
-                }
+                let (ack, done) = Ack::new();
+                self.node.deliver_from_device(thing, command, Some(ack));
+                self.acks.push_back(settle(qos, pkid, done));
                 Ok(())
             }
             Inbound::Batch { gateway, entries } => {
-                if qos == 1 {
-                    let (ack, done) = Ack::new();
-                    self.node.deliver_batch(&gateway, entries, Some(ack));
-                    self.acks.push_back(Box::pin(async move {
-                        let committed = done.await.unwrap_or(false);
-                        (pkid, committed.then_some(Reason::Success))
-                    }));
-                } else {
-                    self.node.deliver_batch(&gateway, entries, None);
-                }
+                let (ack, done) = Ack::new();
+                self.node.deliver_batch(&gateway, entries, Some(ack));
+                self.acks.push_back(settle(qos, pkid, done));
                 Ok(())
             }
             Inbound::Answer {
                 thing,
                 topic,
                 payload,
+                reason,
             } => {
                 self.sessions.publish(&thing, topic, payload);
                 if qos == 1 {
-                    self.acks.push_back(ready(pkid, Reason::Success));
+                    self.acks.push_back(ready(pkid, reason));
                 }
                 Ok(())
             }

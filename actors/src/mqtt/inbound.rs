@@ -21,11 +21,14 @@ pub(crate) enum Inbound {
         gateway: ThingName,
         entries: Vec<BatchEntry>,
     },
-    /// Refused before reaching a twin; publish `payload` on `topic` (…/rejected).
+    /// Refused before reaching a twin; publish `payload` on `topic` (…/rejected), and
+    /// acknowledge with `reason` (shadow requests: success, as AWS — the answer is the
+    /// rejection; telemetry: the refusal's reason).
     Answer {
         thing: ThingName,
         topic: String,
         payload: Bytes,
+        reason: Reason,
     },
     /// Refused, with no topic to answer on (the PUBACK carries the reason in MQTT 5).
     Refuse(Reason),
@@ -68,6 +71,7 @@ pub(crate) fn interpret(target: DeviceTopic, payload: &[u8], limits: &Limits) ->
                             crate::now_ms(),
                         ),
                         thing,
+                        reason: Reason::Success,
                     }
                 }
             }
@@ -78,7 +82,12 @@ pub(crate) fn interpret(target: DeviceTopic, payload: &[u8], limits: &Limits) ->
                 metrics::counter!("doppel_rejections_total", "code" => error.code.to_string())
                     .increment(1);
                 info!(%thing, code = error.code, message = %error.message, "refused telemetry");
-                Inbound::Refuse(Reason::PayloadInvalid)
+                Inbound::Answer {
+                    topic: topics::telemetry_rejected(&thing),
+                    payload: twin_core::rejected(&error, None, crate::now_ms()),
+                    thing,
+                    reason: Reason::for_refusal(error.code),
+                }
             }
         },
         DeviceTopic::CommandReply { thing, name } => {

@@ -45,6 +45,8 @@ pub enum In {
         payload: Bytes,
         /// Whether the client uses a topic alias (refused: the endpoint allows none).
         topic_alias: bool,
+        /// The retain flag (refused: CONNACK says retain is not available).
+        retain: bool,
     },
     /// PUBACK for a QoS 1 message the endpoint sent.
     PubAck {
@@ -111,8 +113,24 @@ pub enum Reason {
     AdministrativeAction,
     /// 0x89: the node could not keep up (outbound queue full).
     ServerBusy,
+    /// 0x97: the twin refused the message as too large or too many.
+    QuotaExceeded,
+    /// 0x9A: a retained PUBLISH (CONNACK said retain is not available).
+    RetainNotSupported,
     /// 0x80.
     Unspecified,
+}
+
+impl Reason {
+    /// The PUBACK reason for a message the twin refused with an AWS-style status `code`.
+    pub fn for_refusal(code: u16) -> Reason {
+        match code {
+            400 | 415 => Reason::PayloadInvalid,
+            401 | 403 => Reason::NotAuthorized,
+            413 | 429 => Reason::QuotaExceeded,
+            _ => Reason::Unspecified,
+        }
+    }
 }
 
 /// A packet to a client.
@@ -313,6 +331,7 @@ fn from_v4(p: v4::Packet) -> In {
             pkid: p.pkid,
             payload: p.payload,
             topic_alias: false,
+            retain: p.retain,
         },
         v4::Packet::PubAck(a) => In::PubAck { pkid: a.pkid },
         v4::Packet::Subscribe(s) => In::Subscribe {
@@ -345,6 +364,7 @@ fn from_v5(p: v5::Packet) -> In {
                 .properties
                 .as_ref()
                 .is_some_and(|pr| pr.topic_alias.is_some()),
+            retain: p.retain,
         },
         v5::Packet::PubAck(a) => In::PubAck { pkid: a.pkid },
         v5::Packet::Subscribe(s) => In::Subscribe {
@@ -420,6 +440,8 @@ fn reason5(r: Reason) -> v5::DisconnectReasonCode {
         Reason::ShuttingDown => D::ServerShuttingDown,
         Reason::AdministrativeAction => D::AdministrativeAction,
         Reason::ServerBusy => D::ServerBusy,
+        Reason::QuotaExceeded => D::QuotaExceeded,
+        Reason::RetainNotSupported => D::RetainNotSupported,
         Reason::Unspecified => D::UnspecifiedError,
     }
 }
@@ -474,6 +496,7 @@ fn to_v5(out: Out, settings: &Settings) -> v5::Packet {
                 Reason::Success => v5::PubAckReason::Success,
                 Reason::NotAuthorized => v5::PubAckReason::NotAuthorized,
                 Reason::PayloadInvalid => v5::PubAckReason::PayloadFormatInvalid,
+                Reason::QuotaExceeded => v5::PubAckReason::QuotaExceeded,
                 _ => v5::PubAckReason::UnspecifiedError,
             },
             properties: None,

@@ -114,6 +114,11 @@ pub fn command(thing: &ThingName, name: &str) -> String {
     format!("things/{thing}/commands/{name}")
 }
 
+/// Where a device learns that a telemetry sample was refused (and why).
+pub fn telemetry_rejected(thing: &ThingName) -> String {
+    format!("things/{thing}/telemetry/rejected")
+}
+
 /// Where a gateway learns which entries of its batches were refused.
 pub fn gateway_rejected(gateway: &ThingName) -> String {
     format!("gateways/{gateway}/telemetry/rejected")

@@ -1,7 +1,8 @@
 //! Telemetry history. Raw samples are keyed `(day, thing, ts)` and hourly aggregates
 //! `(day, thing, hour)`, partitioned by UTC day (from the sample's device time) so that
 //! retention removes a whole day with one range clear and a day's rollup reads it in key order,
-//! thing by thing. A redelivered sample (same thing and `ts`) overwrites itself.
+//! thing by thing. Every sample has its own key: `(day, thing, ts, seq)`, where `seq` (unique
+//! per node, rising) keeps apart samples that share a device time.
 
 use crate::{
     error::StoreError,
@@ -71,8 +72,20 @@ impl FieldAgg {
 /// Aggregates of every numeric field of a thing over one hour.
 pub type HourAgg = BTreeMap<String, FieldAgg>;
 
-/// A raw sample as stored: device time and the sample's fields as JSON.
-pub type RawSample = (u64, Vec<u8>);
+/// A raw sample as stored: device time, sequence, and the sample's fields as JSON.
+pub type RawSample = (u64, u64, Vec<u8>);
+
+/// Reads a raw key's `(day, thing, ts, seq)`; keys written before samples had a sequence
+/// (`(day, thing, ts)`) read with sequence 0.
+fn unpack_raw(space: &Subspace, key: &[u8]) -> Result<(u32, String, u64, u64), StoreError> {
+    match space.unpack::<(u32, String, u64, u64)>(key) {
+        Ok(parts) => Ok(parts),
+        Err(error) => space
+            .unpack::<(u32, String, u64)>(key)
+            .map(|(day, thing, ts)| (day, thing, ts, 0))
+            .map_err(|_| StoreError::corrupt("telemetry key", error)),
+    }
+}
 
 /// The telemetry history repository.
 #[derive(Clone, Debug)]
@@ -91,15 +104,17 @@ impl History {
         }
     }
 
-    /// Records a sample's fields (JSON) at device time `ts`.
+    /// Records a sample's fields (JSON) at device time `ts`; `seq` tells apart samples of the
+    /// same thing and time (each write with a new `seq` is a new sample).
     pub fn append(
         &self,
         tx: &mut impl Transaction,
         thing: &ThingName,
         ts: u64,
+        seq: u64,
         json: &[u8],
     ) -> Result<(), StoreError> {
-        tx.set(&self.raw.pack(&(day_of(ts), thing.as_str(), ts)), json)
+        tx.set(&self.raw.pack(&(day_of(ts), thing.as_str(), ts, seq)), json)
     }
 
     /// Raw samples of `thing` with `from <= ts < to`, oldest first, at most `limit`.
@@ -111,25 +126,54 @@ impl History {
         to: u64,
         limit: usize,
     ) -> Result<Vec<RawSample>, StoreError> {
+        let begin = self.raw.pack(&(day_of(from), thing.as_str(), from));
+        self.raw_from(tx, thing, from, begin, to, limit)
+    }
+
+    /// Raw samples of `thing` after the sample `(ts, seq)` and before `to`, oldest first, at
+    /// most `limit`: the next page after a page that ended with that sample.
+    pub fn raw_after(
+        &self,
+        tx: &mut impl Transaction,
+        thing: &ThingName,
+        (ts, seq): (u64, u64),
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<RawSample>, StoreError> {
+        let mut begin = self.raw.pack(&(day_of(ts), thing.as_str(), ts, seq));
+        begin.push(0);
+        self.raw_from(tx, thing, ts, begin, to, limit)
+    }
+
+    fn raw_from(
+        &self,
+        tx: &mut impl Transaction,
+        thing: &ThingName,
+        from: u64,
+        mut begin: Vec<u8>,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<RawSample>, StoreError> {
         let mut out = Vec::new();
-        if from >= to {
+        if from >= to || limit == 0 {
             return Ok(out);
         }
         for day in day_of(from)..=day_of(to - 1) {
-            let range = KeyRange::new(
-                self.raw.pack(&(day, thing.as_str(), from)),
-                self.raw.pack(&(day, thing.as_str(), to)),
-            );
+            if day != day_of(from) {
+                begin = self.raw.pack(&(day, thing.as_str()));
+            }
+            let end = if day == day_of(to - 1) {
+                self.raw.pack(&(day, thing.as_str(), to))
+            } else {
+                self.raw.subspace(&(day, thing.as_str())).range().1
+            };
             let options = RangeOptions {
                 limit: Some(limit - out.len()),
                 reverse: false,
             };
-            for (key, value) in tx.get_range(&range, options)? {
-                let (_, _, ts): (u32, String, u64) = self
-                    .raw
-                    .unpack(&key)
-                    .map_err(|e| StoreError::corrupt("telemetry key", e))?;
-                out.push((ts, value));
+            for (key, value) in tx.get_range(&KeyRange::new(std::mem::take(&mut begin), end), options)? {
+                let (_, _, ts, seq) = unpack_raw(&self.raw, &key)?;
+                out.push((ts, seq, value));
             }
             if out.len() >= limit {
                 break;
@@ -138,19 +182,19 @@ impl History {
         Ok(out)
     }
 
-    /// Up to `limit` raw samples of `day` after `after` (a thing and time), in key order:
-    /// thing by thing, each thing's samples by time. For the rollup.
+    /// Up to `limit` raw samples of `day` after `after` (a thing, time and sequence), in key
+    /// order: thing by thing, each thing's samples by time. For the rollup.
     pub fn raw_day(
         &self,
         tx: &mut impl Transaction,
         day: u32,
-        after: Option<(&str, u64)>,
+        after: Option<(&str, u64, u64)>,
         limit: usize,
-    ) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<(String, u64, u64, Vec<u8>)>, StoreError> {
         let space = self.raw.subspace(&day);
         let (mut begin, end) = space.range();
-        if let Some(after) = after {
-            begin = space.pack(&after);
+        if let Some((thing, ts, seq)) = after {
+            begin = self.raw.pack(&(day, thing, ts, seq));
             begin.push(0);
         }
         let options = RangeOptions {
@@ -160,31 +204,61 @@ impl History {
         tx.get_range(&KeyRange::new(begin, end), options)?
             .into_iter()
             .map(|(key, value)| {
-                let (thing, ts): (String, u64) = space
-                    .unpack(&key)
-                    .map_err(|e| StoreError::corrupt("telemetry key", e))?;
-                Ok((thing, ts, value))
+                let (_, thing, ts, seq) = unpack_raw(&self.raw, &key)?;
+                Ok((thing, ts, seq, value))
             })
             .collect()
     }
 
-    /// The oldest day holding raw samples.
-    pub fn oldest_raw_day(&self, tx: &mut impl Transaction) -> Result<Option<u32>, StoreError> {
+    /// Removes every sample and hourly aggregate of `thing` on the days from the oldest that
+    /// holds any sample to `last_day` (a decommissioned thing's history goes with it, so a
+    /// thing registered later under the same name starts with none).
+    pub fn remove_thing(
+        &self,
+        tx: &mut impl Transaction,
+        thing: &ThingName,
+        last_day: u32,
+    ) -> Result<(), StoreError> {
+        for space in [&self.raw, &self.hourly] {
+            let Some(first) = self.oldest_day(tx, space)? else {
+                continue;
+            };
+            for day in first..=last_day {
+                tx.clear_range(&space.subspace(&(day, thing.as_str())).range().into())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn oldest_day(
+        &self,
+        tx: &mut impl Transaction,
+        space: &Subspace,
+    ) -> Result<Option<u32>, StoreError> {
         let options = RangeOptions {
             limit: Some(1),
             reverse: false,
         };
-        let first = tx.get_range(&self.raw.range().into(), options)?;
+        let first = tx.get_range(&space.range().into(), options)?;
         first
             .first()
             .map(|(key, _)| {
-                let (day, _, _): (u32, String, u64) = self
-                    .raw
-                    .unpack(key)
-                    .map_err(|e| StoreError::corrupt("telemetry key", e))?;
-                Ok(day)
+                // Raw and hourly keys both start with the day.
+                match space.unpack::<foundationdb_tuple::Element>(key) {
+                    Ok(foundationdb_tuple::Element::Tuple(parts)) => match parts.first() {
+                        Some(foundationdb_tuple::Element::Int(day)) => u32::try_from(*day).ok(),
+                        _ => None,
+                    },
+                    _ => None,
+                }
+                .ok_or_else(|| StoreError::corrupt("telemetry key", "no day"))
             })
             .transpose()
+    }
+
+    /// The oldest day holding raw samples.
+    pub fn oldest_raw_day(&self, tx: &mut impl Transaction) -> Result<Option<u32>, StoreError> {
+        self.oldest_day(tx, &self.raw)
     }
 
     /// Stores the aggregates of `thing` for the hour starting at `hour` (epoch ms).
