@@ -51,6 +51,7 @@ struct FileConfig {
     mqtt_tls_listen: SocketAddr,
     node: NodeConfig,
     ws: api::WsConfig,
+    http: api::ServeLimits,
 }
 
 impl Default for FileConfig {
@@ -65,6 +66,7 @@ impl Default for FileConfig {
             mqtt_tls_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
             node: NodeConfig::default(),
             ws: api::WsConfig::default(),
+            http: api::ServeLimits::default(),
         }
     }
 }
@@ -98,6 +100,7 @@ pub struct ServeConfig {
     pub tls: Option<Tls>,
     pub node: NodeConfig,
     pub ws: api::WsConfig,
+    pub http: api::ServeLimits,
 }
 
 impl ServeConfig {
@@ -149,6 +152,7 @@ impl ServeConfig {
             tls,
             node: file.node,
             ws: file.ws,
+            http: file.http,
         })
     }
 }

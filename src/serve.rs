@@ -18,7 +18,7 @@ use std::sync::Arc;
 use storage::{AnyStore, FjallStore, Repos};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Runs a node until it is told to stop.
 pub fn run(config: ServeConfig) -> anyhow::Result<()> {
@@ -132,6 +132,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         http,
         api::router(state.clone()),
         tls,
+        config.http,
         shutdown.clone().cancelled_owned(),
     ));
     let signal = wait_for_signal(&mut term);
@@ -159,13 +160,25 @@ async fn stop(
     info!("stopping: closing device connections, flushing commits");
     state.set_ready(false);
     shutdown.cancel();
-    let _ = devices.await;
-    node.flush().await;
-    let _ = http_task.await;
+    let flushed = tokio::time::timeout(STOP_TIMEOUT, async {
+        let _ = devices.await;
+        node.flush().await;
+        let _ = http_task.await;
+    })
+    .await;
+    if flushed.is_err() {
+        // A store that does not answer must not keep the process alive: what was not
+        // committed was not acknowledged either.
+        error!(timeout = ?STOP_TIMEOUT, "commits did not complete in time; exiting without them");
+        std::process::exit(1);
+    }
     node.stop();
     info!("stopped");
     Ok(())
 }
+
+/// Longest a stop waits for device connections to close and commits to complete.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The Prometheus recorder that `/metrics` renders.
 fn install_metrics() -> anyhow::Result<api::PrometheusHandle> {

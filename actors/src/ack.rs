@@ -32,7 +32,10 @@ impl Drop for Shared {
     fn drop(&mut self) {
         let tx = self.tx.get_mut().map(Option::take).unwrap_or(None);
         if let Some(tx) = tx {
-            let settled = match (self.ok.load(Ordering::Acquire), self.refused.load(Ordering::Acquire)) {
+            let settled = match (
+                self.ok.load(Ordering::Acquire),
+                self.refused.load(Ordering::Acquire),
+            ) {
                 (false, _) => Settled::Failed,
                 (true, 0) => Settled::Done,
                 (true, code) => Settled::Refused(code),

@@ -2,10 +2,10 @@
 //! days up into hourly aggregates and removes expired days, and queries that downsample raw
 //! samples (recent data) or hourly aggregates (older data) into buckets.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use crate::{config::HistoryConfig, directory::Directory, error::NodeError};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use storage::{
     Store,
     repo::{DAY_MS, FieldAgg, HOUR_MS, HourAgg, day_of},
@@ -372,9 +372,13 @@ mod tests {
         d.store()
             .transact(|tx| {
                 for (ts, v) in samples {
-                    d.repos()
-                        .history
-                        .append(tx, thing, *ts, next_seq(), v.to_string().as_bytes())?;
+                    d.repos().history.append(
+                        tx,
+                        thing,
+                        *ts,
+                        next_seq(),
+                        v.to_string().as_bytes(),
+                    )?;
                 }
                 Ok(())
             })

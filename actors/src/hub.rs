@@ -102,7 +102,9 @@ impl Selector {
 struct Sub {
     watcher: u64,
     id: Arc<str>,
-    selector: Selector,
+    /// Shared by the index entries of every thing it names (a copy per thing made a
+    /// subscription's memory grow with the square of its things).
+    selector: Arc<Selector>,
 }
 
 /// A shadow a watcher must be resent in full: `(subscription, thing, shadow)`.
@@ -223,7 +225,7 @@ impl Watcher {
         self.hub.add(Sub {
             watcher: self.id,
             id: Arc::from(id),
-            selector,
+            selector: Arc::new(selector),
         });
     }
 
@@ -275,8 +277,12 @@ impl HubInner {
         index.count += 1;
         match (&sub.selector.things, &sub.selector.device_type) {
             (Some(things), _) => {
-                for thing in things.clone() {
-                    index.by_thing.entry(thing).or_default().push(sub.clone());
+                for thing in things {
+                    index
+                        .by_thing
+                        .entry(thing.clone())
+                        .or_default()
+                        .push(sub.clone());
                 }
             }
             (None, Some(t)) => index.by_type.entry(t.clone()).or_default().push(sub),

@@ -513,7 +513,8 @@ impl ShardHost {
     /// reloads them from what is stored), their effects are dropped so that no sender learns
     /// of a success, and work of theirs still on its way is dropped too.
     fn abandon(&mut self, batch: &Batch, released: Vec<Released>) {
-        let mut things: HashSet<ThingName> = batch.records.iter().map(|(t, ..)| t.clone()).collect();
+        let mut things: HashSet<ThingName> =
+            batch.records.iter().map(|(t, ..)| t.clone()).collect();
         things.extend(batch.telemetry.iter().map(|(t, ..)| t.clone()));
         things.extend(batch.rule_states.iter().map(|(t, _)| t.clone()));
         things.extend(batch.deadlines.iter().map(|(t, _)| t.clone()));

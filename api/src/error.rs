@@ -139,11 +139,9 @@ impl From<NodeError> for ApiError {
                 "unavailable",
                 error.to_string(),
             ),
-            NodeError::Timeout(_) => Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                error.to_string(),
-            ),
+            NodeError::Timeout(_) => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", error.to_string())
+            }
             NodeError::Store(store) if store.is_too_large() => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",

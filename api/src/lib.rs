@@ -17,7 +17,7 @@ mod ws;
 pub use auth::Caller;
 pub use error::ApiError;
 pub use metrics_exporter_prometheus::PrometheusHandle;
-pub use serve::serve;
+pub use serve::{ServeLimits, serve};
 pub use ws::WsConfig;
 
 use actors::Node;
@@ -42,6 +42,7 @@ pub struct AppState {
     ready: Arc<AtomicBool>,
     metrics: Option<PrometheusHandle>,
     ws: WsConfig,
+    ws_connections: ws::KeyConnections,
 }
 
 impl std::fmt::Debug for AppState {
@@ -65,6 +66,7 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(false)),
             metrics,
             ws,
+            ws_connections: ws::KeyConnections::default(),
         }
     }
 
@@ -181,7 +183,33 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/alerts", get(rules::alerts))
         .route("/v1/ws", get(ws::upgrade))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(identity_encoding_only))
         .with_state(state)
+}
+
+/// Refuses request bodies in a content coding (`Content-Encoding: gzip`, …) with 415: the API
+/// reads bodies as they arrive, and would otherwise read compressed bytes as JSON.
+async fn identity_encoding_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let encoded = request
+        .headers()
+        .get_all(axum::http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| {
+            !v.to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"))
+        });
+    if encoded {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request bodies must not be content-encoded (no Content-Encoding)",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found() -> ApiError {
@@ -193,9 +221,11 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    if !state.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting".to_owned());
+    }
+    match state.node.stuck() {
+        None => (StatusCode::OK, "ready".to_owned()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("stuck: {why}")),
     }
 }

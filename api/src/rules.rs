@@ -177,7 +177,16 @@ pub(crate) async fn put(
             "the rule's target is outside the key's device types",
         ));
     }
-    let existed = state.node.directory().rules().get(&name).is_some();
+    // Nor may it replace a rule outside its scope: the same answer as for a target outside it.
+    let existing = state.node.directory().rules().get(&name);
+    if let Some((record, _)) = &existing
+        && !sees_target(&state, &caller, &target_of(record)).await?
+    {
+        return Err(ApiError::forbidden(
+            "the rule's target is outside the key's device types",
+        ));
+    }
+    let existed = existing.is_some();
     let actor = caller.id().to_owned();
     let stored = state
         .node

@@ -1,55 +1,150 @@
-//! Serving the routes over plain HTTP or HTTPS (rustls, TLS 1.3), until shutdown.
+//! Serving the routes over plain HTTP or HTTPS (rustls, TLS 1.3), until shutdown. Every
+//! connection is bounded in time and number: a client has `header_timeout` to send a request's
+//! head (an idle keep-alive connection included, so idle sockets are closed), a TLS handshake
+//! must finish within the same time, and one source address holds at most
+//! `max_connections_per_ip` connections (more are closed at once).
 
 use axum::Router;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto::Builder,
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto::Builder, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
 use std::{
-    future::{Future, IntoFuture},
-    sync::Arc,
+    collections::HashMap,
+    future::Future,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 use tokio::net::TcpListener;
-use tracing::debug;
+use tracing::{debug, warn};
 
-/// Serves `router` on `listener` until `shutdown` completes; with `tls`, every connection is
-/// HTTPS (WebSocket upgrades included).
+/// Bounds on the clients of the HTTP listener (the `[http]` table of the configuration file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeLimits {
+    /// Time allowed for a request's head (and for the TLS handshake); an idle keep-alive
+    /// connection is closed after it.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Connections one source address may hold at once.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            max_connections_per_ip: 256,
+        }
+    }
+}
+
+/// Open connections per source address.
+#[derive(Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection's place in [`PerIp`], given back when it closes.
+struct Slot(Arc<PerIp>, IpAddr);
+
+impl PerIp {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Slot> {
+        let mut open = self.0.lock().ok()?;
+        let count = open.entry(ip).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Slot(self.clone(), ip))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.0.0.lock()
+            && let Some(count) = open.get_mut(&self.1)
+        {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets requests in progress
+/// finish for up to five seconds; with `tls`, every connection is HTTPS (WebSocket upgrades
+/// included).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let Some(tls) = tls else {
-        return axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .into_future()
-            .await;
-    };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let service = TowerToHyperService::new(router);
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let per_ip = Arc::new(PerIp::default());
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let (acceptor, service) = (acceptor.clone(), service.clone());
-                tokio::spawn(async move {
-                    match acceptor.accept(stream).await {
-                        Ok(tls) => {
-                            let served = Builder::new(TokioExecutor::new())
-                                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                                .await;
-                            if let Err(error) = served {
-                                debug!(%peer, %error, "HTTPS connection ended with an error");
-                            }
-                        }
-                        Err(error) => debug!(%peer, %error, "TLS handshake failed"),
-                    }
-                });
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, most likely: wait for some to close.
+                    warn!(%error, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Some(slot) = per_ip.take(peer.ip(), limits.max_connections_per_ip) else {
+            metrics::counter!("doppel_http_refused_total", "reason" => "connections_per_ip")
+                .increment(1);
+            debug!(%peer, "refused an HTTP connection: too many from this address");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, service, builder) = (acceptor.clone(), service.clone(), builder.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let served = match acceptor {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let tls =
+                        match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake failed"),
+                            Err(_) => return debug!(%peer, "TLS handshake timed out"),
+                        };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(error) = served {
+                debug!(%peer, %error, "HTTP connection ended with an error");
             }
-            () = &mut shutdown => return Ok(()),
-        }
+        });
     }
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(5)) => debug!("requests still in progress at shutdown were dropped"),
+    }
+    Ok(())
 }

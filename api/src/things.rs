@@ -194,6 +194,7 @@ pub(crate) async fn register_bulk(
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     /// Continue after this thing (the `next` of the previous page).
+    #[param(pattern = "^[a-zA-Z0-9:_-]{1,128}$")]
     cursor: Option<String>,
     /// At most this many (default 100, at most 1,000).
     #[param(minimum = 1, maximum = 1000)]
@@ -236,6 +237,12 @@ pub(crate) async fn list(
             .split_once(':')
             .ok_or_else(|| ApiError::invalid("attribute must be key:value"))?;
         attributes.insert(k.to_owned(), v.to_owned());
+    }
+    // A cursor is the name of the last thing of a page.
+    if let Some(cursor) = &q.cursor
+        && ThingName::new(cursor).is_err()
+    {
+        return Err(ApiError::invalid("cursor must come from a previous page"));
     }
     let query = ThingQuery {
         after: q.cursor,
@@ -320,14 +327,17 @@ pub(crate) async fn decommission(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ShadowQuery {
-    /// A named shadow; the classic shadow when absent or empty.
-    #[param(pattern = "^[a-zA-Z0-9:_-]{0,64}$")]
+    /// A named shadow; the classic shadow when absent.
+    #[param(pattern = "^[a-zA-Z0-9:_-]{1,64}$")]
     name: Option<String>,
 }
 
 fn shadow_name(query: &ShadowQuery) -> Result<ShadowName, ApiError> {
     match query.name.as_deref() {
-        None | Some("") => Ok(ShadowName::CLASSIC),
+        None => Ok(ShadowName::CLASSIC),
+        Some("") => Err(ApiError::invalid(
+            "name must not be empty: omit it for the classic shadow",
+        )),
         Some(name) => ShadowName::named(name).map_err(|e| ApiError::invalid(e.to_string())),
     }
 }

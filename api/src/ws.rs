@@ -46,6 +46,10 @@ pub struct WsConfig {
     pub max_subscriptions: usize,
     /// Things named by one subscription.
     pub max_things: usize,
+    /// Things named by all the subscriptions of one connection together.
+    pub max_things_per_connection: usize,
+    /// WebSocket connections one API key may hold at once.
+    pub max_connections_per_key: usize,
     /// Changes queued for a connection before it is switched to resyncs.
     pub max_queue: usize,
     /// Ping interval; a connection silent for three of them is closed.
@@ -58,6 +62,8 @@ impl Default for WsConfig {
         Self {
             max_subscriptions: 100,
             max_things: 1_000,
+            max_things_per_connection: 10_000,
+            max_connections_per_key: 16,
             max_queue: 1_024,
             heartbeat: Duration::from_secs(20),
         }
@@ -93,6 +99,43 @@ enum ClientMessage {
     },
 }
 
+/// Largest client frame the API reads; larger ones close the connection with code 1009.
+const MAX_FRAME: usize = 64 * 1024;
+/// Largest message the protocol layer buffers before it gives up on the connection.
+const PROTOCOL_MAX_MESSAGE: usize = 1024 * 1024;
+
+/// Open WebSocket connections per API key.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct KeyConnections(Arc<std::sync::Mutex<HashMap<String, usize>>>);
+
+/// One connection's place in [`KeyConnections`], given back when it closes.
+pub(crate) struct KeySlot(KeyConnections, String);
+
+impl KeyConnections {
+    fn take(&self, key: &str, max: usize) -> Option<KeySlot> {
+        let mut open = self.0.lock().ok()?;
+        let count = open.entry(key.to_owned()).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(KeySlot(self.clone(), key.to_owned()))
+    }
+}
+
+impl Drop for KeySlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.0.0.lock()
+            && let Some(count) = open.get_mut(&self.1)
+        {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// `GET /v1/ws`: upgrades an authenticated request to the change stream.
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
@@ -104,13 +147,33 @@ pub(crate) async fn upgrade(
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };
+    let Some(slot) = state
+        .ws_connections
+        .take(&caller.0.id, state.ws.max_connections_per_key)
+    else {
+        return ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            format!(
+                "this key holds {} WebSocket connections already",
+                state.ws.max_connections_per_key
+            ),
+        )
+        .into_response();
+    };
     // A small read buffer: apps send small frames, and the buffer is zero-filled each time
     // the session polls the socket (a 128 KiB default cost a fifth of the node's CPU in the
     // fan-out benchmark).
-    ws.max_message_size(64 * 1024)
+    // Frames over MAX_FRAME are read (up to the protocol limit) to be answered with close code
+    // 1009; past the protocol limit the connection just ends.
+    ws.max_message_size(PROTOCOL_MAX_MESSAGE)
+        .max_frame_size(PROTOCOL_MAX_MESSAGE)
         .read_buffer_size(4 * 1024)
         .max_write_buffer_size(1 << 20)
-        .on_upgrade(move |socket| Session::new(state, caller).run(socket))
+        .on_upgrade(move |socket| async move {
+            Session::new(state, caller).run(socket).await;
+            drop(slot);
+        })
 }
 
 fn shadow_of(name: Option<&str>) -> Result<ShadowName, String> {
@@ -190,6 +253,8 @@ struct Session {
     config: WsConfig,
     watcher: Arc<Watcher>,
     subscriptions: HashMap<String, Selector>,
+    /// Things named by all subscriptions together (within `max_things_per_connection`).
+    things: usize,
     /// Last version sent per subscription and shadow.
     sent: HashMap<(Arc<str>, ThingName, ShadowName), u64>,
 }
@@ -207,6 +272,7 @@ impl Session {
             config,
             watcher,
             subscriptions: HashMap::new(),
+            things: 0,
             sent: HashMap::new(),
         }
     }
@@ -220,6 +286,14 @@ impl Session {
         loop {
             let frames = tokio::select! {
                 incoming = stream.next() => match incoming {
+                    Some(Ok(Message::Text(text) )) if text.len() > MAX_FRAME => {
+                        let close = axum::extract::ws::CloseFrame {
+                            code: axum::extract::ws::close_code::SIZE,
+                            reason: Utf8Bytes::from(format!("frames are at most {MAX_FRAME} bytes")),
+                        };
+                        let _ = sink.send(Message::Close(Some(close))).await;
+                        break;
+                    }
                     Some(Ok(Message::Text(text))) => {
                         last_heard = Instant::now();
                         self.on_message(&text).await
@@ -284,7 +358,8 @@ impl Session {
                 since,
             } => self.subscribe(id, things, thing_type, filter, since).await,
             ClientMessage::Unsubscribe { id } => {
-                if self.subscriptions.remove(&id).is_some() {
+                if let Some(selector) = self.subscriptions.remove(&id) {
+                    self.things -= selector.things.as_ref().map_or(0, Vec::len);
                     self.watcher.unsubscribe(&id);
                     self.sent.retain(|(sub, _, _), _| **sub != *id);
                     Vec::new()
@@ -370,9 +445,19 @@ impl Session {
         }
         let mut names = Vec::new();
         if let Some(list) = &things {
+            // A name given twice is one thing (and one snapshot).
+            let mut seen = std::collections::HashSet::new();
+            let list: Vec<&String> = list.iter().filter(|n| seen.insert(n.as_str())).collect();
             if list.is_empty() || list.len() > self.config.max_things {
                 let message = format!("name 1 to {} things", self.config.max_things);
                 return vec![error_frame(Some(&id), "invalid_request", &message)];
+            }
+            if self.things + list.len() > self.config.max_things_per_connection {
+                let message = format!(
+                    "a connection's subscriptions name at most {} things together ({} named already)",
+                    self.config.max_things_per_connection, self.things
+                );
+                return vec![error_frame(Some(&id), "too_many_things", &message)];
             }
             for name in list {
                 match self.visible(name).await {
@@ -389,6 +474,7 @@ impl Session {
         // Subscribed before the snapshots are read: a change committed in between arrives as a
         // change (or is skipped if the snapshot already holds it).
         self.watcher.subscribe(&id, selector.clone());
+        self.things += names.len();
         self.subscriptions.insert(id.clone(), selector);
         metrics::gauge!("doppel_ws_subscriptions").increment(1.0);
         let sub: Arc<str> = Arc::from(id.as_str());

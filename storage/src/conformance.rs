@@ -492,7 +492,9 @@ pub fn telemetry_history_is_kept_by_day<S: Store>(store: &S, root: &Subspace) {
                 )?;
             }
             // Another sample at the same time is another sample; the same sequence overwrites.
-            repos.history.append(tx, &a, day0 + 5, 10, b"{\"again\":true}")?;
+            repos
+                .history
+                .append(tx, &a, day0 + 5, 10, b"{\"again\":true}")?;
             repos.history.append(tx, &a, day0 + 5, 10, b"{\"again\":2}")
         })
         .unwrap();
@@ -500,7 +502,9 @@ pub fn telemetry_history_is_kept_by_day<S: Store>(store: &S, root: &Subspace) {
         .transact(|tx| repos.history.raw(tx, &a, day0, day0 + 3 * DAY_MS, 100))
         .unwrap();
     assert_eq!(
-        raw.iter().map(|(ts, seq, _)| (*ts, *seq)).collect::<Vec<_>>(),
+        raw.iter()
+            .map(|(ts, seq, _)| (*ts, *seq))
+            .collect::<Vec<_>>(),
         [
             (day0 + 5, 0),
             (day0 + 5, 10),
@@ -515,10 +519,16 @@ pub fn telemetry_history_is_kept_by_day<S: Store>(store: &S, root: &Subspace) {
     assert_eq!(page.len(), 1, "limit");
     // Paging after a sample does not skip another sample of the same time.
     let next = store
-        .transact(|tx| repos.history.raw_after(tx, &a, (day0 + 5, 0), day0 + 3 * DAY_MS, 2))
+        .transact(|tx| {
+            repos
+                .history
+                .raw_after(tx, &a, (day0 + 5, 0), day0 + 3 * DAY_MS, 2)
+        })
         .unwrap();
     assert_eq!(
-        next.iter().map(|(ts, seq, _)| (*ts, *seq)).collect::<Vec<_>>(),
+        next.iter()
+            .map(|(ts, seq, _)| (*ts, *seq))
+            .collect::<Vec<_>>(),
         [(day0 + 5, 10), (day0 + DAY_MS + 1, 2)]
     );
     let day = store
@@ -530,7 +540,11 @@ pub fn telemetry_history_is_kept_by_day<S: Store>(store: &S, root: &Subspace) {
         "thing by thing"
     );
     let after = store
-        .transact(|tx| repos.history.raw_day(tx, 20_000, Some(("a", day0 + 5, 0)), 10))
+        .transact(|tx| {
+            repos
+                .history
+                .raw_day(tx, 20_000, Some(("a", day0 + 5, 0)), 10)
+        })
         .unwrap();
     assert_eq!(after.len(), 2);
 
@@ -597,7 +611,10 @@ pub fn telemetry_history_is_kept_by_day<S: Store>(store: &S, root: &Subspace) {
         store
             .transact(|tx| {
                 Ok((
-                    repos.history.raw(tx, thing, 0, day0 + 4 * DAY_MS, 100)?.len(),
+                    repos
+                        .history
+                        .raw(tx, thing, 0, day0 + 4 * DAY_MS, 100)?
+                        .len(),
                     repos.history.hourly(tx, thing, 0, day0 + 4 * DAY_MS)?.len(),
                 ))
             })

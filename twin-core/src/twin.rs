@@ -575,7 +575,9 @@ impl Twin {
         let Sample { ts, values } = sample;
         // A device time far ahead would hold its fields against every later sample.
         if ts.is_some_and(|ts| ts > now.saturating_add(ctx.limits.max_clock_skew_ms)) {
-            return Err(ShadowError::timestamp_in_future(ctx.limits.max_clock_skew_ms));
+            return Err(ShadowError::timestamp_in_future(
+                ctx.limits.max_clock_skew_ms,
+            ));
         }
         let values = Value::Object(values);
         // Serialized once: the size checked here is the size the history stores.

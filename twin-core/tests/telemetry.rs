@@ -141,7 +141,10 @@ fn samples_that_would_break_reported_limits_leave_it_unchanged() {
     let before = h.doc("").unwrap();
     let effects = h.telemetry(json!({"big": "x".repeat(9000)}));
     assert_eq!(rejected(&effects).0, 413);
-    assert!(recorded(&effects).is_none(), "a refused sample is not recorded");
+    assert!(
+        recorded(&effects).is_none(),
+        "a refused sample is not recorded"
+    );
     let effects = h.telemetry(json!({"deep": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}}));
     assert_eq!(rejected(&effects).0, 400);
     assert!(recorded(&effects).is_none());
@@ -153,9 +156,8 @@ fn samples_that_would_break_reported_limits_leave_it_unchanged() {
 
 #[test]
 fn samples_over_the_sample_limit_are_refused_whole() {
-    let mut h = Harness::new().with_type(
-        json!({"name": "Logger", "telemetry_to_reported": {"fields": ["small"]}}),
-    );
+    let mut h = Harness::new()
+        .with_type(json!({"name": "Logger", "telemetry_to_reported": {"fields": ["small"]}}));
     let effects = h.telemetry(json!({"small": 1, "blob": "x".repeat(20_000)}));
     let (code, message) = rejected(&effects);
     assert_eq!(code, 413);
@@ -184,7 +186,11 @@ fn device_times_ahead_of_the_clock_are_refused() {
         assert!(message.contains("ahead of the server's clock"), "{message}");
         assert!(recorded(&effects).is_none());
     }
-    assert_eq!(h.state("")["reported"]["temp"], 1, "no sample froze the field");
+    assert_eq!(
+        h.state("")["reported"]["temp"],
+        1,
+        "no sample froze the field"
+    );
     // Before the epoch is not a time at all.
     let before_epoch = twin_core::Sample::parse(br#"{"ts": -5, "temp": 2}"#).unwrap_err();
     assert_eq!(before_epoch.code, 400);

@@ -12,6 +12,7 @@ use crate::{
             Connect, In, Out, PacketError, Reason, Refusal, Settings, Version, read_connect,
         },
         sessions::{Outgoing, SessionHandle, Sessions},
+        throttle::AuthThrottle,
         topics::{self, DeviceTopic},
     },
     node::Node,
@@ -37,6 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use twin_core::ThingName;
 
+/// The attribute marking things that dev mode registered on first connect.
+pub const DEV_MODE_ATTRIBUTE: &str = "dev_mode";
+
 /// Outbound QoS 1 messages a device may leave unacknowledged before it is disconnected.
 const MAX_OUTBOUND_INFLIGHT: usize = 1_000;
 
@@ -50,20 +54,21 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let throttle = Arc::new(AuthThrottle::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let (node, sessions, shutdown) = (node.clone(), sessions.clone(), shutdown.clone());
-                    let acceptor = acceptor.clone();
+                    let (acceptor, throttle) = (acceptor.clone(), throttle.clone());
                     tokio::spawn(async move {
                         let Some(acceptor) = acceptor else {
-                            return connection(stream, peer, node, sessions, shutdown).await;
+                            return connection(stream, peer, node, sessions, throttle, shutdown).await;
                         };
                         let timeout = node.config().mqtt.connect_timeout;
                         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => connection(tls, peer, node, sessions, shutdown).await,
+                            Ok(Ok(tls)) => connection(tls, peer, node, sessions, throttle, shutdown).await,
                             Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
                             Err(_) => debug!(%peer, "TLS handshake timed out"),
                         }
@@ -121,6 +126,7 @@ pub async fn connection<S>(
     peer: SocketAddr,
     node: Node,
     sessions: Arc<Sessions>,
+    throttle: Arc<AuthThrottle>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -155,9 +161,17 @@ pub async fn connection<S>(
     };
     let version = connect.version;
     let mut output = BytesMut::new();
-    let thing = match authenticate(&node, &connect, config.dev).await {
+    let checked = if throttle.allows(peer.ip()) {
+        authenticate(&node, &connect, config.dev).await
+    } else {
+        Err(Refusal::Throttled)
+    };
+    let thing = match checked {
         Ok(thing) => thing,
         Err(refusal) => {
+            if matches!(refusal, Refusal::BadCredentials | Refusal::BadClientId) {
+                throttle.failed(peer.ip());
+            }
             info!(%peer, client_id = %connect.client_id, ?refusal, "refused a device");
             metrics::counter!("doppel_mqtt_refused_total", "reason" => format!("{refusal:?}"))
                 .increment(1);
@@ -213,22 +227,31 @@ pub async fn connection<S>(
 async fn authenticate(node: &Node, connect: &Connect, dev: bool) -> Result<ThingName, Refusal> {
     let thing = ThingName::new(&connect.client_id).map_err(|_| Refusal::BadClientId)?;
     if dev {
-        let exists = node
+        let existing = node
             .thing(thing.clone())
             .await
             .map_err(|_| Refusal::Unavailable)?;
-        if exists.is_none() {
-            warn!(%thing, "DEV MODE: registering an unknown device without credentials");
-            let thing = crate::directory::NewThing {
-                name: thing.clone(),
-                device_type: None,
-                attributes: BTreeMap::new(),
-            };
-            node.register(thing, "dev-mode")
-                .await
-                .map_err(|_| Refusal::Unavailable)?;
+        match existing {
+            None => {
+                warn!(%thing, "DEV MODE: registering an unknown device without credentials");
+                let new = crate::directory::NewThing {
+                    name: thing.clone(),
+                    device_type: None,
+                    attributes: BTreeMap::from([(
+                        DEV_MODE_ATTRIBUTE.to_owned(),
+                        "true".to_owned(),
+                    )]),
+                };
+                node.register(new, "dev-mode")
+                    .await
+                    .map_err(|_| Refusal::Unavailable)?;
+                return Ok(thing);
+            }
+            // Registered by dev mode itself: it has no credentials the device could know.
+            Some(record) if record.attributes.contains_key(DEV_MODE_ATTRIBUTE) => return Ok(thing),
+            // Registered by an operator: its token is checked, dev mode or not.
+            Some(_) => {}
         }
-        return Ok(thing);
     }
     // AWS IoT device SDKs append a metrics query to the user name (`pump-7?SDK=Python&…`), which
     // AWS ignores; so does the endpoint.

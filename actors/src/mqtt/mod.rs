@@ -6,6 +6,7 @@ pub mod endpoint;
 mod inbound;
 pub mod packets;
 mod sessions;
+pub mod throttle;
 pub mod topics;
 
 pub use sessions::Sessions;

@@ -84,6 +84,8 @@ pub enum Refusal {
     BadClientId,
     /// The node cannot check credentials now.
     Unavailable,
+    /// Too many failed attempts from this address lately.
+    Throttled,
 }
 
 /// Reason codes the endpoint sends (MQTT 5 codes; MQTT 3.1.1 has no codes on these packets).
@@ -395,6 +397,7 @@ fn to_v4(out: Out) -> Option<v4::Packet> {
                 Err(Refusal::BadCredentials) => v4::ConnectReturnCode::BadUserNamePassword,
                 Err(Refusal::BadClientId) => v4::ConnectReturnCode::BadClientId,
                 Err(Refusal::Unavailable) => v4::ConnectReturnCode::ServiceUnavailable,
+                Err(Refusal::Throttled) => v4::ConnectReturnCode::NotAuthorized,
             },
         }),
         Out::Publish {
@@ -455,6 +458,7 @@ fn to_v5(out: Out, settings: &Settings) -> v5::Packet {
                 Err(Refusal::BadCredentials) => v5::ConnectReturnCode::BadUserNamePassword,
                 Err(Refusal::BadClientId) => v5::ConnectReturnCode::ClientIdentifierNotValid,
                 Err(Refusal::Unavailable) => v5::ConnectReturnCode::ServerUnavailable,
+                Err(Refusal::Throttled) => v5::ConnectReturnCode::ConnectionRateExceeded,
             },
             properties: result.is_ok().then(|| v5::ConnAckProperties {
                 session_expiry_interval: Some(0),

@@ -171,7 +171,9 @@ impl History {
                 limit: Some(limit - out.len()),
                 reverse: false,
             };
-            for (key, value) in tx.get_range(&KeyRange::new(std::mem::take(&mut begin), end), options)? {
+            for (key, value) in
+                tx.get_range(&KeyRange::new(std::mem::take(&mut begin), end), options)?
+            {
                 let (_, _, ts, seq) = unpack_raw(&self.raw, &key)?;
                 out.push((ts, seq, value));
             }
