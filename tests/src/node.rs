@@ -195,6 +195,11 @@ impl Node {
             .unwrap()
     }
 
+    /// The node's process id.
+    pub fn pid_raw(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
     fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
     }
