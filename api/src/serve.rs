@@ -5,9 +5,9 @@
 //! `max_connections_per_ip` connections (more are closed at once).
 
 use axum::Router;
+use hyper::server::conn::http1;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto::Builder, graceful::GracefulShutdown},
+    rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
 use std::{
@@ -18,6 +18,7 @@ use std::{
     time::Duration,
 };
 use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
 
 /// Bounds on the clients of the HTTP listener (the `[http]` table of the configuration file).
@@ -74,7 +75,7 @@ impl Drop for Slot {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets requests in progress
-/// finish for up to five seconds; with `tls`, every connection is HTTPS (WebSocket upgrades
+/// finish for up to five seconds (HTTP/1.1, as the router is built); with `tls`, every connection is HTTPS (WebSocket upgrades
 /// included).
 pub async fn serve(
     listener: TcpListener,
@@ -85,13 +86,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let service = TowerToHyperService::new(router);
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    let stopping = CancellationToken::new();
+    let connections = TaskTracker::new();
     let per_ip = Arc::new(PerIp::default());
     tokio::pin!(shutdown);
     loop {
@@ -115,26 +115,19 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (acceptor, service, builder) = (acceptor.clone(), service.clone(), builder.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let stopping = stopping.clone();
+        connections.spawn(async move {
             let _slot = slot;
             let served = match acceptor {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
+                None => serve_one(&builder, stream, service, stopping).await,
                 Some(acceptor) => {
-                    let tls =
-                        match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake failed"),
-                            Err(_) => return debug!(%peer, "TLS handshake timed out"),
-                        };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                    watcher.watch(conn.into_owned()).await
+                    let handshake =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(tls)) => serve_one(&builder, tls, service, stopping).await,
+                        Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => return debug!(%peer, "TLS handshake timed out"),
+                    }
                 }
             };
             if let Err(error) = served {
@@ -142,9 +135,35 @@ pub async fn serve(
             }
         });
     }
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(Duration::from_secs(5)) => debug!("requests still in progress at shutdown were dropped"),
+    stopping.cancel();
+    connections.close();
+    if tokio::time::timeout(Duration::from_secs(5), connections.wait())
+        .await
+        .is_err()
+    {
+        debug!("requests still in progress at shutdown were dropped");
     }
     Ok(())
+}
+
+/// Serves one connection (HTTP/1.1, upgrades allowed) until it ends; once `stopping`, it
+/// finishes the request in progress and closes.
+async fn serve_one<S>(
+    builder: &http1::Builder,
+    io: S,
+    service: TowerToHyperService<Router>,
+    stopping: CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        served = conn.as_mut() => return served,
+        () = stopping.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    conn.await
 }

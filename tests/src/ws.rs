@@ -135,6 +135,20 @@ impl WsClient {
         }
     }
 
+    /// Reads until the node closes the connection; the close frame's code, if it sent one.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("the node closes the socket")
+            {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
     /// Whether a frame arrives within `within` (to check that nothing does).
     pub async fn quiet_for(&mut self, within: std::time::Duration) -> Option<Value> {
         loop {

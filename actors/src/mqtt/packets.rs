@@ -522,9 +522,16 @@ fn to_v5(out: Out, settings: &Settings) -> v5::Packet {
             properties: None,
         }),
         Out::PingResp => v5::Packet::PingResp(v5::PingResp),
+        // Always with a reason string: rumqttc 0.25 encodes a reason code without properties
+        // (or with empty ones) wrongly — one byte short, or as a normal disconnection.
         Out::Disconnect(reason) => v5::Packet::Disconnect(v5::Disconnect {
             reason_code: reason5(reason),
-            properties: None,
+            properties: Some(v5::DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(format!("{reason:?}")),
+                user_properties: Vec::new(),
+                server_reference: None,
+            }),
         }),
     }
 }
@@ -669,5 +676,30 @@ mod tests {
             .write(Out::Disconnect(Reason::NotAuthorized), &mut buf, &settings)
             .unwrap();
         assert!(buf.is_empty(), "3.1.1 servers send no DISCONNECT");
+    }
+
+    #[test]
+    fn a_v5_disconnect_with_a_reason_is_one_whole_packet() {
+        let settings = Settings {
+            max_packet_size: 1024,
+            receive_max: 16,
+        };
+        let mut buf = BytesMut::new();
+        Version::V5
+            .write(
+                Out::Disconnect(Reason::RetainNotSupported),
+                &mut buf,
+                &settings,
+            )
+            .unwrap();
+        let mut read = buf.clone();
+        let packet = v5::Packet::read(&mut read, Some(1024)).unwrap();
+        assert!(read.is_empty(), "no stray bytes after the packet");
+        match packet {
+            v5::Packet::Disconnect(d) => {
+                assert_eq!(d.reason_code, v5::DisconnectReasonCode::RetainNotSupported);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -75,6 +75,9 @@ pub type HourAgg = BTreeMap<String, FieldAgg>;
 /// A raw sample as stored: device time, sequence, and the sample's fields as JSON.
 pub type RawSample = (u64, u64, Vec<u8>);
 
+/// A raw sample in a day's rollup: thing, device time, sequence, fields as JSON.
+pub type DaySample = (String, u64, u64, Vec<u8>);
+
 /// Reads a raw key's `(day, thing, ts, seq)`; keys written before samples had a sequence
 /// (`(day, thing, ts)`) read with sequence 0.
 fn unpack_raw(space: &Subspace, key: &[u8]) -> Result<(u32, String, u64, u64), StoreError> {
@@ -192,7 +195,7 @@ impl History {
         day: u32,
         after: Option<(&str, u64, u64)>,
         limit: usize,
-    ) -> Result<Vec<(String, u64, u64, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<DaySample>, StoreError> {
         let space = self.raw.subspace(&day);
         let (mut begin, end) = space.range();
         if let Some((thing, ts, seq)) = after {
