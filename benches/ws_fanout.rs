@@ -254,7 +254,14 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let config = std::env::var("DOPPEL_BENCH_CONFIG").ok();
+        // The apps all use one key from one address: raise the per-key and per-address
+        // connection limits to the number of apps (DOPPEL_BENCH_CONFIG replaces this).
+        let config = std::env::var("DOPPEL_BENCH_CONFIG").ok().or_else(|| {
+            let connections = subscribers + 64;
+            Some(format!(
+                "[ws]\nmax_connections_per_key = {connections}\n[http]\nmax_connections_per_ip = {connections}\n"
+            ))
+        });
         let node = Arc::new(Node::start(
             env!("CARGO_BIN_EXE_doppel"),
             Options {

@@ -10,6 +10,7 @@ mod metrics;
 mod openapi;
 mod rules;
 mod serve;
+mod slots;
 mod telemetry;
 mod things;
 mod ws;
@@ -42,7 +43,8 @@ pub struct AppState {
     ready: Arc<AtomicBool>,
     metrics: Option<PrometheusHandle>,
     ws: WsConfig,
-    ws_connections: ws::KeyConnections,
+    /// WebSocket connections per API key.
+    ws_connections: slots::Slots<String>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -66,7 +68,7 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(false)),
             metrics,
             ws,
-            ws_connections: ws::KeyConnections::default(),
+            ws_connections: slots::Slots::default(),
         }
     }
 

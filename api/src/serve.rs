@@ -4,19 +4,14 @@
 //! must finish within the same time, and one source address holds at most
 //! `max_connections_per_ip` connections (more are closed at once).
 
+use crate::slots::Slots;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use std::{
-    collections::HashMap,
-    future::Future,
-    net::IpAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{future::Future, net::IpAddr, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
@@ -37,39 +32,7 @@ impl Default for ServeLimits {
     fn default() -> Self {
         Self {
             header_timeout: Duration::from_secs(10),
-            max_connections_per_ip: 256,
-        }
-    }
-}
-
-/// Open connections per source address.
-#[derive(Default)]
-struct PerIp(Mutex<HashMap<IpAddr, usize>>);
-
-/// One connection's place in [`PerIp`], given back when it closes.
-struct Slot(Arc<PerIp>, IpAddr);
-
-impl PerIp {
-    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Slot> {
-        let mut open = self.0.lock().ok()?;
-        let count = open.entry(ip).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(Slot(self.clone(), ip))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Ok(mut open) = self.0.0.lock()
-            && let Some(count) = open.get_mut(&self.1)
-        {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.1);
-            }
+            max_connections_per_ip: 64,
         }
     }
 }
@@ -92,7 +55,7 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout);
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
-    let per_ip = Arc::new(PerIp::default());
+    let per_ip = Slots::<IpAddr>::default();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -107,7 +70,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Some(slot) = per_ip.take(peer.ip(), limits.max_connections_per_ip) else {
+        let Some(slot) = per_ip.take(&peer.ip(), limits.max_connections_per_ip) else {
             metrics::counter!("doppel_http_refused_total", "reason" => "connections_per_ip")
                 .increment(1);
             debug!(%peer, "refused an HTTP connection: too many from this address");

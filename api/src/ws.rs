@@ -104,38 +104,6 @@ const MAX_FRAME: usize = 64 * 1024;
 /// Largest message the protocol layer buffers before it gives up on the connection.
 const PROTOCOL_MAX_MESSAGE: usize = 1024 * 1024;
 
-/// Open WebSocket connections per API key.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct KeyConnections(Arc<std::sync::Mutex<HashMap<String, usize>>>);
-
-/// One connection's place in [`KeyConnections`], given back when it closes.
-pub(crate) struct KeySlot(KeyConnections, String);
-
-impl KeyConnections {
-    fn take(&self, key: &str, max: usize) -> Option<KeySlot> {
-        let mut open = self.0.lock().ok()?;
-        let count = open.entry(key.to_owned()).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(KeySlot(self.clone(), key.to_owned()))
-    }
-}
-
-impl Drop for KeySlot {
-    fn drop(&mut self) {
-        if let Ok(mut open) = self.0.0.lock()
-            && let Some(count) = open.get_mut(&self.1)
-        {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.1);
-            }
-        }
-    }
-}
-
 /// `GET /v1/ws`: upgrades an authenticated request to the change stream.
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
