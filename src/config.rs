@@ -8,17 +8,25 @@ use std::{net::SocketAddr, path::PathBuf};
 
 /// Flags of `doppel serve`; each overrides the configuration file.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Environment:
+  DOPPEL_ADMIN_TOKEN  sets the bootstrap admin token (stored hashed; without it, the token
+                      stored at the first start is kept, or one is generated and printed once)
+  DOPPEL_LOG          log filter, e.g. `info` or `debug,fjall=warn` (default info,fjall=warn,lsm_tree=warn)
+  NO_COLOR            no colour in logs even on a terminal
+
+Every flag can also be set in the --config file (TOML), which sets the limits too:
+[node], [node.limits], [node.mqtt], [node.history], [ws], [http]. Flags win over the file.")]
 pub struct ServeArgs {
-    /// Directory of the embedded store.
+    /// Directory of the embedded store [default: ./doppel-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Address of the built-in MQTT device endpoint.
+    /// Address of the built-in MQTT device endpoint [default: 127.0.0.1:1883].
     #[arg(long, conflicts_with = "mqtt_url")]
     mqtt_listen: Option<SocketAddr>,
     /// Use an external broker instead of the endpoint: mqtt://[user:password@]host:port
     #[arg(long)]
     mqtt_url: Option<String>,
-    /// Address of the HTTP API.
+    /// Address of the HTTP API and WebSocket [default: 127.0.0.1:8080].
     #[arg(long)]
     http_listen: Option<SocketAddr>,
     /// PEM certificate chain: serve HTTPS, and MQTT over TLS on --mqtt-tls-listen.
@@ -27,7 +35,7 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Address of the MQTT endpoint's TLS port (with --tls-cert).
+    /// Address of the MQTT endpoint's TLS port, with --tls-cert [default: 127.0.0.1:8883].
     #[arg(long)]
     mqtt_tls_listen: Option<SocketAddr>,
     /// TOML configuration file.

@@ -7,8 +7,8 @@ use clap::Subcommand;
 use rules_dsl::{Diagnostic, Offline, Severity, testing};
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
-/// What to do with rule files.
-#[derive(Subcommand)]
+/// What to do with rules: `check` and `test` work on files offline; the rest on a node.
+#[derive(Subcommand, Debug)]
 pub enum RulesCommand {
     /// Check rule files: prints every diagnostic as FILE:LINE:COL with a snippet; exits 1 on
     /// any error.
@@ -23,6 +23,9 @@ pub enum RulesCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Rules stored on a node.
+    #[command(flatten)]
+    Node(crate::ops_cli::RemoteRules),
 }
 
 /// Runs the command; the exit code says whether everything checked and passed.
@@ -30,6 +33,7 @@ pub fn run(command: RulesCommand) -> anyhow::Result<ExitCode> {
     let (files, test) = match command {
         RulesCommand::Check { files } => (files, false),
         RulesCommand::Test { files } => (files, true),
+        RulesCommand::Node(_) => anyhow::bail!("node rule commands run through ops_cli"),
     };
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut failed = false;

@@ -5,7 +5,7 @@
 use crate::config::{Devices, ServeConfig};
 use actors::{
     Node,
-    directory::{Directory, new_token},
+    directory::Directory,
     hub::ChangeHub,
     mqtt::{
         Sessions,
@@ -40,16 +40,6 @@ fn announce(line: std::fmt::Arguments<'_>) {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Installed first, so that a SIGTERM during start-up also stops the node cleanly.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let admin_token = match std::env::var("DOPPEL_ADMIN_TOKEN") {
-        Ok(token) if !token.is_empty() => token,
-        _ => {
-            let token = new_token();
-            announce(format_args!(
-                "generated admin token {token} (set DOPPEL_ADMIN_TOKEN to choose one)"
-            ));
-            token
-        }
-    };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = AnyStore::from(
@@ -57,6 +47,16 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
     );
     let directory = Arc::new(Directory::load(store, Repos::default())?);
+    // The bootstrap admin token: DOPPEL_ADMIN_TOKEN, else the one stored at the first start,
+    // else (first start) a new one, printed this once.
+    let chosen = std::env::var("DOPPEL_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    if let Some(token) = directory.bootstrap_admin(chosen.as_deref(), actors::now_ms())? {
+        announce(format_args!(
+            "generated admin token {token} (shown once; `doppel admin rotate-key` replaces it, DOPPEL_ADMIN_TOKEN sets it)"
+        ));
+    }
     let hub = ChangeHub::new();
     let metrics = install_metrics()?;
     let tls = match &config.tls {
@@ -122,7 +122,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     };
 
-    let state = api::AppState::new(node.clone(), &admin_token, Some(metrics), config.ws);
+    let state = api::AppState::new(node.clone(), Some(metrics), config.ws);
     let http = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding the HTTP API to {}", config.http_listen))?;

@@ -125,8 +125,13 @@ pub struct Directory {
     repos: Repos,
     types: RwLock<HashMap<TypeName, Arc<CompiledType>>>,
     keys: RwLock<HashMap<String, KeyRecord>>,
+    /// The SHA-256 of the bootstrap admin token (none until [`Directory::bootstrap_admin`]).
+    admin_hash: RwLock<Option<String>>,
     rules: crate::rules::RuleBook,
 }
+
+/// The meta record holding the bootstrap admin token's hash.
+const ADMIN_RECORD: &str = "admin";
 
 impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -175,6 +180,7 @@ impl Directory {
             repos,
             types: RwLock::new(types),
             keys: RwLock::new(keys.into_iter().map(|k| (k.id.clone(), k)).collect()),
+            admin_hash: RwLock::new(None),
             rules: crate::rules::RuleBook::default(),
         };
         directory.rules = crate::rules::RuleBook::load(rules, &directory);
@@ -557,6 +563,67 @@ impl Directory {
             role: record.role,
             types: record.types.clone(),
         })
+    }
+
+    // ---- the bootstrap admin token ------------------------------------------------------
+
+    /// Settles the bootstrap admin token at start: `chosen` (`DOPPEL_ADMIN_TOKEN`) replaces
+    /// the stored one; otherwise the stored one is kept; on a deployment's first start a new
+    /// one is generated and returned — the only time it is ever shown. Only its hash is stored.
+    pub fn bootstrap_admin(&self, chosen: Option<&str>, now: u64) -> Result<Option<String>, NodeError> {
+        let stored = self.store.transact(|tx| self.repos.meta.get(tx, ADMIN_RECORD))?;
+        let stored = stored.and_then(|bytes| String::from_utf8(bytes).ok());
+        let (hash, generated) = match (chosen, stored) {
+            (Some(token), stored) => {
+                let hash = hash_token(token);
+                if stored.as_deref() != Some(hash.as_str()) {
+                    self.save_admin(&hash, "admin.set", "environment", now)?;
+                }
+                (hash, None)
+            }
+            (None, Some(stored)) => (stored, None),
+            (None, None) => {
+                let token = new_token();
+                let hash = hash_token(&token);
+                self.save_admin(&hash, "admin.generate", "node", now)?;
+                (hash, Some(token))
+            }
+        };
+        if let Ok(mut admin) = self.admin_hash.write() {
+            *admin = Some(hash);
+        }
+        Ok(generated)
+    }
+
+    /// Replaces the bootstrap admin token with a new one, returned (shown once); the old one
+    /// stops working at once.
+    pub fn rotate_admin(&self, actor: &str, now: u64) -> Result<String, NodeError> {
+        let token = new_token();
+        let hash = hash_token(&token);
+        self.save_admin(&hash, "admin.rotate", actor, now)?;
+        if let Ok(mut admin) = self.admin_hash.write() {
+            *admin = Some(hash);
+        }
+        Ok(token)
+    }
+
+    fn save_admin(&self, hash: &str, action: &str, actor: &str, now: u64) -> Result<(), NodeError> {
+        self.store.transact(|tx| {
+            self.repos.meta.set(tx, ADMIN_RECORD, hash.as_bytes())?;
+            self.repos
+                .audit
+                .append(tx, &audit(actor, action, "bootstrap", None, None, None, now))
+        })?;
+        Ok(())
+    }
+
+    /// Whether `presented` is the bootstrap admin token.
+    pub fn is_admin_token(&self, presented: &str) -> bool {
+        let hash = hash_token(presented);
+        self.admin_hash
+            .read()
+            .ok()
+            .is_some_and(|admin| admin.as_deref() == Some(hash.as_str()))
     }
 
     // ---- audit -------------------------------------------------------------------------

@@ -9,16 +9,16 @@ pub enum NodeError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A thing with this name is already registered.
-    #[error("thing {0} is already registered")]
+    #[error("thing \"{0}\" already exists")]
     ThingExists(String),
     /// No thing with this name is registered.
-    #[error("thing {0} is not registered")]
+    #[error("thing \"{0}\" not found")]
     ThingNotFound(String),
     /// A device type named by a request is not registered.
-    #[error("device type {0} is not registered")]
+    #[error("device type \"{0}\" not found")]
     TypeNotFound(String),
     /// No rule with this name is stored.
-    #[error("rule {0} is not stored")]
+    #[error("rule \"{0}\" not found")]
     RuleNotFound(String),
     /// A rule's source does not check; the diagnostics say why.
     #[error("the rule does not check: {}", .0.first().map_or_else(String::new, |d| d.headline()))]

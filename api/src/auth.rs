@@ -56,7 +56,7 @@ fn role_name(role: Role) -> &'static str {
 
 /// Resolves a bearer token.
 pub(crate) fn principal(state: &AppState, token: &str) -> Option<Principal> {
-    if crate::hash(token) == *state.admin_token_hash {
+    if state.node.directory().is_admin_token(token) {
         return Some(Principal::bootstrap());
     }
     state.node.directory().authenticate_key(token)

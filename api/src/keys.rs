@@ -135,6 +135,35 @@ pub(crate) async fn list(
     Ok(Json(KeyList { keys }))
 }
 
+/// A new bootstrap admin token, shown only in this answer.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AdminToken {
+    /// The bearer token that replaces the previous bootstrap admin token.
+    token: String,
+}
+
+/// Replaces the bootstrap admin token (an admin without a type scope); the old one stops
+/// working at once.
+#[utoipa::path(post, path = "/v1/admin/rotate-key", tag = "keys", security(("bearer" = [])),
+    responses((status = 200, body = AdminToken), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn rotate_admin(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<AdminToken>, ApiError> {
+    caller.require(Role::Admin)?;
+    if caller.0.types.is_some() {
+        return Err(ApiError::forbidden(
+            "rotating the bootstrap admin token needs an admin key without a type scope",
+        ));
+    }
+    let actor = caller.id().to_owned();
+    let token = state
+        .node
+        .with_directory(move |d| d.rotate_admin(&actor, actors::now_ms()))
+        .await?;
+    Ok(Json(AdminToken { token }))
+}
+
 /// Revokes an API key at once (admin).
 #[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = String, Path, pattern = "^[0-9a-f]{16}$")), security(("bearer" = [])),
     responses((status = 204), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
@@ -156,7 +185,7 @@ pub(crate) async fn revoke(
             (Some(_), None) => false,
         });
     if !visible {
-        return Err(ApiError::not_found(format!("key {id} not found")));
+        return Err(ApiError::not_found(format!("key \"{id}\" not found")));
     }
     let actor = caller.id().to_owned();
     state

@@ -29,7 +29,6 @@ use axum::{
     response::IntoResponse,
     routing::{get, post},
 };
-use sha2::{Digest, Sha256};
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
@@ -39,7 +38,6 @@ use std::sync::{
 #[derive(Clone)]
 pub struct AppState {
     node: Node,
-    admin_token_hash: Arc<String>,
     ready: Arc<AtomicBool>,
     metrics: Option<PrometheusHandle>,
     ws: WsConfig,
@@ -54,17 +52,11 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State for a node; `admin_token` is the bootstrap admin bearer token; `metrics` renders
+    /// State for a node (its directory knows the bootstrap admin token); `metrics` renders
     /// `/metrics` when the process installed a Prometheus recorder.
-    pub fn new(
-        node: Node,
-        admin_token: &str,
-        metrics: Option<PrometheusHandle>,
-        ws: WsConfig,
-    ) -> Self {
+    pub fn new(node: Node, metrics: Option<PrometheusHandle>, ws: WsConfig) -> Self {
         Self {
             node,
-            admin_token_hash: Arc::new(hash(admin_token)),
             ready: Arc::new(AtomicBool::new(false)),
             metrics,
             ws,
@@ -139,10 +131,6 @@ fn log_cursor((at, seq): (u64, u64)) -> String {
     format!("{at}-{seq}")
 }
 
-fn hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
 /// The HTTP routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -173,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/v1/audit", get(keys::audit))
+        .route("/v1/admin/rotate-key", post(keys::rotate_admin))
         .route("/v1/rules", get(rules::list))
         .route("/v1/rules/check", post(rules::check))
         .route(

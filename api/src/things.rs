@@ -45,7 +45,7 @@ pub(crate) async fn visible_thing(
     let record = state.node.thing(name.clone()).await?;
     record
         .filter(|r| caller.sees(r.device_type.as_ref()))
-        .ok_or_else(|| ApiError::not_found(format!("thing {name} not found")))
+        .ok_or_else(|| ApiError::not_found(format!("thing \"{name}\" not found")))
 }
 
 /// A thing to register.
@@ -563,7 +563,7 @@ pub(crate) async fn get_type(
         .device_type(&name)
         .filter(|_| caller.sees(Some(&name)))
         .map(|t| Json(t.def().clone().into()))
-        .ok_or_else(|| ApiError::not_found(format!("type {name} not found")))
+        .ok_or_else(|| ApiError::not_found(format!("device type \"{name}\" not found")))
 }
 
 /// The device types the key may see.

@@ -758,6 +758,29 @@ pub fn rules_state_deadlines_and_log<S: Store>(store: &S, root: &Subspace) {
     );
 }
 
+/// Single named records: absent until set, replaced by a later set.
+pub fn meta_records_round_trip<S: Store>(store: &S, root: &Subspace) {
+    let repos = Repos::new(root);
+    assert_eq!(
+        store.transact(|tx| repos.meta.get(tx, "admin")).unwrap(),
+        None
+    );
+    store
+        .transact(|tx| repos.meta.set(tx, "admin", b"one"))
+        .unwrap();
+    store
+        .transact(|tx| repos.meta.set(tx, "admin", b"two"))
+        .unwrap();
+    assert_eq!(
+        store.transact(|tx| repos.meta.get(tx, "admin")).unwrap(),
+        Some(b"two".to_vec())
+    );
+    assert_eq!(
+        store.transact(|tx| repos.meta.get(tx, "other")).unwrap(),
+        None
+    );
+}
+
 fn run_case<S: Store>(store: &S, root: &Subspace, name: &str, case: fn(&S, &Subspace)) {
     let space = root.subspace(&name);
     let clear = || {
@@ -820,4 +843,5 @@ suite!($
     telemetry_history_is_kept_by_day,
     api_keys_are_stored_by_id,
     rules_state_deadlines_and_log,
+    meta_records_round_trip,
 );

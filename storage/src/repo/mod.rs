@@ -8,22 +8,25 @@
 //! | types | `(root, "type", name)` | `DeviceType` as JSON |
 //! | keys | `(root, "key", id)` | [`KeyRecord`] as JSON (the secret only hashed) |
 //! | audit | `(root, "audit", at_ms, seq)` | [`AuditEntry`] as JSON |
-//! | telemetry | `(root, "telemetry", "raw", day, thing, ts)` | the sample's fields as JSON |
+//! | telemetry | `(root, "telemetry", "raw", day, thing, ts, seq)` | the sample's fields as JSON |
 //! | | `(root, "telemetry", "hourly", day, thing, hour)` | [`HourAgg`] as JSON |
 //! | rules | `(root, "rule", name)` | [`RuleRecord`] as JSON |
 //! | rule states | `(root, "rstate", thing, chunk)` | the twin's encoded rule state |
 //! | rule timers | `(root, "rtimer", thing)` | its next rule deadline, epoch ms, big-endian `u64` |
 //! | rule log | `(root, "rlog", kind, at_ms, seq)` | [`RuleLogEntry`] as JSON |
+//! | meta | `(root, "meta", name)` | single records: `admin` holds the bootstrap admin token's SHA-256 (hex) |
 
 mod audit;
 pub mod blob;
 mod history;
+mod meta;
 mod records;
 mod rules;
 mod twins;
 
 pub use audit::{Audit, AuditEntry, Cursor};
 pub use history::{DAY_MS, FieldAgg, HOUR_MS, History, HourAgg, RawSample, day_of};
+pub use meta::Meta;
 pub use records::{KeyRecord, Keyed, Records, Role, ThingRecord};
 pub use rules::{RuleLog, RuleLogEntry, RuleRecord, RuleStates};
 pub use twins::Twins;
@@ -57,6 +60,8 @@ pub struct Repos {
     pub rule_states: RuleStates,
     /// Alerts and commands.
     pub rule_log: RuleLog,
+    /// Single named records.
+    pub meta: Meta,
 }
 
 impl Repos {
@@ -72,6 +77,7 @@ impl Repos {
             rules: Records::new(root.subspace(&"rule")),
             rule_states: RuleStates::new(root.subspace(&"rstate"), root.subspace(&"rtimer")),
             rule_log: RuleLog::new(root.subspace(&"rlog")),
+            meta: Meta::new(root.subspace(&"meta")),
         }
     }
 }
