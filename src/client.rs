@@ -10,7 +10,12 @@ use std::process::ExitCode;
 #[derive(clap::Args, Debug, Clone)]
 pub struct Conn {
     /// The node's HTTP address.
-    #[arg(long, env = "DOPPEL_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "DOPPEL_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub url: String,
     /// The API key (or the bootstrap admin token).
     #[arg(long, env = "DOPPEL_KEY", hide_env_values = true, global = true)]
@@ -120,7 +125,11 @@ impl Client {
             request = request.json(body);
         }
         let response = request.send().await.map_err(|e| {
-            ClientError::Unavailable(format!("cannot reach the node at {}: {}", self.base, root_cause(&e)))
+            ClientError::Unavailable(format!(
+                "cannot reach the node at {}: {}",
+                self.base,
+                root_cause(&e)
+            ))
         })?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -131,7 +140,8 @@ impl Client {
         let body: Value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
         if (200..300).contains(&status) {
             return Ok((body, headers));
@@ -188,17 +198,26 @@ pub fn field<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 /// Prints `value`: one field of it (`--get`), all of it as JSON (`--json`), or `human`.
-pub fn print(conn: &Conn, value: &Value, human: impl FnOnce() -> String) -> Result<(), ClientError> {
+pub fn print(
+    conn: &Conn,
+    value: &Value,
+    human: impl FnOnce() -> String,
+) -> Result<(), ClientError> {
     if let Some(path) = &conn.get {
         match field(value, path) {
             Some(Value::String(s)) => println!("{s}"),
             Some(other) => println!("{other}"),
             None => {
-                return Err(ClientError::Other(format!("the answer has no field {path:?}")));
+                return Err(ClientError::Other(format!(
+                    "the answer has no field {path:?}"
+                )));
             }
         }
     } else if conn.json {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
     } else {
         let text = human();
         if !text.is_empty() {

@@ -143,7 +143,10 @@ pub fn run<F>(command: F) -> ExitCode
 where
     F: std::future::Future<Output = Result<(), ClientError>>,
 {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: {e}");
@@ -173,11 +176,15 @@ pub async fn things(conn: Conn, command: ThingsCommand) -> Result<(), ClientErro
                 body["type"] = json!(t);
             }
             if !attributes.is_empty() {
-                let attributes: Map<String, Value> =
-                    attributes.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+                let attributes: Map<String, Value> = attributes
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect();
                 body["attributes"] = Value::Object(attributes);
             }
-            let (answer, _) = client.send(Method::POST, "/v1/things", Some(&body), &[]).await?;
+            let (answer, _) = client
+                .send(Method::POST, "/v1/things", Some(&body), &[])
+                .await?;
             print(&conn, &answer, || {
                 format!(
                     "registered {}\ndevice token (shown once; the device's MQTT password): {}",
@@ -203,7 +210,10 @@ pub async fn things(conn: Conn, command: ThingsCommand) -> Result<(), ClientErro
                 let things = answer["things"].as_array().cloned().unwrap_or_default();
                 let mut lines: Vec<String> = things.iter().map(thing_line).collect();
                 if answer.get("next").is_some() {
-                    lines.push(format!("… more after {} (raise --limit)", answer["next"].as_str().unwrap_or("")));
+                    lines.push(format!(
+                        "… more after {} (raise --limit)",
+                        answer["next"].as_str().unwrap_or("")
+                    ));
                 }
                 if lines.is_empty() {
                     "no things".to_owned()
@@ -218,9 +228,16 @@ pub async fn things(conn: Conn, command: ThingsCommand) -> Result<(), ClientErro
         }
         ThingsCommand::Rm { name } => {
             client
-                .send(Method::DELETE, &format!("/v1/things/{}", encode(&name)), None, &[])
+                .send(
+                    Method::DELETE,
+                    &format!("/v1/things/{}", encode(&name)),
+                    None,
+                    &[],
+                )
                 .await?;
-            print(&conn, &json!({ "name": name }), || format!("decommissioned {name}"))
+            print(&conn, &json!({ "name": name }), || {
+                format!("decommissioned {name}")
+            })
         }
     }
 }
@@ -234,7 +251,12 @@ fn thing_line(thing: &Value) -> String {
     if let Some(attributes) = thing["attributes"].as_object().filter(|a| !a.is_empty()) {
         let pairs: Vec<String> = attributes
             .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                )
+            })
             .collect();
         line.push_str(&format!("  {}", pairs.join(" ")));
     }
@@ -250,7 +272,9 @@ pub async fn keys(conn: Conn, command: KeysCommand) -> Result<(), ClientError> {
             if let Some(types) = types {
                 body["types"] = json!(types);
             }
-            let (answer, _) = client.send(Method::POST, "/v1/keys", Some(&body), &[]).await?;
+            let (answer, _) = client
+                .send(Method::POST, "/v1/keys", Some(&body), &[])
+                .await?;
             print(&conn, &answer, || {
                 format!(
                     "created {} key {}\nkey (shown once): {}",
@@ -271,7 +295,15 @@ pub async fn keys(conn: Conn, command: KeysCommand) -> Result<(), ClientError> {
                     .map(|k| {
                         let types = k["types"]
                             .as_array()
-                            .map(|t| format!("  types {}", t.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")))
+                            .map(|t| {
+                                format!(
+                                    "  types {}",
+                                    t.iter()
+                                        .filter_map(Value::as_str)
+                                        .collect::<Vec<_>>()
+                                        .join(",")
+                                )
+                            })
                             .unwrap_or_default();
                         format!(
                             "{}  {}{types}  created by {}",
@@ -286,7 +318,12 @@ pub async fn keys(conn: Conn, command: KeysCommand) -> Result<(), ClientError> {
         }
         KeysCommand::Revoke { id } => {
             client
-                .send(Method::DELETE, &format!("/v1/keys/{}", encode(&id)), None, &[])
+                .send(
+                    Method::DELETE,
+                    &format!("/v1/keys/{}", encode(&id)),
+                    None,
+                    &[],
+                )
                 .await?;
             print(&conn, &json!({ "id": id }), || format!("revoked key {id}"))
         }
@@ -294,13 +331,16 @@ pub async fn keys(conn: Conn, command: KeysCommand) -> Result<(), ClientError> {
 }
 
 fn shadow_query(name: Option<&str>) -> String {
-    name.map(|n| format!("?name={}", encode(n))).unwrap_or_default()
+    name.map(|n| format!("?name={}", encode(n)))
+        .unwrap_or_default()
 }
 
 fn object(flag: &str, text: &str) -> Result<Value, ClientError> {
     match serde_json::from_str::<Value>(text) {
         Ok(v @ Value::Object(_)) => Ok(v),
-        _ => Err(ClientError::Invalid(format!("--{flag} must be a JSON object, e.g. '{{\"speed\": 4}}'"))),
+        _ => Err(ClientError::Invalid(format!(
+            "--{flag} must be a JSON object, e.g. '{{\"speed\": 4}}'"
+        ))),
     }
 }
 
@@ -309,7 +349,11 @@ pub async fn shadow(conn: Conn, command: ShadowCommand) -> Result<(), ClientErro
     let client = Client::new(&conn);
     match command {
         ShadowCommand::Get { thing, name } => {
-            let path = format!("/v1/things/{}/shadow{}", encode(&thing), shadow_query(name.as_deref()));
+            let path = format!(
+                "/v1/things/{}/shadow{}",
+                encode(&thing),
+                shadow_query(name.as_deref())
+            );
             let answer = client.get(&path).await?;
             print(&conn, &answer, || {
                 let state = &answer["state"];
@@ -337,14 +381,26 @@ pub async fn shadow(conn: Conn, command: ShadowCommand) -> Result<(), ClientErro
                 state.insert("reported".into(), object("reported", &text)?);
             }
             if state.is_empty() {
-                return Err(ClientError::Invalid("give --desired, --reported or both".into()));
+                return Err(ClientError::Invalid(
+                    "give --desired, --reported or both".into(),
+                ));
             }
             let body = json!({ "state": state });
-            let headers: Vec<(&str, String)> =
-                if_match.map(|v| ("if-match", format!("\"{v}\""))).into_iter().collect();
-            let path = format!("/v1/things/{}/shadow{}", encode(&thing), shadow_query(name.as_deref()));
-            let (answer, _) = client.send(Method::PATCH, &path, Some(&body), &headers).await?;
-            print(&conn, &answer, || format!("{thing} version {}", answer["version"]))
+            let headers: Vec<(&str, String)> = if_match
+                .map(|v| ("if-match", format!("\"{v}\"")))
+                .into_iter()
+                .collect();
+            let path = format!(
+                "/v1/things/{}/shadow{}",
+                encode(&thing),
+                shadow_query(name.as_deref())
+            );
+            let (answer, _) = client
+                .send(Method::PATCH, &path, Some(&body), &headers)
+                .await?;
+            print(&conn, &answer, || {
+                format!("{thing} version {}", answer["version"])
+            })
         }
     }
 }
@@ -360,21 +416,33 @@ pub async fn rules(conn: Conn, command: RemoteRules) -> Result<(), ClientError> 
             let path = format!("/v1/rules/{}", encode(&name));
             let (answer, _) = match client.send(Method::PUT, &path, Some(&body), &[]).await {
                 Err(ClientError::Invalid(message)) => {
-                    return Err(ClientError::Invalid(format!("{}: {message}", file.display())));
+                    return Err(ClientError::Invalid(format!(
+                        "{}: {message}",
+                        file.display()
+                    )));
                 }
                 other => other?,
             };
             print(&conn, &answer, || {
                 let mut lines = vec![format!("stored rule {name}")];
                 for warning in answer["warnings"].as_array().into_iter().flatten() {
-                    lines.push(format!("warning: {}", warning["message"].as_str().unwrap_or("")));
+                    lines.push(format!(
+                        "warning: {}",
+                        warning["message"].as_str().unwrap_or("")
+                    ));
                 }
                 lines.join("\n")
             })
         }
         RemoteRules::Get { name } => {
             let answer = client.get(&format!("/v1/rules/{}", encode(&name))).await?;
-            print(&conn, &answer, || answer["source"].as_str().unwrap_or("").trim_end().to_owned())
+            print(&conn, &answer, || {
+                answer["source"]
+                    .as_str()
+                    .unwrap_or("")
+                    .trim_end()
+                    .to_owned()
+            })
         }
         RemoteRules::List => {
             let answer = client.get("/v1/rules").await?;
@@ -392,9 +460,16 @@ pub async fn rules(conn: Conn, command: RemoteRules) -> Result<(), ClientError> 
         }
         RemoteRules::Rm { name } => {
             client
-                .send(Method::DELETE, &format!("/v1/rules/{}", encode(&name)), None, &[])
+                .send(
+                    Method::DELETE,
+                    &format!("/v1/rules/{}", encode(&name)),
+                    None,
+                    &[],
+                )
                 .await?;
-            print(&conn, &json!({ "name": name }), || format!("removed rule {name}"))
+            print(&conn, &json!({ "name": name }), || {
+                format!("removed rule {name}")
+            })
         }
     }
 }
@@ -404,7 +479,9 @@ pub async fn admin(conn: Conn, command: AdminCommand) -> Result<(), ClientError>
     let client = Client::new(&conn);
     match command {
         AdminCommand::RotateKey => {
-            let (answer, _) = client.send(Method::POST, "/v1/admin/rotate-key", None, &[]).await?;
+            let (answer, _) = client
+                .send(Method::POST, "/v1/admin/rotate-key", None, &[])
+                .await?;
             print(&conn, &answer, || {
                 format!(
                     "new bootstrap admin token (shown once; the old one no longer works): {}",
@@ -422,7 +499,10 @@ pub async fn watch(conn: Conn, things: Vec<String>, count: Option<u64>) -> Resul
     let client = Client::new(&conn);
     let url = format!(
         "{}/v1/ws",
-        client.base().replacen("http://", "ws://", 1).replacen("https://", "wss://", 1)
+        client
+            .base()
+            .replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1)
     );
     let mut request = url
         .as_str()
@@ -433,23 +513,28 @@ pub async fn watch(conn: Conn, things: Vec<String>, count: Option<u64>) -> Resul
             .map_err(|_| ClientError::Invalid("the key is not a valid header value".into()))?;
         request.headers_mut().insert("authorization", value);
     }
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| match e {
-        tokio_tungstenite::tungstenite::Error::Http(response) => {
-            let status = response.status().as_u16();
-            let message = response
-                .body()
-                .as_deref()
-                .and_then(|b| serde_json::from_slice::<Value>(b).ok())
-                .and_then(|v| v["message"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| format!("the node answered {status}"));
-            match status {
-                401 | 403 => ClientError::Denied(message),
-                429 => ClientError::Unavailable(message),
-                _ => ClientError::Other(message),
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(response) => {
+                let status = response.status().as_u16();
+                let message = response
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                    .and_then(|v| v["message"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| format!("the node answered {status}"));
+                match status {
+                    401 | 403 => ClientError::Denied(message),
+                    429 => ClientError::Unavailable(message),
+                    _ => ClientError::Other(message),
+                }
             }
-        }
-        other => ClientError::Unavailable(format!("cannot reach the node at {}: {other}", client.base())),
-    })?;
+            other => ClientError::Unavailable(format!(
+                "cannot reach the node at {}: {other}",
+                client.base()
+            )),
+        })?;
     let subscribe = json!({"type": "subscribe", "id": "watch", "things": things});
     socket
         .send(Message::text(subscribe.to_string()))
@@ -460,10 +545,16 @@ pub async fn watch(conn: Conn, things: Vec<String>, count: Option<u64>) -> Resul
         let frame = match socket.next().await {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(_))) | None => {
-                return Err(ClientError::Unavailable("the node closed the connection".into()));
+                return Err(ClientError::Unavailable(
+                    "the node closed the connection".into(),
+                ));
             }
             Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(ClientError::Unavailable(format!("the connection broke: {e}"))),
+            Some(Err(e)) => {
+                return Err(ClientError::Unavailable(format!(
+                    "the connection broke: {e}"
+                )));
+            }
         };
         let Ok(frame) = serde_json::from_str::<Value>(&frame) else {
             continue;
@@ -492,7 +583,11 @@ pub async fn watch(conn: Conn, things: Vec<String>, count: Option<u64>) -> Resul
 /// A change-stream frame as one human-readable line.
 fn frame_line(frame: &Value) -> Option<String> {
     let thing = frame["thing"].as_str().unwrap_or("?");
-    let shadow = frame["shadow"].as_str().filter(|s| !s.is_empty()).map(|s| format!(" ({s})")).unwrap_or_default();
+    let shadow = frame["shadow"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default();
     let version = &frame["version"];
     match frame["type"].as_str()? {
         "snapshot" | "resync" => Some(format!(

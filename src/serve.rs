@@ -40,6 +40,7 @@ fn announce(line: std::fmt::Arguments<'_>) {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Installed first, so that a SIGTERM during start-up also stops the node cleanly.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let config_data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = AnyStore::from(
@@ -127,7 +128,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the HTTP API to {}", config.http_listen))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    announce(format_args!("{scheme} listening on {}", http.local_addr()?));
+    let http_addr = http.local_addr()?;
+    announce(format_args!("{scheme} listening on {http_addr}"));
     let http_task = tokio::spawn(api::serve(
         http,
         api::router(state.clone()),
@@ -145,6 +147,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     }
     state.set_ready(true);
+    info!(data_dir = %config_data_dir.display(), http = %http_addr, "node ready");
     announce(format_args!("ready"));
     signal.await?;
     stop(&state, &shutdown, devices, &node, http_task).await

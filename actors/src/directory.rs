@@ -570,8 +570,14 @@ impl Directory {
     /// Settles the bootstrap admin token at start: `chosen` (`DOPPEL_ADMIN_TOKEN`) replaces
     /// the stored one; otherwise the stored one is kept; on a deployment's first start a new
     /// one is generated and returned — the only time it is ever shown. Only its hash is stored.
-    pub fn bootstrap_admin(&self, chosen: Option<&str>, now: u64) -> Result<Option<String>, NodeError> {
-        let stored = self.store.transact(|tx| self.repos.meta.get(tx, ADMIN_RECORD))?;
+    pub fn bootstrap_admin(
+        &self,
+        chosen: Option<&str>,
+        now: u64,
+    ) -> Result<Option<String>, NodeError> {
+        let stored = self
+            .store
+            .transact(|tx| self.repos.meta.get(tx, ADMIN_RECORD))?;
         let stored = stored.and_then(|bytes| String::from_utf8(bytes).ok());
         let (hash, generated) = match (chosen, stored) {
             (Some(token), stored) => {
@@ -610,9 +616,10 @@ impl Directory {
     fn save_admin(&self, hash: &str, action: &str, actor: &str, now: u64) -> Result<(), NodeError> {
         self.store.transact(|tx| {
             self.repos.meta.set(tx, ADMIN_RECORD, hash.as_bytes())?;
-            self.repos
-                .audit
-                .append(tx, &audit(actor, action, "bootstrap", None, None, None, now))
+            self.repos.audit.append(
+                tx,
+                &audit(actor, action, "bootstrap", None, None, None, now),
+            )
         })?;
         Ok(())
     }

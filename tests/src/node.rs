@@ -44,7 +44,7 @@ pub struct Node {
     pub https: bool,
     options: Options,
     log: PathBuf,
-    /// What the node printed on stdout before it was ready.
+    /// What the node printed on stdout before it was ready (this start's lines only).
     pub announced: Vec<String>,
 }
 
@@ -104,6 +104,7 @@ impl Node {
             std::fs::write(&path, config).unwrap();
             cmd.arg("--config").arg(path);
         }
+        self.announced.clear();
         let mut child = cmd.spawn().expect("doppel starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();

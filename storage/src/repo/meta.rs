@@ -16,12 +16,21 @@ impl Meta {
     }
 
     /// The record `name`.
-    pub fn get(&self, tx: &mut impl Transaction, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn get(
+        &self,
+        tx: &mut impl Transaction,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         tx.get(&self.space.pack(&name))
     }
 
     /// Replaces the record `name`.
-    pub fn set(&self, tx: &mut impl Transaction, name: &str, value: &[u8]) -> Result<(), StoreError> {
+    pub fn set(
+        &self,
+        tx: &mut impl Transaction,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
         tx.set(&self.space.pack(&name), value)
     }
 }
