@@ -44,7 +44,7 @@ pub struct SimArgs {
     #[arg(long, default_value = "127.0.0.1:1883")]
     mqtt: String,
     /// The node's HTTP API.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    #[arg(long, env = "DOPPEL_URL", default_value = "http://127.0.0.1:8080")]
     api: String,
     /// An API key allowed to register things (admin); not needed in broker mode.
     #[arg(

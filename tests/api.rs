@@ -479,6 +479,8 @@ async fn every_write_is_audited_with_who_and_versions() {
     assert_eq!(
         entries,
         [
+            // The node's start with DOPPEL_ADMIN_TOKEN set it (the token itself is not logged).
+            ("environment".to_owned(), "admin.set".to_owned(), None, None),
             ("bootstrap".to_owned(), "key.create".to_owned(), None, None),
             (
                 "bootstrap".to_owned(),
@@ -498,7 +500,7 @@ async fn every_write_is_audited_with_who_and_versions() {
         ],
         "the refused write (version 99) is not recorded"
     );
-    assert_eq!(log["entries"][3]["details"]["shadow"], "cfg");
+    assert_eq!(log["entries"][4]["details"]["shadow"], "cfg");
     let (_, page) = admin.get("/v1/audit?limit=2").await;
     let (_, rest) = admin
         .get(&format!(
@@ -506,7 +508,7 @@ async fn every_write_is_audited_with_who_and_versions() {
             page["next"].as_str().unwrap()
         ))
         .await;
-    assert_eq!(rest["entries"].as_array().unwrap().len(), 4);
+    assert_eq!(rest["entries"].as_array().unwrap().len(), 5);
     assert_eq!(operator.get("/v1/audit").await.0, 403);
 }
 

@@ -3,7 +3,7 @@
 //! delete — against the node's endpoint over plain TCP, and through Mosquitto.
 //!
 //! Needs a Python with `awsiotsdk`: `DOPPEL_PYTHON`, or `.venv/bin/python` in the workspace
-//! (`.ci/run` creates it).
+//! (`scripts/test` creates it from `tests/requirements.txt`).
 
 use doppel_tests::{
     broker::Mosquitto,
@@ -23,7 +23,7 @@ fn python() -> PathBuf {
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     assert!(
         venv.exists(),
-        "no Python with awsiotsdk: run `python3 -m venv .venv && .venv/bin/pip install awsiotsdk` or set DOPPEL_PYTHON"
+        "no Python with awsiotsdk in .venv: `scripts/test` creates it from tests/requirements.txt (or set DOPPEL_PYTHON)"
     );
     venv
 }

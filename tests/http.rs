@@ -185,7 +185,7 @@ async fn shadow_reads_answer_404_for_unknown_things_and_shadows() {
     let (status, body) = node.shadow("nobody", None).await;
     assert_eq!(
         (status, body["message"].as_str()),
-        (404, Some("thing nobody not found"))
+        (404, Some("thing \"nobody\" not found"))
     );
     node.register("known").await;
     let (status, body) = node.shadow("known", None).await;

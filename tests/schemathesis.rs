@@ -5,7 +5,7 @@
 //! may not make.
 //!
 //! Needs `schemathesis` in `DOPPEL_PYTHON`'s environment, or in `.venv` in the workspace
-//! (`.ci/run` installs it). `DOPPEL_SCHEMATHESIS_SEED` picks another seed (CI uses a fixed one,
+//! (`scripts/test` installs it). `DOPPEL_SCHEMATHESIS_SEED` picks another seed (CI uses a fixed one,
 //! so that a run is reproducible).
 
 use doppel_tests::{
@@ -29,7 +29,7 @@ fn schemathesis() -> PathBuf {
     };
     assert!(
         bin.exists(),
-        "no schemathesis at {}: run `python3 -m venv .venv && .venv/bin/pip install schemathesis` or set DOPPEL_PYTHON",
+        "no schemathesis at {}: `scripts/test` creates .venv from tests/requirements.txt (or set DOPPEL_PYTHON)",
         bin.display()
     );
     bin

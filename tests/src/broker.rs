@@ -61,7 +61,7 @@ impl Mosquitto {
             .arg(dir.path().join("passwd"))
             .args(["doppel", DOPPEL_PASSWORD])
             .status()
-            .expect("mosquitto_passwd (apt install mosquitto)");
+            .expect("mosquitto_passwd is not installed: `scripts/test` installs it (or `sudo apt-get install -y mosquitto`)");
         assert!(status.success());
         let mut broker = Mosquitto {
             child: None,
@@ -84,7 +84,7 @@ impl Mosquitto {
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
-            .expect("mosquitto (apt install mosquitto)");
+            .expect("mosquitto is not installed: `scripts/test` installs it (or `sudo apt-get install -y mosquitto`)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(self.addr).is_err() {
