@@ -358,3 +358,23 @@ fn logs_have_one_format_and_colour_only_on_a_terminal() {
         "no ANSI codes in a log file: {log:?}"
     );
 }
+
+#[test]
+fn serve_help_shows_defaults_and_the_environment() {
+    let output = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = stdout(&output);
+    for needle in [
+        "[default: ./doppel-data]",
+        "[default: 127.0.0.1:1883]",
+        "[default: 127.0.0.1:8080]",
+        "DOPPEL_ADMIN_TOKEN",
+        "DOPPEL_LOG",
+        "--log-format",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from:\n{help}");
+    }
+}

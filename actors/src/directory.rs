@@ -14,7 +14,9 @@ use std::{
 use storage::{AnyStore, Repos, Store, Transaction};
 use twin_core::{CompiledType, DeviceType, ThingName, TypeName};
 
-pub use storage::{AuditEntry, KeyRecord, Role, ThingRecord, repo::Cursor};
+pub use storage::{
+    AuditEntry, KeyRecord, Role, RuleLogEntry, RuleRecord, ThingRecord, repo::Cursor,
+};
 
 /// A fresh secret: 32 random bytes, hex.
 pub fn new_token() -> String {
@@ -31,6 +33,9 @@ fn random_hex(bytes: usize) -> String {
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
+
+/// A recorded telemetry sample: device time and fields.
+pub type TimedSample = (u64, serde_json::Map<String, Value>);
 
 /// Why a device was refused at CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,13 +192,13 @@ impl Directory {
         Ok(directory)
     }
 
-    /// The store behind the directory.
-    pub fn store(&self) -> &AnyStore {
+    /// The store behind the directory (only the actors crate reaches it).
+    pub(crate) fn store(&self) -> &AnyStore {
         &self.store
     }
 
     /// The repositories.
-    pub fn repos(&self) -> &Repos {
+    pub(crate) fn repos(&self) -> &Repos {
         &self.repos
     }
 
@@ -642,6 +647,38 @@ impl Directory {
         entry: &AuditEntry,
     ) -> Result<(), NodeError> {
         Ok(self.repos.audit.append(tx, entry)?)
+    }
+
+    /// Recorded telemetry samples of `thing` with `from <= ts < to`, oldest first, at most
+    /// `limit` (samples whose stored JSON does not read are skipped).
+    pub fn telemetry_samples(
+        &self,
+        thing: &ThingName,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<TimedSample>, NodeError> {
+        let raw = self
+            .store
+            .transact(|tx| self.repos.history.raw(tx, thing, from, to, limit))?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(ts, _, json)| serde_json::from_slice(&json).ok().map(|m| (ts, m)))
+            .collect())
+    }
+
+    /// Rule log entries of `kind` (`alert`, `command`) with `from <= at < to`, after the entry
+    /// `after` names, oldest first, at most `limit`.
+    pub fn rule_log(
+        &self,
+        kind: &str,
+        range: (u64, u64),
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Vec<(Cursor, RuleLogEntry)>, NodeError> {
+        Ok(self
+            .store
+            .transact(|tx| self.repos.rule_log.list(tx, kind, range, after, limit))?)
     }
 
     /// Audit entries with `from <= at < to`, oldest first.

@@ -281,8 +281,23 @@ impl Node {
         self.with_directory(move |d| d.thing(&name)).await
     }
 
+    /// Changes a thing's attributes (`None` removes one) and tells its twin, if active.
+    pub async fn update_attributes(
+        &self,
+        name: ThingName,
+        patch: std::collections::BTreeMap<String, Option<String>>,
+        actor: &str,
+    ) -> Result<storage::ThingRecord, NodeError> {
+        let actor = actor.to_owned();
+        let record = self
+            .with_directory(move |d| d.update_attributes(&name, &patch, &actor, crate::now_ms()))
+            .await?;
+        self.refresh(&record);
+        Ok(record)
+    }
+
     /// Tells the thing's twin, if active, its new type and attributes.
-    pub fn refresh(&self, record: &storage::ThingRecord) {
+    fn refresh(&self, record: &storage::ThingRecord) {
         let meta = Arc::new(ThingMeta {
             device_type: record.device_type.clone(),
             attributes: record.attributes.clone(),

@@ -10,6 +10,7 @@ use crate::{
     things::visible_thing,
 };
 use actors::directory::Role;
+use actors::directory::RuleRecord;
 use axum::{
     extract::State,
     http::StatusCode,
@@ -18,7 +19,6 @@ use axum::{
 use rules_dsl::{Diagnostic, Offline, Output, RuleTarget, TraceEntry, testing::TestReport};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use storage::{RuleRecord, Store};
 use twin_core::{ThingName, TypeName};
 use utoipa::{IntoParams, ToSchema};
 
@@ -390,13 +390,7 @@ pub(crate) async fn dry_run(
     let (samples, outputs) = state
         .node
         .with_directory(move |d| {
-            let raw = d
-                .store()
-                .transact(|tx| d.repos().history.raw(tx, &thing.name, from, to, 10_000))?;
-            let samples: Vec<(u64, Map<String, Value>)> = raw
-                .into_iter()
-                .filter_map(|(ts, _, json)| serde_json::from_slice(&json).ok().map(|m| (ts, m)))
-                .collect();
+            let samples = d.telemetry_samples(&thing.name, from, to, 10_000)?;
             let count = samples.len();
             let device_type = thing.device_type.as_ref().and_then(|t| d.device_type(t));
             let outputs = rules_dsl::testing::replay(&[rule], samples, to, device_type.as_deref());
@@ -501,10 +495,7 @@ pub(crate) async fn alerts(
     'pages: for _ in 0..100 {
         let page = state
             .node
-            .with_directory(move |d| {
-                Ok(d.store()
-                    .transact(|tx| d.repos().rule_log.list(tx, "alert", range, after, 1_000))?)
-            })
+            .with_directory(move |d| d.rule_log("alert", range, after, 1_000))
             .await?;
         let done = page.len() < 1_000;
         for (cursor, entry) in page {

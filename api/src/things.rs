@@ -295,14 +295,10 @@ pub(crate) async fn update(
 ) -> Result<Json<ThingView>, ApiError> {
     caller.require(Role::Admin)?;
     let record = visible_thing(&state, &caller, &name).await?;
-    let actor = caller.id().to_owned();
     let record = state
         .node
-        .with_directory(move |d| {
-            d.update_attributes(&record.name, &body.attributes, &actor, actors::now_ms())
-        })
+        .update_attributes(record.name, body.attributes, caller.id())
         .await?;
-    state.node.refresh(&record);
     Ok(Json(record.into()))
 }
 
