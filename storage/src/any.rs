@@ -1,11 +1,12 @@
 //! One store type for the node, whichever backend it runs on: the embedded store, or
-//! FoundationDB when built with the `fdb` feature.
+//! FoundationDB when built with the `fdb` feature — or either with injected faults, for tests.
 
 #[cfg(feature = "fdb")]
 use crate::fdb::{FdbStore, FdbTx};
 use crate::{
     FjallStore, FjallTx,
     error::StoreError,
+    faulty::{FaultyStore, FaultyTx},
     kv::{KeyRange, KeyValue, RangeOptions, Store, Transaction},
 };
 
@@ -17,6 +18,8 @@ pub enum AnyStore {
     /// A FoundationDB cluster.
     #[cfg(feature = "fdb")]
     Fdb(FdbStore),
+    /// Another store whose commits fail or stall on demand (tests).
+    Faulty(Box<FaultyStore<AnyStore>>),
 }
 
 /// A transaction on an [`AnyStore`].
@@ -27,11 +30,19 @@ pub enum AnyTx {
     /// On FoundationDB.
     #[cfg(feature = "fdb")]
     Fdb(FdbTx),
+    /// On a store with injected faults.
+    Faulty(Box<FaultyTx<AnyTx>>),
 }
 
 impl From<FjallStore> for AnyStore {
     fn from(store: FjallStore) -> Self {
         AnyStore::Fjall(store)
+    }
+}
+
+impl From<FaultyStore<AnyStore>> for AnyStore {
+    fn from(store: FaultyStore<AnyStore>) -> Self {
+        AnyStore::Faulty(Box::new(store))
     }
 }
 
@@ -50,6 +61,7 @@ impl Store for AnyStore {
             AnyStore::Fjall(s) => AnyTx::Fjall(s.begin()?),
             #[cfg(feature = "fdb")]
             AnyStore::Fdb(s) => AnyTx::Fdb(s.begin()?),
+            AnyStore::Faulty(s) => AnyTx::Faulty(Box::new(s.begin()?)),
         })
     }
 }
@@ -60,6 +72,7 @@ macro_rules! forward {
             AnyTx::Fjall($tx) => $call,
             #[cfg(feature = "fdb")]
             AnyTx::Fdb($tx) => $call,
+            AnyTx::Faulty($tx) => $call,
         }
     };
 }

@@ -7,6 +7,7 @@
 mod any;
 pub mod conformance;
 mod error;
+pub mod faulty;
 #[cfg(feature = "fdb")]
 pub mod fdb;
 mod fjall;
