@@ -34,10 +34,16 @@ fn start(dir: &std::path::Path, config: NodeConfig) -> (Node, Faults) {
     (node, faults)
 }
 
+/// One host, a short request timeout, and no history (its background maintenance writes
+/// commits of its own, which would take the injected faults).
 fn one_host() -> NodeConfig {
     NodeConfig {
         arbiters: 1,
         request_timeout: Duration::from_millis(500),
+        history: actors::HistoryConfig {
+            enabled: false,
+            ..actors::HistoryConfig::default()
+        },
         ..NodeConfig::default()
     }
 }
