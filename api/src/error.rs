@@ -76,6 +76,11 @@ impl ApiError {
         )
     }
 
+    /// The message a client sees.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The stable code.
     pub fn code(&self) -> &'static str {
         self.code

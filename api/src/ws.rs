@@ -26,7 +26,7 @@ use axum::{
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
@@ -189,10 +189,7 @@ fn change_tail(event: &ChangeEvent) -> Bytes {
         ts: c.ts,
         deleted: c.deleted,
     };
-    let mut json = serde_json::to_vec(&tail).unwrap_or_default();
-    // `{"thing":…}` → `"thing":…}`: the subscriber's prefix supplies the opening brace.
-    json.remove(0);
-    Bytes::from(json)
+    tail_of(&tail)
 }
 
 /// The part of an event frame after `"sub":…`, shared by every subscriber:
@@ -207,12 +204,7 @@ fn event_tail(event: &RuleEvent) -> Bytes {
         "payload": payload,
         "ts": o.at,
     });
-    let mut bytes = serde_json::to_vec(&tail).unwrap_or_default();
-    // `{"thing":…}` → `"thing":…}`: the subscriber's prefix supplies the opening brace.
-    if !bytes.is_empty() {
-        bytes.remove(0);
-    }
-    Bytes::from(bytes)
+    tail_of(&tail)
 }
 
 struct Session {
@@ -351,8 +343,11 @@ impl Session {
         let thing = ThingName::new(name).map_err(|e| ("invalid_request", e.to_string()))?;
         match self.state.node.thing(thing.clone()).await {
             Ok(Some(r)) if self.caller.sees(r.device_type.as_ref()) => Ok(thing),
-            Ok(_) => Err(("not_found", format!("thing {name} not found"))),
-            Err(e) => Err(("internal", e.to_string())),
+            Ok(_) => Err(("not_found", format!("thing \"{name}\" not found"))),
+            Err(e) => {
+                let error = ApiError::from(e);
+                Err((error.code(), error.message().to_owned()))
+            }
         }
     }
 
@@ -472,7 +467,7 @@ impl Session {
                         self.sent.insert((sub.clone(), thing, shadow), k);
                     }
                 }
-                Err(e) => frames.push(error_frame(Some(&id), "internal", &e.to_string())),
+                Err(e) => frames.push(api_error_frame(Some(&id), &e)),
             }
         }
         frames
@@ -500,7 +495,7 @@ impl Session {
                 )]
             }
             Ok(None) => vec![error_frame(id.as_deref(), "not_found", "no such shadow")],
-            Err(e) => vec![error_frame(id.as_deref(), "internal", &e.to_string())],
+            Err(e) => vec![api_error_frame(id.as_deref(), &e)],
         }
     }
 
@@ -547,19 +542,21 @@ impl Session {
             .await
         {
             Ok(reply) => match reply.outcome {
-                Ok(version) => {
-                    let mut frame = json!({"type": "ack", "thing": thing, "shadow": shadow_text(&shadow), "version": version});
-                    if let Some(id) = id {
-                        frame["id"] = json!(id);
+                Ok(version) => vec![
+                    ServerFrame::Ack {
+                        id,
+                        thing: thing.as_str(),
+                        shadow: shadow_text(&shadow),
+                        version,
                     }
-                    vec![Utf8Bytes::from(frame.to_string())]
-                }
+                    .text(),
+                ],
                 Err(e) => {
                     let code = ApiError::shadow(&e);
                     vec![error_frame(id, code.code(), &e.message)]
                 }
             },
-            Err(e) => vec![error_frame(id, "internal", &e.to_string())],
+            Err(e) => vec![api_error_frame(id, &ApiError::from(e))],
         }
     }
 
@@ -572,24 +569,14 @@ impl Session {
                     return Vec::new();
                 }
                 self.sent.insert(key, c.version);
-                let tail = event.frame(change_tail);
-                let mut frame = String::with_capacity(32 + sub.len() + tail.len());
-                frame.push_str("{\"type\":\"change\",\"sub\":");
-                frame.push_str(&serde_json::to_string(&*sub).unwrap_or_default());
-                frame.push(',');
-                frame.push_str(std::str::from_utf8(tail).unwrap_or("}"));
+                let frame = shared_frame("change", &sub, event.frame(change_tail));
                 metrics::counter!("doppel_ws_changes_sent_total").increment(1);
-                vec![Utf8Bytes::from(frame)]
+                vec![frame]
             }
             Delivery::Event(sub, event) => {
-                let tail = event.frame(event_tail);
-                let mut frame = String::with_capacity(32 + sub.len() + tail.len());
-                frame.push_str("{\"type\":\"event\",\"sub\":");
-                frame.push_str(&serde_json::to_string(&*sub).unwrap_or_default());
-                frame.push(',');
-                frame.push_str(std::str::from_utf8(tail).unwrap_or("}"));
+                let frame = shared_frame("event", &sub, event.frame(event_tail));
                 metrics::counter!("doppel_ws_events_sent_total").increment(1);
-                vec![Utf8Bytes::from(frame)]
+                vec![frame]
             }
             Delivery::Resync(marks, dropped) => {
                 let mut frames = self.resync(marks).await;
@@ -633,11 +620,17 @@ impl Session {
                     ));
                     self.sent.insert((sub, thing, shadow), version);
                 }
-                Ok(None) => {
-                    let frame = json!({"type": "resync", "sub": &*sub, "thing": thing, "shadow": shadow_text(&shadow), "version": null, "state": null});
-                    frames.push(Utf8Bytes::from(frame.to_string()));
-                }
-                Err(e) => frames.push(error_frame(Some(&sub), "internal", &e.to_string())),
+                Ok(None) => frames.push(
+                    ServerFrame::Resync {
+                        sub: &sub,
+                        thing: thing.as_str(),
+                        shadow: shadow_text(&shadow),
+                        version: None,
+                        state: None,
+                    }
+                    .text(),
+                ),
+                Err(e) => frames.push(api_error_frame(Some(&sub), &e)),
             }
         }
         frames
@@ -650,6 +643,69 @@ impl Drop for Session {
     }
 }
 
+/// Every frame the node sends (the wire format of docs/websocket.md), except `change` and
+/// `event`, whose shared part is serialized once per change ([`shared_frame`]).
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ServerFrame<'a> {
+    Snapshot {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sub: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        thing: &'a str,
+        shadow: &'a str,
+        version: u64,
+        state: Value,
+    },
+    Resync {
+        sub: &'a str,
+        thing: &'a str,
+        shadow: &'a str,
+        version: Option<u64>,
+        state: Option<Value>,
+    },
+    Ack {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        thing: &'a str,
+        shadow: &'a str,
+        version: u64,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        code: &'a str,
+        message: &'a str,
+    },
+}
+
+impl ServerFrame<'_> {
+    fn text(&self) -> Utf8Bytes {
+        Utf8Bytes::from(serde_json::to_string(self).unwrap_or_default())
+    }
+}
+
+/// A `change` or `event` frame for subscription `sub`: `{"type":…,"sub":…,` followed by the
+/// part every subscriber shares (`tail`, serialized once per change, see [`tail_of`]).
+fn shared_frame(kind: &str, sub: &str, tail: &[u8]) -> Utf8Bytes {
+    let mut frame = String::with_capacity(24 + kind.len() + sub.len() + tail.len());
+    frame.push_str("{\"type\":");
+    frame.push_str(&serde_json::to_string(kind).unwrap_or_default());
+    frame.push_str(",\"sub\":");
+    frame.push_str(&serde_json::to_string(sub).unwrap_or_default());
+    frame.push(',');
+    frame.push_str(std::str::from_utf8(tail).unwrap_or("}"));
+    Utf8Bytes::from(frame)
+}
+
+/// The fields of `body` as the tail of an object: its JSON without the opening brace.
+fn tail_of(body: &impl Serialize) -> Bytes {
+    let json = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    debug_assert_eq!(json.first(), Some(&b'{'), "a frame body is a JSON object");
+    Bytes::from(json).slice(1..)
+}
+
 fn state_frame(
     kind: &str,
     tag: Option<(&str, &str)>,
@@ -658,22 +714,99 @@ fn state_frame(
     version: u64,
     state: Value,
 ) -> Utf8Bytes {
-    let mut frame = Map::new();
-    frame.insert("type".into(), json!(kind));
-    if let Some((key, value)) = tag {
-        frame.insert(key.into(), json!(value));
+    let (sub, id) = match tag {
+        Some(("sub", v)) => (Some(v), None),
+        Some((_, v)) => (None, Some(v)),
+        None => (None, None),
+    };
+    let (thing, shadow) = (thing.as_str(), shadow_text(shadow));
+    match kind {
+        "resync" => ServerFrame::Resync {
+            sub: sub.unwrap_or_default(),
+            thing,
+            shadow,
+            version: Some(version),
+            state: Some(state),
+        },
+        _ => ServerFrame::Snapshot {
+            sub,
+            id,
+            thing,
+            shadow,
+            version,
+            state,
+        },
     }
-    frame.insert("thing".into(), json!(thing));
-    frame.insert("shadow".into(), json!(shadow_text(shadow)));
-    frame.insert("version".into(), json!(version));
-    frame.insert("state".into(), state);
-    Utf8Bytes::from(Value::Object(frame).to_string())
+    .text()
+}
+
+/// An error frame for a failure the REST API would answer with `error`: the same code and the
+/// same message (internal failures say only "internal error").
+fn api_error_frame(id: Option<&str>, error: &ApiError) -> Utf8Bytes {
+    error_frame(id, error.code(), error.message())
 }
 
 fn error_frame(id: Option<&str>, code: &str, message: &str) -> Utf8Bytes {
-    let mut frame = json!({"type": "error", "code": code, "message": message});
-    if let Some(id) = id {
-        frame["id"] = json!(id);
+    ServerFrame::Error { id, code, message }.text()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_frames_are_the_object_with_type_and_sub_first() {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            thing: &'a str,
+            version: u64,
+        }
+        let body = Body {
+            thing: "pump-7",
+            version: 3,
+        };
+        let frame = shared_frame("change", "s\"1", &tail_of(&body));
+        let parsed: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"type": "change", "sub": "s\"1", "thing": "pump-7", "version": 3})
+        );
     }
-    Utf8Bytes::from(frame.to_string())
+
+    #[test]
+    fn frames_follow_the_documented_shapes() {
+        let error: Value =
+            serde_json::from_str(&error_frame(Some("x"), "not_found", "nope")).unwrap();
+        assert_eq!(
+            error,
+            json!({"type": "error", "id": "x", "code": "not_found", "message": "nope"})
+        );
+        let thing = ThingName::new("t").unwrap();
+        let snapshot: Value = serde_json::from_str(&state_frame(
+            "snapshot",
+            Some(("id", "g")),
+            &thing,
+            &ShadowName::CLASSIC,
+            2,
+            json!({}),
+        ))
+        .unwrap();
+        assert_eq!(
+            snapshot,
+            json!({"type": "snapshot", "id": "g", "thing": "t", "shadow": "", "version": 2, "state": {}})
+        );
+        let gone: Value = serde_json::from_str(
+            &ServerFrame::Resync {
+                sub: "s",
+                thing: "t",
+                shadow: "",
+                version: None,
+                state: None,
+            }
+            .text(),
+        )
+        .unwrap();
+        assert_eq!(gone["version"], Value::Null);
+        assert_eq!(gone["state"], Value::Null);
+    }
 }
