@@ -757,6 +757,7 @@ impl Handler<Handled> for ShardHost {
 
     fn handle(&mut self, handled: Handled, ctx: &mut Context<Self>) {
         if handled.routed
+            && !self.abandoned.is_empty()
             && let Some(left) = self.abandoned.get_mut(&handled.thing)
         {
             *left -= 1;
