@@ -144,27 +144,6 @@ impl std::fmt::Debug for Directory {
     }
 }
 
-/// Builds an audit entry.
-pub fn audit(
-    actor: &str,
-    action: &str,
-    target: &str,
-    before: Option<u64>,
-    after: Option<u64>,
-    details: Option<Value>,
-    at: u64,
-) -> AuditEntry {
-    AuditEntry {
-        at,
-        actor: actor.to_owned(),
-        action: action.to_owned(),
-        target: target.to_owned(),
-        before,
-        after,
-        details,
-    }
-}
-
 impl Directory {
     /// Opens the directory: compiles every device type and loads the API keys.
     pub fn load(store: AnyStore, repos: Repos) -> Result<Self, NodeError> {
@@ -268,7 +247,7 @@ impl Directory {
             };
             self.repos.audit.append(
                 tx,
-                &audit(actor, action, def.name.as_str(), None, None, None, now),
+                &AuditEntry::new(actor, action, def.name.as_str(), None, None, None, now),
             )
         })?;
         if let Ok(mut types) = self.types.write() {
@@ -331,7 +310,7 @@ impl Directory {
                 let details = r.record.device_type.as_ref().map(|t| json!({ "type": t }));
                 self.repos.audit.append(
                     tx,
-                    &audit(
+                    &AuditEntry::new(
                         actor,
                         "thing.register",
                         r.record.name.as_str(),
@@ -417,7 +396,7 @@ impl Directory {
             let details = json!({ "attributes": patch });
             self.repos.audit.append(
                 tx,
-                &audit(
+                &AuditEntry::new(
                     actor,
                     "thing.update",
                     name.as_str(),
@@ -441,7 +420,7 @@ impl Directory {
             self.repos.twins.remove(tx, name)?;
             self.repos.audit.append(
                 tx,
-                &audit(
+                &AuditEntry::new(
                     actor,
                     "thing.decommission",
                     name.as_str(),
@@ -510,7 +489,7 @@ impl Directory {
             let details = json!({ "role": record.role, "types": record.types });
             self.repos.audit.append(
                 tx,
-                &audit(
+                &AuditEntry::new(
                     &creator.id,
                     "key.create",
                     &id,
@@ -546,9 +525,10 @@ impl Directory {
         let existed = self.store.transact(|tx| {
             let existed = self.repos.keys.delete(tx, id)?;
             if existed {
-                self.repos
-                    .audit
-                    .append(tx, &audit(actor, "key.revoke", id, None, None, None, now))?;
+                self.repos.audit.append(
+                    tx,
+                    &AuditEntry::new(actor, "key.revoke", id, None, None, None, now),
+                )?;
             }
             Ok(existed)
         })?;
@@ -623,7 +603,7 @@ impl Directory {
             self.repos.meta.set(tx, ADMIN_RECORD, hash.as_bytes())?;
             self.repos.audit.append(
                 tx,
-                &audit(actor, action, "bootstrap", None, None, None, now),
+                &AuditEntry::new(actor, action, "bootstrap", None, None, None, now),
             )
         })?;
         Ok(())

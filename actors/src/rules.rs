@@ -3,7 +3,7 @@
 //! are stored; twins ask for their rules per command and cache the answer by the book's
 //! version.
 
-use crate::{directory::audit, error::NodeError};
+use crate::error::NodeError;
 use rules_dsl::{Catalog, CompiledRule, Diagnostic, Offline, RuleTarget, ir::limits};
 use std::{
     collections::{BTreeMap, HashMap},
@@ -221,9 +221,10 @@ impl RuleBook {
             } else {
                 "rule.create"
             };
-            repos
-                .audit
-                .append(tx, &audit(actor, action, name, None, None, None, now))
+            repos.audit.append(
+                tx,
+                &storage::AuditEntry::new(actor, action, name, None, None, None, now),
+            )
         })?;
         if let Ok(mut book) = self.book.write() {
             book.insert(record.clone(), rule);
@@ -248,7 +249,7 @@ impl RuleBook {
             repos.rules.delete(tx, name)?;
             repos.audit.append(
                 tx,
-                &audit(actor, "rule.delete", name, None, None, None, now),
+                &storage::AuditEntry::new(actor, "rule.delete", name, None, None, None, now),
             )
         })?;
         if let Ok(mut book) = self.book.write() {

@@ -8,7 +8,6 @@
 
 use crate::{
     ack::Ack,
-    directory::audit,
     hub::{ChangeEvent, RuleEvent},
     mqtt::topics,
     node::Shared,
@@ -891,7 +890,7 @@ fn audit_entry(thing: &ThingName, effects: &[Effect], actor: &str) -> Option<Aud
         Op::Get | Op::Telemetry => return None,
     };
     let details = reply.shadow.name().map(|name| json!({ "shadow": name }));
-    Some(audit(
+    Some(AuditEntry::new(
         actor,
         action,
         thing.as_str(),

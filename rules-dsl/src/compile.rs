@@ -6,8 +6,8 @@ use crate::{
     ast::{self, BinOp, ExprKind, Root, Section, UnOp},
     diag::{Diagnostics, Span},
     ir::{self, Agg, CompiledRule, PathRef, RuleTarget, TemplatePart, Val, WindowSpec, limits},
+    ir::{CompiledTest, Probe, TestInput, TestStep},
     schema::{self, Field, Ty},
-    testing::{CompiledTest, Probe, TestInput, TestStep},
 };
 use std::{collections::BTreeSet, sync::Arc};
 use twin_core::Schemas;

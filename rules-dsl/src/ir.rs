@@ -2,7 +2,8 @@
 //! windows, edges), actions with their payload templates, and the limits that bound a rule's
 //! cost. Shared (`Arc`) by every twin the rule applies to.
 
-use crate::ast::{AlertSeverity, BinOp, Root, Section};
+use crate::ast::{AlertSeverity, AlertState, BinOp, Root, Section};
+use serde_json::Value;
 use std::sync::Arc;
 
 /// A runtime value. `Missing` is a value of its own: a field that is absent, or an aggregate
@@ -228,4 +229,58 @@ pub mod limits {
     pub const STRING_BYTES: usize = 1_024;
     /// Source size of one rule file, bytes.
     pub const SOURCE_BYTES: usize = 64 * 1_024;
+}
+
+// ---- tests written in the language, compiled ------------------------------------------
+
+/// A compiled test.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompiledTest {
+    /// Its name.
+    pub name: String,
+    /// Its steps, in time order.
+    pub steps: Vec<TestStep>,
+}
+
+/// A step at a virtual time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TestStep {
+    /// Time from the test's start, ms.
+    pub at_ms: u64,
+    /// What happens.
+    pub input: TestInput,
+    /// Where the step is written.
+    pub line: usize,
+    /// Its column.
+    pub column: usize,
+}
+
+/// What a step does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TestInput {
+    /// A telemetry sample.
+    Telemetry(Value),
+    /// The device reports.
+    Report(Value),
+    /// An app sets desired state.
+    Desire(Value),
+    /// A child's `reported` changes.
+    Child(String, Value),
+    /// The device replies to a command.
+    Reply(String, Value),
+    /// An expectation (`true`: `expect no …`).
+    Expect(bool, Probe),
+}
+
+/// What an expectation looks at.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Probe {
+    /// An alert's state.
+    Alert(String, Option<AlertState>),
+    /// A command sent since the last matching expectation.
+    Command(String),
+    /// An event emitted since the last matching expectation.
+    Event(String),
+    /// A condition over the twin, with the fields it reads.
+    That(Expr, Vec<PathRef>),
 }

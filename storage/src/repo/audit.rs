@@ -32,6 +32,30 @@ pub struct AuditEntry {
     pub details: Option<Value>,
 }
 
+impl AuditEntry {
+    /// An entry: `actor` did `action` on `target` at `at` (epoch ms), with the target's version
+    /// before and after where it has one.
+    pub fn new(
+        actor: &str,
+        action: &str,
+        target: &str,
+        before: Option<u64>,
+        after: Option<u64>,
+        details: Option<serde_json::Value>,
+        at: u64,
+    ) -> Self {
+        Self {
+            at,
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            before,
+            after,
+            details,
+        }
+    }
+}
+
 /// A position in the log, for paging.
 pub type Cursor = (u64, u64);
 
