@@ -4,7 +4,7 @@
 //! changes collapse into the set of shadows it must resync, and further changes only mark
 //! shadows in that set — so memory stays bounded and no change is dropped without notice.
 
-use crate::twin_actor::ThingMeta;
+use crate::work::ThingMeta;
 use bytes::Bytes;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},

@@ -16,14 +16,16 @@ mod node;
 pub mod outbox;
 pub mod rules;
 mod shard;
+mod shared;
 pub mod tls;
 mod twin_actor;
+mod work;
 
 pub use config::{HistoryConfig, MqttConfig, NodeConfig};
 pub use error::NodeError;
 pub use node::Node;
 pub use shard::HostStats;
-pub use twin_actor::{Deliver, Origin, ThingMeta};
+pub use work::{Deliver, Origin, ThingMeta};
 
 /// Server time, epoch milliseconds.
 pub fn now_ms() -> u64 {

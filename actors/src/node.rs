@@ -10,8 +10,9 @@ use crate::{
     hub::ChangeHub,
     mqtt::topics,
     outbox::Outbox,
-    shard::{Evict, Flush, HostStats, Refresh, Route, ShardHost, Stats, TraceOf},
-    twin_actor::{Deliver, Origin, ThingMeta},
+    shard::{Evict, Flush, HostStats, Refresh, ShardHost, Stats, TraceOf},
+    shared::{HostHealth, Shared},
+    work::{Deliver, Origin, Route, ThingMeta},
 };
 use actix::{Actor, Addr, Arbiter};
 use rules_dsl::{Input, TraceEntry};
@@ -21,51 +22,7 @@ use std::sync::{
 };
 use storage::Store;
 use tokio::sync::oneshot;
-use twin_core::{BatchEntry, Command, Limits, Reply, ShadowName, ThingName};
-
-/// What every shard host shares.
-pub(crate) struct Shared {
-    pub directory: Arc<Directory>,
-    pub outbox: Arc<dyn Outbox>,
-    pub hub: ChangeHub,
-    pub config: NodeConfig,
-    pub limits: Arc<Limits>,
-    /// The shard hosts, set once they started.
-    pub hosts: OnceLock<Vec<Addr<ShardHost>>>,
-    /// Per host: how its commits fare, for readiness.
-    pub health: Vec<HostHealth>,
-}
-
-/// How one host's commits fare, read by [`Node::stuck`] without asking the host (a stuck host
-/// might not answer).
-#[derive(Debug, Default)]
-pub(crate) struct HostHealth {
-    /// When the commit in flight started (epoch ms), or 0.
-    pub committing_since: AtomicU64,
-    /// When the commits started failing (epoch ms), or 0 while they succeed.
-    pub failing_since: AtomicU64,
-}
-
-impl Shared {
-    /// The virtual shard of `thing`.
-    pub fn shard_of(&self, thing: &ThingName) -> u32 {
-        let shards = u64::from(self.config.shards.max(1));
-        (xxhash_rust::xxh3::xxh3_64(thing.as_str().as_bytes()) % shards) as u32
-    }
-
-    /// The host of `thing`'s shard.
-    pub fn host(&self, thing: &ThingName) -> Option<&Addr<ShardHost>> {
-        let hosts = self.hosts.get()?;
-        hosts.get(self.shard_of(thing) as usize % hosts.len().max(1))
-    }
-
-    /// Sends work to `thing`'s twin.
-    pub fn route(&self, thing: ThingName, deliver: Deliver) {
-        if let Some(host) = self.host(&thing) {
-            host.do_send(Route { thing, deliver });
-        }
-    }
-}
+use twin_core::{BatchEntry, Command, Reply, ShadowName, ThingName};
 
 struct Inner {
     hosts: Vec<Addr<ShardHost>>,
@@ -117,7 +74,9 @@ impl Node {
             }));
             arbiters.push(arbiter);
         }
-        let _ = shared.hosts.set(hosts.clone());
+        let _ = shared
+            .hosts
+            .set(hosts.iter().map(|h| h.clone().recipient()).collect());
         if shared.config.history.enabled {
             tokio::spawn(maintain_history(shared.clone()));
         }

@@ -10,8 +10,9 @@ use crate::{
     ack::Ack,
     hub::{ChangeEvent, RuleEvent},
     mqtt::topics,
-    node::Shared,
-    twin_actor::{Deliver, Handled, Origin, SetMeta, Stop, ThingMeta, Trace, TwinActor},
+    shared::{HostHealth, Shared},
+    twin_actor::TwinActor,
+    work::{Deliver, Handled, Origin, Route, SetMeta, Stop, ThingMeta, Trace},
 };
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
 use bytes::Bytes;
@@ -26,17 +27,6 @@ use storage::{AuditEntry, RuleLogEntry, Store, StoreError};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 use twin_core::{Effect, Op, ShadowError, ThingName, Twin};
-
-/// A command for the twin `thing`, sent to the host of its shard.
-#[derive(Debug)]
-pub(crate) struct Route {
-    pub thing: ThingName,
-    pub deliver: Deliver,
-}
-
-impl Message for Route {
-    type Result = ();
-}
 
 /// Answers once everything routed to this host before it is committed and released.
 pub(crate) struct Flush(pub oneshot::Sender<()>);
@@ -319,7 +309,7 @@ impl ShardHost {
                 rule_state.filter(|s| !s.is_empty()).map(Bytes::from),
                 meta,
                 self.shared.clone(),
-                ctx.address(),
+                ctx.address().recipient(),
             );
             let addr = actor.start();
             let in_flight = queued.len() as u32;
@@ -431,7 +421,7 @@ impl ShardHost {
         self.commit(batch, window.released, Duration::ZERO, ctx);
     }
 
-    fn health(&self) -> &crate::node::HostHealth {
+    fn health(&self) -> &HostHealth {
         &self.shared.health[self.index]
     }
 

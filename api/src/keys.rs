@@ -22,11 +22,11 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub(crate) struct KeyBody {
     /// `admin`, `operator` or `viewer`.
-    #[schema(value_type = crate::openapi::RoleName)]
+    #[schema(value_type = crate::schemas::RoleName)]
     role: Role,
     /// Limit the key to things of these device types.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<crate::openapi::TypeNameString>>)]
+    #[schema(value_type = Option<Vec<crate::schemas::TypeNameString>>)]
     types: Option<Vec<String>>,
 }
 
@@ -36,7 +36,7 @@ pub(crate) struct KeyCreated {
     id: String,
     /// The bearer token: `dk_<id>_<secret>`.
     key: String,
-    #[schema(value_type = crate::openapi::RoleName)]
+    #[schema(value_type = crate::schemas::RoleName)]
     role: Role,
     #[serde(skip_serializing_if = "Option::is_none")]
     types: Option<Vec<String>>,
@@ -46,7 +46,7 @@ pub(crate) struct KeyCreated {
 #[derive(Serialize, ToSchema)]
 pub(crate) struct KeyView {
     id: String,
-    #[schema(value_type = crate::openapi::RoleName)]
+    #[schema(value_type = crate::schemas::RoleName)]
     role: Role,
     #[serde(skip_serializing_if = "Option::is_none")]
     types: Option<Vec<String>>,

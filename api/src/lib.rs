@@ -9,6 +9,7 @@ mod keys;
 mod metrics;
 mod openapi;
 mod rules;
+mod schemas;
 mod serve;
 mod slots;
 mod telemetry;

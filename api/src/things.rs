@@ -401,7 +401,7 @@ pub(crate) async fn get_shadow(
 /// `desired`; changing `reported` takes an admin.
 #[utoipa::path(patch, path = "/v1/things/{name}/shadow", tag = "shadows", params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$"), ShadowQuery,
         ("If-Match" = Option<String>, Header, nullable = false, description = "the version the shadow must have, as in the ETag", pattern = "^(W/)?\"?[0-9]{1,18}\"?$")),
-    request_body(content = crate::openapi::UpdateDocument, description = "AWS update document"), security(("bearer" = [])),
+    request_body(content = crate::schemas::UpdateDocument, description = "AWS update document"), security(("bearer" = [])),
     responses((status = 200, description = "AWS accepted document", body = Object), (status = 400, body = crate::error::ErrorBody),
         (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody), (status = 412, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody),
@@ -472,10 +472,10 @@ pub(crate) async fn delete_shadow(
 #[serde(deny_unknown_fields)]
 pub(crate) struct TypeBody {
     #[serde(default = "no_schemas")]
-    #[schema(schema_with = crate::openapi::type_schemas)]
+    #[schema(schema_with = crate::schemas::type_schemas)]
     schemas: Value,
     #[serde(default = "all_fields")]
-    #[schema(schema_with = crate::openapi::telemetry_mapping)]
+    #[schema(schema_with = crate::schemas::telemetry_mapping)]
     telemetry_to_reported: Value,
 }
 
@@ -491,9 +491,9 @@ fn all_fields() -> Value {
 #[derive(Serialize, ToSchema)]
 pub(crate) struct TypeView {
     name: String,
-    #[schema(schema_with = crate::openapi::type_schemas)]
+    #[schema(schema_with = crate::schemas::type_schemas)]
     schemas: Value,
-    #[schema(schema_with = crate::openapi::telemetry_mapping)]
+    #[schema(schema_with = crate::schemas::telemetry_mapping)]
     telemetry_to_reported: Value,
 }
 
