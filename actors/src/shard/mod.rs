@@ -8,25 +8,28 @@
 
 use crate::{
     ack::Ack,
-    hub::{ChangeEvent, RuleEvent},
-    mqtt::topics,
     shared::{HostHealth, Shared},
     twin_actor::TwinActor,
     work::{Deliver, Handled, Origin, Route, SetMeta, Stop, ThingMeta, Trace},
 };
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
 use bytes::Bytes;
-use rules_dsl::{Input, Output, OutputKind, TraceEntry};
-use serde_json::json;
+use rules_dsl::{Input, Output, TraceEntry};
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
-use storage::{AuditEntry, RuleLogEntry, Store, StoreError};
+use storage::{Store, StoreError};
 use tokio::sync::oneshot;
-use tracing::{debug, error, info, warn};
-use twin_core::{Effect, Op, ShadowError, ThingName, Twin};
+use tracing::{debug, error};
+use twin_core::{Effect, ShadowError, ThingName, Twin};
+
+mod release;
+mod window;
+
+use release::{audit_entry, log_entry};
+use window::{Batch, OfThing, Window};
 
 /// Answers once everything routed to this host before it is committed and released.
 pub(crate) struct Flush(pub oneshot::Sender<()>);
@@ -101,66 +104,10 @@ struct Released {
     meta: Arc<ThingMeta>,
 }
 
-/// What the next commit writes, and the effects waiting for it.
-#[derive(Default)]
-struct Window {
-    /// Latest record per dirty twin and its write count.
-    records: HashMap<ThingName, (Bytes, u64)>,
-    /// Audit entries of changes made through the API.
-    audits: Vec<AuditEntry>,
-    /// Telemetry samples for the history: thing, device time, sequence, fields as JSON.
-    telemetry: Vec<(ThingName, u64, u64, Bytes)>,
-    /// Latest rule state per twin (empty: remove it).
-    rule_states: HashMap<ThingName, Bytes>,
-    /// Latest rule deadline per twin.
-    deadlines: HashMap<ThingName, Option<u64>>,
-    /// Alerts and commands for the rule log.
-    rule_log: Vec<(&'static str, RuleLogEntry)>,
-    bytes: usize,
-    released: Vec<Released>,
-}
-
-impl Window {
-    fn has_writes(&self) -> bool {
-        !self.records.is_empty()
-            || !self.telemetry.is_empty()
-            || !self.audits.is_empty()
-            || !self.rule_states.is_empty()
-            || !self.deadlines.is_empty()
-            || !self.rule_log.is_empty()
+impl OfThing for Released {
+    fn thing(&self) -> &ThingName {
+        &self.thing
     }
-
-    /// Removes the writes and effects of `things` (their acknowledgements fail).
-    fn drop_things(&mut self, things: &HashSet<ThingName>) {
-        self.records.retain(|thing, _| !things.contains(thing));
-        self.rule_states.retain(|thing, _| !things.contains(thing));
-        self.deadlines.retain(|thing, _| !things.contains(thing));
-        self.telemetry.retain(|(thing, ..)| !things.contains(thing));
-        self.audits
-            .retain(|entry| !things.iter().any(|t| t.as_str() == entry.target));
-        self.rule_log
-            .retain(|(_, entry)| !things.iter().any(|t| t.as_str() == entry.thing));
-        self.released.retain(|r| !things.contains(&r.thing));
-        self.bytes = self.records.values().map(|(b, _)| b.len()).sum::<usize>()
-            + self.rule_states.values().map(Bytes::len).sum::<usize>()
-            + self.telemetry.iter().map(|(.., j)| j.len()).sum::<usize>();
-    }
-
-    fn is_full(&self, max_twins: usize) -> bool {
-        self.records.len() >= max_twins
-            || self.telemetry.len() >= 4 * max_twins
-            || self.bytes >= MAX_WINDOW_BYTES
-    }
-}
-
-/// A batch being committed.
-struct Batch {
-    records: Vec<(ThingName, Bytes, u64)>,
-    audits: Vec<AuditEntry>,
-    telemetry: Vec<(ThingName, u64, u64, Bytes)>,
-    rule_states: Vec<(ThingName, Bytes)>,
-    deadlines: Vec<(ThingName, Option<u64>)>,
-    rule_log: Vec<(&'static str, RuleLogEntry)>,
 }
 
 /// A loaded thing: its record, its twin's record and its rule state.
@@ -180,7 +127,7 @@ pub(crate) struct ShardHost {
     load_in_flight: bool,
     /// Things decommissioned while their load was in flight.
     cancelled: HashSet<ThingName>,
-    window: Window,
+    window: Window<Released>,
     /// Work that arrived while the window was full and a commit in flight, in arrival order;
     /// it fills the next window, so no transaction outgrows the store's limits.
     overflow: VecDeque<Handled>,
@@ -199,9 +146,6 @@ pub(crate) struct ShardHost {
 
 /// Store retries back off up to this long.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// A window commits early once its records reach this many bytes (well under FoundationDB's
-/// 10 MB transaction limit).
-const MAX_WINDOW_BYTES: usize = 4 * 1024 * 1024;
 
 impl ShardHost {
     pub(crate) fn new(index: usize, shared: Arc<Shared>) -> Self {
@@ -395,30 +339,18 @@ impl ShardHost {
         }
         if !self.window.has_writes() {
             // Nothing to write: effects waiting only to keep their order go out now.
-            for released in std::mem::take(&mut self.window.released) {
+            for released in self.window.take_effects() {
                 self.release(released);
             }
             self.check_idle();
             return;
         }
-        let window = std::mem::take(&mut self.window);
-        let batch = Batch {
-            records: window
-                .records
-                .into_iter()
-                .map(|(thing, (bytes, written))| (thing, bytes, written))
-                .collect(),
-            audits: window.audits,
-            telemetry: window.telemetry,
-            rule_states: window.rule_states.into_iter().collect(),
-            deadlines: window.deadlines.into_iter().collect(),
-            rule_log: window.rule_log,
-        };
+        let (batch, released) = self.window.take();
         self.committing = true;
         self.health()
             .committing_since
             .store(crate::now_ms(), Ordering::Release);
-        self.commit(batch, window.released, Duration::ZERO, ctx);
+        self.commit(batch, released, Duration::ZERO, ctx);
     }
 
     fn health(&self) -> &HostHealth {
@@ -502,11 +434,7 @@ impl ShardHost {
     /// reloads them from what is stored), their effects are dropped so that no sender learns
     /// of a success, and work of theirs still on its way is dropped too.
     fn abandon(&mut self, batch: &Batch, released: Vec<Released>) {
-        let mut things: HashSet<ThingName> =
-            batch.records.iter().map(|(t, ..)| t.clone()).collect();
-        things.extend(batch.telemetry.iter().map(|(t, ..)| t.clone()));
-        things.extend(batch.rule_states.iter().map(|(t, _)| t.clone()));
-        things.extend(batch.deadlines.iter().map(|(t, _)| t.clone()));
+        let mut things = batch.things();
         things.extend(released.iter().map(|r| r.thing.clone()));
         drop(released);
         for thing in &things {
@@ -563,134 +491,6 @@ impl ShardHost {
         self.check_idle();
     }
 
-    /// Sends a command's effects on their way and acknowledges it.
-    fn release(&self, item: Released) {
-        let Released {
-            thing,
-            effects,
-            outputs,
-            child_report,
-            origin,
-            ack,
-            meta,
-        } = item;
-        let outbox = &self.shared.outbox;
-        let (mut caller, gateway) = match origin {
-            Origin::Caller(tx) => (Some(tx), None),
-            Origin::Device => (None, None),
-            Origin::Gateway(gateway) => (None, Some(gateway)),
-        };
-        let mut refused = None;
-        for effect in effects {
-            match effect {
-                Effect::Reply(reply) => {
-                    let accepted = reply.outcome.is_ok();
-                    if let Err(error) = &reply.outcome {
-                        metrics::counter!("doppel_rejections_total", "code" => error.code.to_string()).increment(1);
-                    }
-                    if let Some(tx) = caller.take() {
-                        // Accepted changes made through the API are announced to the device too.
-                        if accepted && matches!(reply.op, Op::Update | Op::Delete) {
-                            let topic = topics::reply(&thing, &reply.shadow, reply.op, true);
-                            outbox.publish(&thing, topic, reply.payload.clone());
-                        }
-                        let _ = tx.send(reply);
-                    } else if reply.op == Op::Telemetry {
-                        if let Err(error) = &reply.outcome {
-                            info!(%thing, gateway = ?gateway.as_ref().map(ThingName::as_str), code = error.code, message = %error.message, "telemetry refused");
-                            if gateway.is_none() {
-                                // The device learns why; its PUBACK carries the reason (MQTT 5).
-                                refused = Some(error.code);
-                                outbox.publish(
-                                    &thing,
-                                    topics::telemetry_rejected(&thing),
-                                    reply.payload.clone(),
-                                );
-                            }
-                            if let Some(gateway) = &gateway {
-                                let payload = json!({
-                                    "thing": thing.as_str(),
-                                    "code": error.code,
-                                    "message": error.message,
-                                });
-                                outbox.publish(
-                                    gateway,
-                                    topics::gateway_rejected(gateway),
-                                    Bytes::from(payload.to_string()),
-                                );
-                            }
-                        }
-                    } else {
-                        let topic = topics::reply(&thing, &reply.shadow, reply.op, accepted);
-                        outbox.publish(&thing, topic, reply.payload);
-                    }
-                }
-                Effect::Delta {
-                    shadow, payload, ..
-                } => {
-                    outbox.publish(&thing, topics::delta(&thing, &shadow), payload);
-                }
-                Effect::Documents {
-                    shadow, payload, ..
-                } => {
-                    outbox.publish(&thing, topics::documents(&thing, &shadow), payload);
-                }
-                Effect::Changed(change) => self
-                    .shared
-                    .hub
-                    .publish(Arc::new(ChangeEvent::new(change, meta.clone()))),
-                Effect::Telemetry { .. } => {}
-            }
-        }
-        for output in outputs {
-            self.release_output(&thing, &meta, output);
-        }
-        if let Some((parent, reported)) = child_report {
-            self.shared.route(
-                parent,
-                Deliver {
-                    input: Input::Child(thing.to_string(), Some(reported)),
-                    origin: Origin::Device,
-                    ack: None,
-                    documents: false,
-                    audit: None,
-                },
-            );
-        }
-        match (ack, refused) {
-            (Some(ack), Some(code)) => ack.refuse(code),
-            (Some(ack), None) => ack.done(),
-            (None, _) => {}
-        }
-    }
-
-    /// Sends what a rule did: commands to the device, alerts and events to apps.
-    fn release_output(&self, thing: &ThingName, meta: &Arc<ThingMeta>, output: Output) {
-        match &output.kind {
-            OutputKind::Command { name, payload, .. } => {
-                let bytes = Bytes::from(payload.to_string());
-                self.shared
-                    .outbox
-                    .publish(thing, topics::command(thing, name), bytes);
-                metrics::counter!("doppel_rule_commands_total").increment(1);
-            }
-            OutputKind::SetRefused { message } => {
-                warn!(%thing, rule = %output.rule, %message, "the twin refused a rule's set");
-            }
-            OutputKind::Set { .. } => return,
-            OutputKind::Alert { .. }
-            | OutputKind::Event { .. }
-            | OutputKind::CommandEnded { .. } => {}
-        }
-        metrics::counter!("doppel_rule_outputs_total", "kind" => output_kind(&output.kind))
-            .increment(1);
-        self.shared.hub.publish_event(Arc::new(RuleEvent::new(
-            thing.clone(),
-            meta.clone(),
-            output,
-        )));
-    }
-
     fn check_idle(&mut self) {
         if self.flush_waiters.is_empty() {
             return;
@@ -700,7 +500,7 @@ impl ShardHost {
             && !self.load_in_flight
             && self.loading.is_empty()
             && !self.window.has_writes()
-            && self.window.released.is_empty()
+            && !self.window.holds_effects()
             && self.twins.values().all(|e| e.in_flight == 0);
         if idle {
             for waiter in self.flush_waiters.drain(..) {
@@ -806,39 +606,29 @@ impl ShardHost {
             && record.is_some()
             && let Some(entry) = audit_entry(&thing, &effects, &actor)
         {
-            self.window.audits.push(entry);
+            self.window.audit(entry);
         }
         if self.shared.config.history.enabled {
             effects.retain(|effect| match effect {
                 Effect::Telemetry { ts, json, .. } => {
-                    self.window.bytes += json.len();
                     let seq = crate::history::next_seq();
-                    self.window
-                        .telemetry
-                        .push((thing.clone(), *ts, seq, json.clone()));
+                    self.window.sample(&thing, *ts, seq, json.clone());
                     false
                 }
                 _ => true,
             });
         }
         if let Some(bytes) = record {
-            self.window.bytes += bytes.len();
-            if let Some((old, _)) = self.window.records.insert(thing.clone(), (bytes, written)) {
-                self.window.bytes -= old.len();
-            }
+            self.window.record(&thing, bytes, written);
         }
         if let Some(bytes) = rule_state {
-            self.window.bytes += bytes.len();
-            if let Some(old) = self.window.rule_states.insert(thing.clone(), bytes) {
-                self.window.bytes -= old.len();
-            }
+            self.window.rule_state(&thing, bytes);
         }
         if let Some(deadline) = deadline {
-            self.window.deadlines.insert(thing.clone(), deadline);
+            self.window.deadline(&thing, deadline);
         }
         self.window
-            .rule_log
-            .extend(outputs.iter().filter_map(|o| log_entry(&thing, o)));
+            .log(outputs.iter().filter_map(|o| log_entry(&thing, o)));
         let released = Released {
             thing,
             effects,
@@ -851,7 +641,7 @@ impl ShardHost {
         if !self.window.has_writes() && !self.committing {
             self.release(released);
         } else {
-            self.window.released.push(released);
+            self.window.hold(released);
         }
         if self.window.is_full(self.shared.config.commit_max_twins) {
             self.flush(ctx);
@@ -860,35 +650,6 @@ impl ShardHost {
         }
         self.check_idle();
     }
-}
-
-/// The audit entry of a change made through the API.
-fn audit_entry(thing: &ThingName, effects: &[Effect], actor: &str) -> Option<AuditEntry> {
-    let reply = effects.iter().find_map(|e| match e {
-        Effect::Reply(r) => Some(r),
-        _ => None,
-    })?;
-    let version = *reply.outcome.as_ref().ok()?;
-    let (action, before, after) = match reply.op {
-        Op::Update => (
-            "shadow.update",
-            version.checked_sub(1).filter(|v| *v > 0),
-            version,
-        ),
-        // The reply reports the deleted document's version; the deletion takes the next one.
-        Op::Delete => ("shadow.delete", Some(version), version + 1),
-        Op::Get | Op::Telemetry => return None,
-    };
-    let details = reply.shadow.name().map(|name| json!({ "shadow": name }));
-    Some(AuditEntry::new(
-        actor,
-        action,
-        thing.as_str(),
-        before,
-        Some(after),
-        details,
-        crate::now_ms(),
-    ))
 }
 
 impl Handler<Evict> for ShardHost {
@@ -901,13 +662,7 @@ impl Handler<Evict> for ShardHost {
         if self.loading.contains_key(&thing) {
             self.cancelled.insert(thing.clone());
         }
-        if let Some((bytes, _)) = self.window.records.remove(&thing) {
-            self.window.bytes -= bytes.len();
-        }
-        if let Some(bytes) = self.window.rule_states.remove(&thing) {
-            self.window.bytes -= bytes.len();
-        }
-        self.window.deadlines.remove(&thing);
+        self.window.evict(&thing);
         if self.committing {
             self.after_commit.push(done);
         } else {
@@ -939,37 +694,6 @@ impl Handler<TraceOf> for ShardHost {
     }
 }
 
-fn output_kind(kind: &OutputKind) -> &'static str {
-    match kind {
-        OutputKind::Command { .. } => "command",
-        OutputKind::Alert { .. } => "alert",
-        OutputKind::Event { .. } => "event",
-        OutputKind::CommandEnded { .. } => "command_ended",
-        OutputKind::Set { .. } => "set",
-        OutputKind::SetRefused { .. } => "set_refused",
-    }
-}
-
-/// The rule log entry of an output, if it is logged: alerts, and commands sent and ended.
-fn log_entry(thing: &ThingName, output: &Output) -> Option<(&'static str, RuleLogEntry)> {
-    // Alerts, and commands sent and ended.
-    let kind = match &output.kind {
-        OutputKind::Alert { .. } => "alert",
-        OutputKind::Command { .. } | OutputKind::CommandEnded { .. } => "command",
-        _ => return None,
-    };
-    let (_, details) = output.kind.describe();
-    Some((
-        kind,
-        RuleLogEntry {
-            at: output.at,
-            thing: thing.to_string(),
-            rule: output.rule.to_string(),
-            details: details.as_object().cloned().unwrap_or_default(),
-        },
-    ))
-}
-
 impl Handler<Stats> for ShardHost {
     type Result = actix::MessageResult<Stats>;
 
@@ -978,7 +702,7 @@ impl Handler<Stats> for ShardHost {
             active: self.twins.len(),
             loading: self.loading.len(),
             passivated: self.passivated,
-            pending: self.window.records.len(),
+            pending: self.window.twins(),
             sweeps: self.sweeps,
         })
     }
