@@ -15,7 +15,8 @@ use storage::{AnyStore, Repos, Store, Transaction};
 use twin_core::{CompiledType, DeviceType, ThingName, TypeName};
 
 pub use storage::{
-    AuditEntry, KeyRecord, Role, RuleLogEntry, RuleRecord, ThingRecord, repo::Cursor,
+    AuditEntry, KeyRecord, Role, RuleLogEntry, RuleRecord, ThingRecord,
+    repo::{Cursor, LogKind},
 };
 
 /// A fresh secret: 32 random bytes, hex.
@@ -647,11 +648,11 @@ impl Directory {
             .collect())
     }
 
-    /// Rule log entries of `kind` (`alert`, `command`) with `from <= at < to`, after the entry
-    /// `after` names, oldest first, at most `limit`.
+    /// Rule log entries of `kind` with `from <= at < to`, after the entry `after` names, oldest
+    /// first, at most `limit`.
     pub fn rule_log(
         &self,
-        kind: &str,
+        kind: LogKind,
         range: (u64, u64),
         after: Option<Cursor>,
         limit: usize,

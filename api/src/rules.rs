@@ -495,7 +495,9 @@ pub(crate) async fn alerts(
     'pages: for _ in 0..100 {
         let page = state
             .node
-            .with_directory(move |d| d.rule_log("alert", range, after, 1_000))
+            .with_directory(move |d| {
+                d.rule_log(actors::directory::LogKind::Alert, range, after, 1_000)
+            })
             .await?;
         let done = page.len() < 1_000;
         for (cursor, entry) in page {

@@ -5,6 +5,7 @@
 //! [`conformance_tests!`](crate::conformance_tests). FoundationDB: `storage/tests/conformance_fdb.rs`
 //! (feature `fdb`, `FDB_CLUSTER_FILE` set) runs [`run_all`] against a live cluster.
 
+use crate::repo::LogKind;
 use crate::{
     AuditEntry, KeyRange, KeyRecord, MAX_KEY_BYTES, MAX_VALUE_BYTES, RangeOptions, Repos, Role,
     RuleLogEntry, RuleRecord, StoreError, ThingRecord,
@@ -713,10 +714,10 @@ pub fn rules_state_deadlines_and_log<S: Store>(store: &S, root: &Subspace) {
     store
         .transact(|tx| {
             for (kind, at, name) in [
-                ("alert", 30, "c"),
-                ("alert", 10, "a"),
-                ("command", 20, "x"),
-                ("alert", 20, "b"),
+                (LogKind::Alert, 30, "c"),
+                (LogKind::Alert, 10, "a"),
+                (LogKind::Command, 20, "x"),
+                (LogKind::Alert, 20, "b"),
             ] {
                 repos.rule_log.append(tx, kind, &entry(at, name))?;
             }
@@ -724,7 +725,7 @@ pub fn rules_state_deadlines_and_log<S: Store>(store: &S, root: &Subspace) {
         })
         .unwrap();
     let alerts = store
-        .transact(|tx| repos.rule_log.list(tx, "alert", (0, 100), None, 2))
+        .transact(|tx| repos.rule_log.list(tx, LogKind::Alert, (0, 100), None, 2))
         .unwrap();
     assert_eq!(
         alerts.iter().map(|(_, e)| e.at).collect::<Vec<_>>(),
@@ -734,24 +735,26 @@ pub fn rules_state_deadlines_and_log<S: Store>(store: &S, root: &Subspace) {
         .transact(|tx| {
             repos
                 .rule_log
-                .list(tx, "alert", (0, 100), Some(alerts[1].0), 10)
+                .list(tx, LogKind::Alert, (0, 100), Some(alerts[1].0), 10)
         })
         .unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].1, entry(30, "c"));
     store
-        .transact(|tx| repos.rule_log.expire(tx, "alert", 25))
+        .transact(|tx| repos.rule_log.expire(tx, LogKind::Alert, 25))
         .unwrap();
     assert_eq!(
         store
-            .transact(|tx| repos.rule_log.list(tx, "alert", (0, 100), None, 10))
+            .transact(|tx| repos.rule_log.list(tx, LogKind::Alert, (0, 100), None, 10))
             .unwrap()
             .len(),
         1
     );
     assert_eq!(
         store
-            .transact(|tx| repos.rule_log.list(tx, "command", (0, 100), None, 10))
+            .transact(|tx| repos
+                .rule_log
+                .list(tx, LogKind::Command, (0, 100), None, 10))
             .unwrap()
             .len(),
         1

@@ -389,7 +389,7 @@ impl ShardHost {
                     repos.rule_states.set_deadline(tx, thing, *deadline)?;
                 }
                 for (kind, entry) in &batch.rule_log {
-                    repos.rule_log.append(tx, kind, entry)?;
+                    repos.rule_log.append(tx, *kind, entry)?;
                 }
                 Ok(())
             });

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use rules_dsl::{Input, Output, OutputKind};
 use serde_json::json;
 use std::sync::Arc;
-use storage::{AuditEntry, RuleLogEntry};
+use storage::{AuditEntry, RuleLogEntry, repo::LogKind};
 use tracing::{info, warn};
 use twin_core::{Effect, Op, ThingName};
 
@@ -192,14 +192,11 @@ fn output_kind(kind: &OutputKind) -> &'static str {
 }
 
 /// The rule log entry of an output, if it is logged: alerts, and commands sent and ended.
-pub(super) fn log_entry(
-    thing: &ThingName,
-    output: &Output,
-) -> Option<(&'static str, RuleLogEntry)> {
+pub(super) fn log_entry(thing: &ThingName, output: &Output) -> Option<(LogKind, RuleLogEntry)> {
     // Alerts, and commands sent and ended.
     let kind = match &output.kind {
-        OutputKind::Alert { .. } => "alert",
-        OutputKind::Command { .. } | OutputKind::CommandEnded { .. } => "command",
+        OutputKind::Alert { .. } => LogKind::Alert,
+        OutputKind::Command { .. } | OutputKind::CommandEnded { .. } => LogKind::Command,
         _ => return None,
     };
     let (_, details) = output.kind.describe();

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
-use storage::{AuditEntry, RuleLogEntry};
+use storage::{AuditEntry, RuleLogEntry, repo::LogKind};
 use twin_core::ThingName;
 
 /// A window commits early once its records reach this many bytes (well under FoundationDB's
@@ -30,7 +30,7 @@ pub(crate) struct Window<R> {
     /// Latest rule deadline per twin.
     deadlines: HashMap<ThingName, Option<u64>>,
     /// Alerts and commands for the rule log.
-    rule_log: Vec<(&'static str, RuleLogEntry)>,
+    rule_log: Vec<(LogKind, RuleLogEntry)>,
     bytes: usize,
     released: Vec<R>,
 }
@@ -57,7 +57,7 @@ pub(crate) struct Batch {
     pub telemetry: Vec<(ThingName, u64, u64, Bytes)>,
     pub rule_states: Vec<(ThingName, Bytes)>,
     pub deadlines: Vec<(ThingName, Option<u64>)>,
-    pub rule_log: Vec<(&'static str, RuleLogEntry)>,
+    pub rule_log: Vec<(LogKind, RuleLogEntry)>,
 }
 
 impl Batch {
@@ -133,7 +133,7 @@ impl<R: OfThing> Window<R> {
     }
 
     /// Rule-log entries.
-    pub fn log(&mut self, entries: impl IntoIterator<Item = (&'static str, RuleLogEntry)>) {
+    pub fn log(&mut self, entries: impl IntoIterator<Item = (LogKind, RuleLogEntry)>) {
         self.rule_log.extend(entries);
     }
 

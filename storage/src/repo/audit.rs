@@ -1,14 +1,11 @@
 //! The audit log: who changed what, when, with the versions before and after. Entries are keyed
 //! by time, so they list in order and old ones clear by range.
 
-use crate::{
-    error::StoreError,
-    kv::{KeyRange, RangeOptions, Transaction},
-};
+use super::timelog::{self, Cursor, Sequence};
+use crate::{error::StoreError, kv::Transaction};
 use foundationdb_tuple::Subspace;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One write, as recorded.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,14 +53,11 @@ impl AuditEntry {
     }
 }
 
-/// A position in the log, for paging.
-pub type Cursor = (u64, u64);
-
 /// The audit repository.
 #[derive(Debug)]
 pub struct Audit {
     space: Subspace,
-    seq: AtomicU64,
+    seq: Sequence,
 }
 
 impl Clone for Audit {
@@ -74,23 +68,16 @@ impl Clone for Audit {
 
 impl Audit {
     pub(crate) fn new(space: Subspace) -> Self {
-        // Entries written in the same millisecond are told apart by a sequence number that
-        // starts at a random point per process, so two nodes do not collide.
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() as u64)
-            << 32;
         Self {
             space,
-            seq: AtomicU64::new(start),
+            seq: Sequence::new(),
         }
     }
 
     /// Appends `entry`.
     pub fn append(&self, tx: &mut impl Transaction, entry: &AuditEntry) -> Result<(), StoreError> {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let bytes = serde_json::to_vec(entry).map_err(|e| StoreError::corrupt("audit entry", e))?;
-        tx.set(&self.space.pack(&(entry.at, seq)), &bytes)
+        self.seq
+            .append(tx, &self.space, entry.at, entry, "audit entry")
     }
 
     /// Up to `limit` entries with `from <= at < to`, oldest first, after `cursor`; with the
@@ -103,30 +90,6 @@ impl Audit {
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<(Cursor, AuditEntry)>, StoreError> {
-        let mut begin = self.space.pack(&(from,));
-        if let Some(cursor) = after {
-            begin = self.space.pack(&cursor);
-            begin.push(0);
-        }
-        let end = self.space.pack(&(to,));
-        if begin >= end {
-            return Ok(Vec::new());
-        }
-        let options = RangeOptions {
-            limit: Some(limit),
-            reverse: false,
-        };
-        tx.get_range(&KeyRange::new(begin, end), options)?
-            .into_iter()
-            .map(|(key, value)| {
-                let cursor: Cursor = self
-                    .space
-                    .unpack(&key)
-                    .map_err(|e| StoreError::corrupt("audit key", e))?;
-                let entry = serde_json::from_slice(&value)
-                    .map_err(|e| StoreError::corrupt("audit entry", e))?;
-                Ok((cursor, entry))
-            })
-            .collect()
+        timelog::list(tx, &self.space, (from, to), after, limit, "audit entry")
     }
 }

@@ -22,13 +22,15 @@ mod history;
 mod meta;
 mod records;
 mod rules;
+mod timelog;
 mod twins;
 
-pub use audit::{Audit, AuditEntry, Cursor};
+pub use audit::{Audit, AuditEntry};
 pub use history::{DAY_MS, FieldAgg, HOUR_MS, History, HourAgg, RawSample, day_of};
 pub use meta::Meta;
 pub use records::{KeyRecord, Keyed, Records, Role, ThingRecord};
-pub use rules::{RuleLog, RuleLogEntry, RuleRecord, RuleStates};
+pub use rules::{LogKind, RuleLog, RuleLogEntry, RuleRecord, RuleStates};
+pub use timelog::Cursor;
 pub use twins::Twins;
 
 use foundationdb_tuple::Subspace;

@@ -1,7 +1,10 @@
 //! Rules: their sources, each twin's rule state and next deadline, and the rule log (alerts and
 //! commands) keyed by kind and time.
 
-use super::{Cursor, Keyed, blob};
+use super::{
+    Cursor, Keyed, blob,
+    timelog::{self, Sequence},
+};
 use crate::{
     error::StoreError,
     kv::{KeyRange, RangeOptions, Transaction},
@@ -9,7 +12,6 @@ use crate::{
 use foundationdb_tuple::Subspace;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering};
 use twin_core::ThingName;
 
 /// A rule as stored: its source and what it is attached to.
@@ -138,11 +140,31 @@ pub struct RuleLogEntry {
     pub details: serde_json::Map<String, Value>,
 }
 
-/// The rule log: alerts fired and resolved, commands sent and how they ended.
+/// What a rule log entry is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LogKind {
+    /// An alert fired or resolved.
+    Alert,
+    /// A command sent, or how it ended.
+    Command,
+}
+
+impl LogKind {
+    /// Its name in keys and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogKind::Alert => "alert",
+            LogKind::Command => "command",
+        }
+    }
+}
+
+/// The rule log: alerts fired and resolved, commands sent and how they ended; one time-ordered
+/// log per kind.
 #[derive(Debug)]
 pub struct RuleLog {
     space: Subspace,
-    seq: AtomicU64,
+    seq: Sequence,
 }
 
 impl Clone for RuleLog {
@@ -153,74 +175,46 @@ impl Clone for RuleLog {
 
 impl RuleLog {
     pub(crate) fn new(space: Subspace) -> Self {
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() as u64)
-            << 32;
         Self {
             space,
-            seq: AtomicU64::new(start),
+            seq: Sequence::new(),
         }
     }
 
-    /// Appends an entry of `kind` (`alert`, `command`).
+    fn log(&self, kind: LogKind) -> Subspace {
+        self.space.subspace(&kind.as_str())
+    }
+
+    /// Appends an entry of `kind`.
     pub fn append(
         &self,
         tx: &mut impl Transaction,
-        kind: &str,
+        kind: LogKind,
         entry: &RuleLogEntry,
     ) -> Result<(), StoreError> {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let bytes =
-            serde_json::to_vec(entry).map_err(|e| StoreError::corrupt("rule log entry", e))?;
-        tx.set(&self.space.pack(&(kind, entry.at, seq)), &bytes)
+        self.seq
+            .append(tx, &self.log(kind), entry.at, entry, "rule log entry")
     }
 
     /// Up to `limit` entries of `kind` with `from <= at < to`, oldest first, after `after`.
     pub fn list(
         &self,
         tx: &mut impl Transaction,
-        kind: &str,
-        (from, to): (u64, u64),
+        kind: LogKind,
+        range: (u64, u64),
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<(Cursor, RuleLogEntry)>, StoreError> {
-        let mut begin = self.space.pack(&(kind, from));
-        if let Some((at, seq)) = after {
-            begin = self.space.pack(&(kind, at, seq));
-            begin.push(0);
-        }
-        let end = self.space.pack(&(kind, to));
-        if begin >= end {
-            return Ok(Vec::new());
-        }
-        let options = RangeOptions {
-            limit: Some(limit),
-            reverse: false,
-        };
-        tx.get_range(&KeyRange::new(begin, end), options)?
-            .into_iter()
-            .map(|(key, value)| {
-                let (_, at, seq): (String, u64, u64) = self
-                    .space
-                    .unpack(&key)
-                    .map_err(|e| StoreError::corrupt("rule log key", e))?;
-                let entry = serde_json::from_slice(&value)
-                    .map_err(|e| StoreError::corrupt("rule log entry", e))?;
-                Ok(((at, seq), entry))
-            })
-            .collect()
+        timelog::list(tx, &self.log(kind), range, after, limit, "rule log entry")
     }
 
     /// Removes entries of `kind` older than `before`.
     pub fn expire(
         &self,
         tx: &mut impl Transaction,
-        kind: &str,
+        kind: LogKind,
         before: u64,
     ) -> Result<(), StoreError> {
-        let begin = self.space.pack(&(kind, 0u64));
-        let end = self.space.pack(&(kind, before));
-        tx.clear_range(&KeyRange::new(begin, end))
+        timelog::expire(tx, &self.log(kind), before)
     }
 }
