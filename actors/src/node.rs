@@ -298,13 +298,7 @@ impl Node {
         if let Some(parent) = parent.and_then(|p| ThingName::new(&p).ok()) {
             self.inner.shared.route(
                 parent,
-                Deliver {
-                    input: Input::Child(thing.to_string(), None),
-                    origin: Origin::Device,
-                    ack: None,
-                    documents: false,
-                    audit: None,
-                },
+                Deliver::internal(Input::Child(thing.to_string(), None)),
             );
         }
         Ok(())
@@ -408,16 +402,7 @@ async fn resume_rule_deadlines(shared: Arc<Shared>) {
         after = Some(last.clone());
         let full = page.len() == 1_000;
         for (thing, _) in page {
-            shared.route(
-                thing,
-                Deliver {
-                    input: Input::Timer,
-                    origin: Origin::Device,
-                    ack: None,
-                    documents: false,
-                    audit: None,
-                },
-            );
+            shared.route(thing, Deliver::internal(Input::Timer));
         }
         if !full {
             return;

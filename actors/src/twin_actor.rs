@@ -243,13 +243,7 @@ impl TwinActor {
             self.timer = Some(ctx.run_later(wait, |actor, ctx| {
                 actor.timer = None;
                 actor.deadline = None;
-                let tick = Deliver {
-                    input: Input::Timer,
-                    origin: Origin::Device,
-                    ack: None,
-                    documents: false,
-                    audit: None,
-                };
+                let tick = Deliver::internal(Input::Timer);
                 actor.work(tick, false, ctx);
             }));
         }

@@ -15,8 +15,10 @@ use twin_core::{Effect, ThingName, TypeName};
 /// Who sent a command, and so where its reply goes.
 #[derive(Debug)]
 pub enum Origin {
-    /// A device over MQTT (or the node itself): replies go to the device's reply topics.
+    /// A device over MQTT: replies go to the device's reply topics.
     Device,
+    /// The node itself: a rule timer, a child's change reaching its parent.
+    Node,
     /// A caller in the node (HTTP, WebSocket): the reply is handed back; accepted changes are
     /// also published to the device's topics.
     Caller(oneshot::Sender<twin_core::Reply>),
@@ -42,6 +44,20 @@ pub struct Deliver {
 
 impl Message for Deliver {
     type Result = ();
+}
+
+impl Deliver {
+    /// Work the node gives a twin by itself (a timer, a child's change): nothing to
+    /// acknowledge, no one to answer.
+    pub(crate) fn internal(input: Input) -> Self {
+        Self {
+            input,
+            origin: Origin::Node,
+            ack: None,
+            documents: false,
+            audit: None,
+        }
+    }
 }
 
 /// What a thing is, as far as watchers filter on it.

@@ -32,7 +32,7 @@ impl ShardHost {
         let outbox = &self.shared.outbox;
         let (mut caller, gateway) = match origin {
             Origin::Caller(tx) => (Some(tx), None),
-            Origin::Device => (None, None),
+            Origin::Device | Origin::Node => (None, None),
             Origin::Gateway(gateway) => (None, Some(gateway)),
         };
         let mut refused = None;
@@ -103,13 +103,7 @@ impl ShardHost {
         if let Some((parent, reported)) = child_report {
             self.shared.route(
                 parent,
-                Deliver {
-                    input: Input::Child(thing.to_string(), Some(reported)),
-                    origin: Origin::Device,
-                    ack: None,
-                    documents: false,
-                    audit: None,
-                },
+                Deliver::internal(Input::Child(thing.to_string(), Some(reported))),
             );
         }
         match (ack, refused) {
