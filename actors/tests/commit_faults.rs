@@ -4,16 +4,17 @@
 //! commit the store refuses for good drops its changes without wedging the host, and a retried
 //! request is applied once.
 
+mod support;
+
 use actors::{
     Node, NodeConfig,
-    directory::{Directory, NewThing},
+    directory::Directory,
     hub::{ChangeHub, Selector},
     mqtt::Sessions,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use std::{
     collections::BTreeMap,
-    future::Future,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -21,11 +22,7 @@ use storage::{
     AnyStore, FjallStore, Repos,
     faulty::{Fault, Faults, FaultyStore},
 };
-use twin_core::{Command, GetRequest, Reply, ShadowName, ThingName, request};
-
-fn run<F: Future<Output = ()>>(f: F) {
-    actix_rt::System::new().block_on(f);
-}
+use support::*;
 
 fn start(dir: &std::path::Path, config: NodeConfig) -> (Node, Faults) {
     let (store, faults) = FaultyStore::new(AnyStore::from(FjallStore::open(dir).unwrap()));
@@ -54,46 +51,6 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-fn thing(name: &str) -> ThingName {
-    ThingName::new(name).unwrap()
-}
-
-async fn register(node: &Node, name: &str) {
-    node.register(
-        NewThing {
-            name: thing(name),
-            device_type: None,
-            attributes: BTreeMap::new(),
-        },
-        "test",
-    )
-    .await
-    .unwrap();
-}
-
-fn update_command(node: &Node, body: Value) -> Command {
-    let req = request::parse_update(
-        ShadowName::CLASSIC,
-        body.to_string().as_bytes(),
-        &node.config().limits,
-    )
-    .unwrap();
-    Command::Update(req)
-}
-
-async fn get(node: &Node, name: &str) -> Reply {
-    node.call(
-        thing(name),
-        Command::Get(GetRequest {
-            shadow: ShadowName::CLASSIC,
-            client_token: None,
-        }),
-        None,
-    )
-    .await
-    .unwrap()
 }
 
 #[test]

@@ -2,25 +2,17 @@
 //! idle twins are passivated and come back with their state, a twin whose commit is pending is
 //! never passivated, and unregistered things are refused.
 
-use actors::{
-    Node, NodeConfig,
-    directory::{Directory, NewThing},
-    hub::ChangeHub,
-    mqtt::Sessions,
-};
+mod support;
+
+use actors::{Node, NodeConfig, directory::Directory, hub::ChangeHub, mqtt::Sessions};
 use serde_json::{Value, json};
 use std::{
-    collections::BTreeMap,
-    future::Future,
     sync::Arc,
     time::{Duration, Instant},
 };
 use storage::{AnyStore, FjallStore, Repos};
-use twin_core::{Command, GetRequest, Reply, ShadowName, ThingName, request};
-
-fn run<F: Future<Output = ()>>(f: F) {
-    actix_rt::System::new().block_on(f);
-}
+use support::*;
+use twin_core::{Command, Reply, ShadowName, request};
 
 fn start(dir: &std::path::Path, config: NodeConfig) -> Node {
     let store = AnyStore::from(FjallStore::open(dir).unwrap());
@@ -37,48 +29,6 @@ async fn until<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-fn thing(name: &str) -> ThingName {
-    ThingName::new(name).unwrap()
-}
-
-async fn register(node: &Node, name: &str) {
-    node.register(
-        NewThing {
-            name: thing(name),
-            device_type: None,
-            attributes: BTreeMap::new(),
-        },
-        "test",
-    )
-    .await
-    .unwrap();
-}
-
-async fn update(node: &Node, name: &str, body: Value) -> Reply {
-    let req = request::parse_update(
-        ShadowName::CLASSIC,
-        body.to_string().as_bytes(),
-        &node.config().limits,
-    )
-    .unwrap();
-    node.call(thing(name), Command::Update(req), None)
-        .await
-        .unwrap()
-}
-
-async fn get(node: &Node, name: &str) -> Reply {
-    node.call(
-        thing(name),
-        Command::Get(GetRequest {
-            shadow: ShadowName::CLASSIC,
-            client_token: None,
-        }),
-        None,
-    )
-    .await
-    .unwrap()
 }
 
 fn payload(reply: &Reply) -> Value {
