@@ -192,6 +192,7 @@ fn install_metrics() -> anyhow::Result<api::PrometheusHandle> {
     let sizes = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0];
     Ok(PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("doppel_commit_seconds".into()), &seconds)?
+        .set_buckets_for_metric(Matcher::Full("doppel_stage_seconds".into()), &seconds)?
         .set_buckets_for_metric(Matcher::Full("doppel_commit_twins".into()), &sizes)?
         .set_buckets_for_metric(Matcher::Full("doppel_commit_samples".into()), &sizes)?
         .install_recorder()?)

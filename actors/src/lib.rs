@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod rules;
 mod shard;
 mod shared;
+mod stages;
 pub mod tls;
 mod twin_actor;
 mod work;

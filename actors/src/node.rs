@@ -63,6 +63,7 @@ impl Node {
                 .collect(),
             config,
             hosts: OnceLock::new(),
+            stages: crate::stages::Stages::register(),
         });
         let mut hosts = Vec::new();
         let mut arbiters = Vec::new();
@@ -136,6 +137,7 @@ impl Node {
             ack,
             documents,
             audit: None,
+            received: std::time::Instant::now(),
         };
         self.host(&thing).do_send(Route { thing, deliver });
     }
@@ -151,6 +153,7 @@ impl Node {
                 ack: ack.as_ref().map(Ack::part),
                 documents: false,
                 audit: None,
+                received: std::time::Instant::now(),
             };
             self.host(&thing).do_send(Route { thing, deliver });
         }
@@ -175,6 +178,7 @@ impl Node {
             ack: None,
             documents,
             audit: audit.map(Arc::from),
+            received: std::time::Instant::now(),
         };
         self.host(&thing).do_send(Route { thing, deliver });
         let limit = self.config().request_timeout;

@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     pub hosts: OnceLock<Vec<Recipient<Route>>>,
     /// Per host: how its commits fare, for readiness.
     pub health: Vec<HostHealth>,
+    /// Where messages' time goes.
+    pub stages: crate::stages::Stages,
 }
 
 /// How one host's commits fare, read by `Node::stuck` without asking the host (a stuck host

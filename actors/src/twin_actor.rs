@@ -107,6 +107,7 @@ impl TwinActor {
 
     /// Runs `input` and hands the result to the host.
     fn work(&mut self, msg: Deliver, routed: bool, ctx: &mut Context<Self>) {
+        crate::stages::since(&self.shared.stages.queue, msg.received);
         let now = crate::now_ms();
         if let Origin::Gateway(gateway) = &msg.origin
             && !self.meta.is_behind(gateway)
@@ -128,6 +129,8 @@ impl TwinActor {
                 audit: msg.audit,
                 meta: self.meta.clone(),
                 routed,
+                received: msg.received,
+                handled: std::time::Instant::now(),
             });
             return;
         }
@@ -229,6 +232,8 @@ impl TwinActor {
             audit: msg.audit,
             meta: self.meta.clone(),
             routed,
+            received: msg.received,
+            handled: std::time::Instant::now(),
         });
     }
 

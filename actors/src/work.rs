@@ -8,7 +8,7 @@ use actix::Message;
 use bytes::Bytes;
 use rules_dsl::{Input, Output, TraceEntry};
 use serde_json::Value;
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 use tokio::sync::oneshot;
 use twin_core::{Effect, ThingName, TypeName};
 
@@ -40,6 +40,8 @@ pub struct Deliver {
     pub documents: bool,
     /// Record the change in the audit log under this actor (an API key id).
     pub audit: Option<Arc<str>>,
+    /// When the work entered the node (for the stage histograms).
+    pub received: Instant,
 }
 
 impl Message for Deliver {
@@ -56,6 +58,7 @@ impl Deliver {
             ack: None,
             documents: false,
             audit: None,
+            received: Instant::now(),
         }
     }
 }
@@ -106,6 +109,10 @@ pub(crate) struct Handled {
     pub meta: Arc<ThingMeta>,
     /// Whether the work came through the host (it counts what it routed).
     pub routed: bool,
+    /// When the work entered the node.
+    pub received: Instant,
+    /// When the twin handed it back.
+    pub handled: Instant,
 }
 
 impl Message for Handled {

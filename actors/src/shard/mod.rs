@@ -102,6 +102,9 @@ struct Released {
     origin: Origin,
     ack: Option<Ack>,
     meta: Arc<ThingMeta>,
+    /// When the work entered the node, and when its twin handed it back.
+    received: Instant,
+    handled: Instant,
 }
 
 impl OfThing for Released {
@@ -288,6 +291,8 @@ impl ShardHost {
             origin: deliver.origin,
             ack: deliver.ack,
             meta: Arc::default(),
+            received: deliver.received,
+            handled: Instant::now(),
         });
     }
 
@@ -346,6 +351,9 @@ impl ShardHost {
             return;
         }
         let (batch, released) = self.window.take();
+        for item in &released {
+            crate::stages::since(&self.shared.stages.window, item.handled);
+        }
         self.committing = true;
         self.health()
             .committing_since
@@ -399,6 +407,7 @@ impl ShardHost {
             Ok((batch, Ok(()), took)) => {
                 debug!(host = host.index, twins = batch.records.len(), samples = batch.telemetry.len(), ?took, "group commit");
                 metrics::histogram!("doppel_commit_seconds").record(took.as_secs_f64());
+                host.shared.stages.commit.record(took.as_secs_f64());
                 metrics::histogram!("doppel_commit_twins").record(batch.records.len() as f64);
                 metrics::histogram!("doppel_commit_samples").record(batch.telemetry.len() as f64);
                 host.committed(batch, released, ctx);
@@ -584,6 +593,8 @@ impl ShardHost {
             audit: actor,
             meta,
             routed,
+            received,
+            handled,
         } = handled;
         let (mut record, mut rule_state, mut deadline) = (record, rule_state, deadline);
         let mut written = 0;
@@ -637,6 +648,8 @@ impl ShardHost {
             origin,
             ack,
             meta,
+            received,
+            handled,
         };
         if !self.window.has_writes() && !self.committing {
             self.release(released);

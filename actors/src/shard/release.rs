@@ -28,7 +28,10 @@ impl ShardHost {
             origin,
             ack,
             meta,
+            received,
+            handled: _,
         } = item;
+        crate::stages::since(&self.shared.stages.total, received);
         let outbox = &self.shared.outbox;
         let (mut caller, gateway) = match origin {
             Origin::Caller(tx) => (Some(tx), None),
