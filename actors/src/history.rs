@@ -2,7 +2,11 @@
 //! days up into hourly aggregates and removes expired days, and queries that downsample raw
 //! samples (recent data) or hourly aggregates (older data) into buckets.
 
-use crate::{config::HistoryConfig, directory::Directory, error::NodeError};
+use crate::{
+    config::HistoryConfig,
+    directory::{Directory, LogKind},
+    error::NodeError,
+};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -259,7 +263,7 @@ pub fn query(
 }
 
 /// Rolls every finished day that is not yet rolled up into hourly aggregates, then removes raw
-/// days and hourly days past their retention. Returns the days rolled up.
+/// days, hourly days and rule-log entries past their retention. Returns the days rolled up.
 pub fn maintain(directory: &Directory, config: &HistoryConfig, now: u64) -> Result<u32, NodeError> {
     let repos = directory.repos();
     let store = directory.store();
@@ -283,9 +287,15 @@ pub fn maintain(directory: &Directory, config: &HistoryConfig, now: u64) -> Resu
     }
     let raw_start = raw_start_day(config, now);
     let hourly_start = hourly_start_day(config, now);
+    // The rule log (alerts, commands) is kept as long as the hourly aggregates.
+    let log_start = u64::from(hourly_start) * DAY_MS;
     store.transact(|tx| {
         repos.history.drop_raw_before(tx, raw_start)?;
-        repos.history.drop_hourly_before(tx, hourly_start)
+        repos.history.drop_hourly_before(tx, hourly_start)?;
+        for kind in [LogKind::Alert, LogKind::Command] {
+            repos.rule_log.expire(tx, kind, log_start)?;
+        }
+        Ok(())
     })?;
     if rolled > 0 {
         info!(
@@ -537,7 +547,34 @@ mod tests {
             Err(QueryError::Invalid(_))
         ));
         let later = DAY0 + 100 * DAY_MS;
+        let log = |at: u64| storage::RuleLogEntry {
+            at,
+            thing: "m".into(),
+            rule: "r".into(),
+            details: Default::default(),
+        };
+        d.store()
+            .transact(|tx| {
+                d.repos().rule_log.append(tx, LogKind::Alert, &log(DAY0))?;
+                d.repos()
+                    .rule_log
+                    .append(tx, LogKind::Alert, &log(later - DAY_MS))
+            })
+            .unwrap();
         maintain(&d, &config, later).unwrap();
+        let alerts = d
+            .store()
+            .transact(|tx| {
+                d.repos()
+                    .rule_log
+                    .list(tx, LogKind::Alert, (0, later), None, 10)
+            })
+            .unwrap();
+        assert_eq!(
+            alerts.iter().map(|(_, e)| e.at).collect::<Vec<_>>(),
+            [later - DAY_MS],
+            "rule-log entries expire with the hourly aggregates"
+        );
         let Series::Points(points) = query(&d, &config, &t, &q, later).unwrap() else {
             panic!()
         };
