@@ -329,3 +329,41 @@ async fn a_scoped_key_cannot_create_or_replace_rules_outside_its_types() {
         .await;
     assert_eq!(own, 201);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_entry_from_the_future_is_refused_alone() {
+    let node = Node::start(BIN, Options::default());
+    let api = Api::admin(&node);
+    let gateway_token = api.register("gw-9", None).await;
+    let (status, _) = api
+        .post(
+            "/v1/things",
+            json!({"name": "s-9", "attributes": {"gateway": "gw-9"}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let mut gw = device::connect(node.mqtt(), "gw-9", &gateway_token)
+        .await
+        .expect("the gateway connects");
+    gw.subscribe("gateways/gw-9/telemetry/rejected").await;
+    gw.publish_acked(
+        "gateways/gw-9/telemetry",
+        &json!([
+            {"thing": "s-9", "ts": 253_402_300_799_999u64, "values": {"temp": 999}},
+            {"thing": "s-9", "values": {"temp": 20}},
+        ]),
+    )
+    .await;
+    let rejected = gw.message_on("gateways/gw-9/telemetry/rejected").await;
+    assert_eq!(
+        (&rejected["thing"], &rejected["code"]),
+        (&json!("s-9"), &json!(400))
+    );
+    assert_eq!(
+        node.shadow("s-9", None).await.1["state"]["reported"]["temp"],
+        20,
+        "the other entry applied, the future one froze nothing"
+    );
+    let samples = history(&node, "s-9").await;
+    assert_eq!(samples.len(), 1, "{samples:?}");
+}
