@@ -181,9 +181,14 @@ impl Node {
             received: std::time::Instant::now(),
         };
         self.host(&thing).do_send(Route { thing, deliver });
+        self.answer(rx).await
+    }
+
+    /// Waits for a host's or twin's answer, at most `request_timeout`.
+    async fn answer<T>(&self, rx: oneshot::Receiver<T>) -> Result<T, NodeError> {
         let limit = self.config().request_timeout;
         match tokio::time::timeout(limit, rx).await {
-            Ok(reply) => reply.map_err(|_| NodeError::Stopped),
+            Ok(answer) => answer.map_err(|_| NodeError::Stopped),
             Err(_) => Err(NodeError::Timeout(limit)),
         }
     }
@@ -285,7 +290,7 @@ impl Node {
         self.inner.shared.outbox.disconnect(&thing);
         let (tx, rx) = oneshot::channel();
         self.host(&thing).do_send(Evict(thing.clone(), tx));
-        rx.await.map_err(|_| NodeError::Stopped)?;
+        self.answer(rx).await?;
         // A commit that was in flight during the removal may have written the twin again.
         let name = thing.clone();
         // Its history goes too: a thing registered later under this name starts afresh.
@@ -312,7 +317,7 @@ impl Node {
     pub async fn rule_trace(&self, thing: ThingName) -> Result<Vec<TraceEntry>, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.host(&thing).do_send(TraceOf(thing, tx));
-        rx.await.map_err(|_| NodeError::Stopped)
+        self.answer(rx).await
     }
 
     /// Checks a device's credentials.
