@@ -161,7 +161,7 @@ pub async fn connection<S>(
     };
     let version = connect.version;
     let mut output = BytesMut::new();
-    let checked = if throttle.allows(peer.ip()) {
+    let checked = if throttle.allows(peer.ip(), &connect.client_id) {
         authenticate(&node, &connect, config.dev).await
     } else {
         Err(Refusal::Throttled)
@@ -170,7 +170,7 @@ pub async fn connection<S>(
         Ok(thing) => thing,
         Err(refusal) => {
             if matches!(refusal, Refusal::BadCredentials | Refusal::BadClientId) {
-                throttle.failed(peer.ip());
+                throttle.failed(peer.ip(), &connect.client_id);
             }
             info!(%peer, client_id = %connect.client_id, ?refusal, "refused a device");
             metrics::counter!("doppel_mqtt_refused_total", "reason" => format!("{refusal:?}"))

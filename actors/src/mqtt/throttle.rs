@@ -1,57 +1,87 @@
-//! Failed device logins per source address: a token bucket per address (a burst of
-//! [`BURST`] failures, refilled at one per second). An address whose bucket is empty is refused
-//! at CONNECT without its credentials being checked, so guessing tokens costs a client one try
-//! per second. The table holds at most [`MAX_ADDRESSES`] addresses; full buckets are dropped
-//! first when it is full.
+//! Failed device logins, throttled with token buckets: one per source address and client id (a
+//! burst of [`BURST`] failures, refilled at one per second), and one per source address alone
+//! (a burst of [`ADDRESS_BURST`], refilled at [`ADDRESS_REFILL`] per second). A CONNECT whose
+//! bucket is empty is refused without its credentials being checked, so guessing one device's
+//! token costs one try per second, while devices behind the same NAT as a misconfigured one
+//! keep connecting. The table holds at most [`MAX_KEYS`] buckets; full buckets go first when it
+//! is full.
 
 use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Instant};
 
-/// Failures an address may have in a burst.
+/// Failures one client id from one address may have in a burst.
 pub const BURST: f64 = 10.0;
-/// Failures forgiven per second.
-const REFILL_PER_SEC: f64 = 1.0;
-/// Addresses remembered at most.
-const MAX_ADDRESSES: usize = 100_000;
+/// Failures one address may have in a burst, whatever the client ids.
+pub const ADDRESS_BURST: f64 = 200.0;
+/// Address failures forgiven per second.
+pub const ADDRESS_REFILL: f64 = 20.0;
+/// Buckets remembered at most.
+const MAX_KEYS: usize = 100_000;
 
-/// Failed logins per source address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Address(IpAddr),
+    Client(IpAddr, String),
+}
+
+impl Key {
+    fn limits(&self) -> (f64, f64) {
+        match self {
+            Key::Address(_) => (ADDRESS_BURST, ADDRESS_REFILL),
+            Key::Client(..) => (BURST, 1.0),
+        }
+    }
+}
+
+/// Failed logins per source address and client id.
 #[derive(Debug, Default)]
 pub struct AuthThrottle {
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Mutex<HashMap<Key, (f64, Instant)>>,
 }
 
 impl AuthThrottle {
-    /// Whether `ip` may try to log in now.
-    pub fn allows(&self, ip: IpAddr) -> bool {
+    /// Whether `client_id` may try to log in from `ip` now.
+    pub fn allows(&self, ip: IpAddr, client_id: &str) -> bool {
         let Ok(mut buckets) = self.buckets.lock() else {
             return true;
         };
-        match buckets.get_mut(&ip) {
-            Some(bucket) => refill(bucket, Instant::now()) >= 1.0,
-            None => true,
-        }
+        let now = Instant::now();
+        [Key::Address(ip), Key::Client(ip, client_id.to_owned())]
+            .into_iter()
+            .all(|key| {
+                let limits = key.limits();
+                buckets
+                    .get_mut(&key)
+                    .is_none_or(|bucket| refill(bucket, limits, now) >= 1.0)
+            })
     }
 
-    /// Counts a failed login of `ip`.
-    pub fn failed(&self, ip: IpAddr) {
+    /// Counts a failed login of `client_id` from `ip`.
+    pub fn failed(&self, ip: IpAddr, client_id: &str) {
         let Ok(mut buckets) = self.buckets.lock() else {
             return;
         };
         let now = Instant::now();
-        if buckets.len() >= MAX_ADDRESSES && !buckets.contains_key(&ip) {
-            buckets.retain(|_, bucket| refill(bucket, now) < BURST);
-            if buckets.len() >= MAX_ADDRESSES {
+        if buckets.len() >= MAX_KEYS {
+            buckets.retain(|key, bucket| {
+                let limits = key.limits();
+                refill(bucket, limits, now) < limits.0
+            });
+            if buckets.len() >= MAX_KEYS {
                 buckets.clear();
             }
         }
-        let bucket = buckets.entry(ip).or_insert((BURST, now));
-        refill(bucket, now);
-        bucket.0 = (bucket.0 - 1.0).max(0.0);
+        for key in [Key::Address(ip), Key::Client(ip, client_id.to_owned())] {
+            let limits = key.limits();
+            let bucket = buckets.entry(key).or_insert((limits.0, now));
+            refill(bucket, limits, now);
+            bucket.0 = (bucket.0 - 1.0).max(0.0);
+        }
     }
 }
 
-fn refill(bucket: &mut (f64, Instant), now: Instant) -> f64 {
+fn refill(bucket: &mut (f64, Instant), (burst, per_second): (f64, f64), now: Instant) -> f64 {
     let elapsed = now.duration_since(bucket.1).as_secs_f64();
-    bucket.0 = (bucket.0 + elapsed * REFILL_PER_SEC).min(BURST);
+    bucket.0 = (bucket.0 + elapsed * per_second).min(burst);
     bucket.1 = now;
     bucket.0
 }
@@ -61,14 +91,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_address_is_throttled_after_a_burst_of_failures() {
+    fn a_client_is_throttled_after_a_burst_of_failures_its_neighbours_are_not() {
         let throttle = AuthThrottle::default();
         let (a, b) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
         for _ in 0..BURST as usize {
-            assert!(throttle.allows(a));
-            throttle.failed(a);
+            assert!(throttle.allows(a, "pump-1"));
+            throttle.failed(a, "pump-1");
         }
-        assert!(!throttle.allows(a), "the burst is spent");
-        assert!(throttle.allows(b), "other addresses are not affected");
+        assert!(!throttle.allows(a, "pump-1"), "the burst is spent");
+        assert!(
+            throttle.allows(a, "pump-2"),
+            "another device behind the same address"
+        );
+        assert!(throttle.allows(b, "pump-1"), "the same name from elsewhere");
+    }
+
+    #[test]
+    fn an_address_is_throttled_whatever_client_ids_it_tries() {
+        let throttle = AuthThrottle::default();
+        let a = "127.0.0.4".parse().unwrap();
+        for i in 0..ADDRESS_BURST as usize {
+            throttle.failed(a, &format!("guess-{i}"));
+        }
+        assert!(!throttle.allows(a, "fresh-name"));
     }
 }
