@@ -25,7 +25,7 @@ mod work;
 pub use config::{HistoryConfig, MqttConfig, NodeConfig};
 pub use error::NodeError;
 pub use node::Node;
-pub use shard::HostStats;
+pub use shard::{HostStats, resident_sizes};
 pub use work::{Deliver, Origin, ThingMeta};
 
 /// Server time, epoch milliseconds.

@@ -37,7 +37,7 @@ pub(crate) struct TwinActor {
     rule_state: Option<RuleState>,
     meta: Arc<ThingMeta>,
     shared: Arc<Shared>,
-    host: Recipient<Handled>,
+    host: Arc<Recipient<Handled>>,
     /// The rules attached, and the rule book's version they were read at.
     rules: (u64, TwinRules),
     /// The next rule deadline and the timer waiting for it.
@@ -53,7 +53,7 @@ impl TwinActor {
         rule_state: Option<Bytes>,
         meta: Arc<ThingMeta>,
         shared: Arc<Shared>,
-        host: Recipient<Handled>,
+        host: Arc<Recipient<Handled>>,
     ) -> Self {
         Self {
             thing,

@@ -143,6 +143,9 @@ pub(crate) struct ShardHost {
     /// stopped was computed on state that was never stored, and is dropped (its senders learn
     /// it failed) — counted per twin.
     abandoned: HashMap<ThingName, u32>,
+    /// Where twins hand their work back: one recipient shared by all of them (a recipient each
+    /// would cost every resident twin an allocation).
+    handled: Option<Arc<actix::Recipient<Handled>>>,
     passivated: u64,
     sweeps: u64,
 }
@@ -167,6 +170,7 @@ impl ShardHost {
             flush_waiters: Vec::new(),
             after_commit: Vec::new(),
             abandoned: HashMap::new(),
+            handled: None,
             passivated: 0,
             sweeps: 0,
         }
@@ -256,7 +260,7 @@ impl ShardHost {
                 rule_state.filter(|s| !s.is_empty()).map(Bytes::from),
                 meta,
                 self.shared.clone(),
-                ctx.address().recipient(),
+                self.handled_to(ctx),
             );
             let addr = actor.start();
             let in_flight = queued.len() as u32;
@@ -359,6 +363,12 @@ impl ShardHost {
             .committing_since
             .store(crate::now_ms(), Ordering::Release);
         self.commit(batch, released, Duration::ZERO, ctx);
+    }
+
+    fn handled_to(&mut self, ctx: &mut Context<Self>) -> Arc<actix::Recipient<Handled>> {
+        self.handled
+            .get_or_insert_with(|| Arc::new(ctx.address().recipient()))
+            .clone()
     }
 
     fn health(&self) -> &HostHealth {
@@ -519,10 +529,26 @@ impl ShardHost {
     }
 }
 
+/// Sizes of what a resident twin keeps in its host and its actor, for the memory benchmark.
+pub fn resident_sizes() -> Vec<(&'static str, usize)> {
+    vec![
+        (
+            "host entry (name, entry)",
+            std::mem::size_of::<(ThingName, Entry)>(),
+        ),
+        ("twin actor", std::mem::size_of::<TwinActor>()),
+        (
+            "actor context",
+            std::mem::size_of::<actix::Context<TwinActor>>(),
+        ),
+    ]
+}
+
 impl Actor for ShardHost {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.handled = Some(Arc::new(ctx.address().recipient()));
         let every = (self.shared.config.passivate_after / 2)
             .clamp(Duration::from_millis(100), Duration::from_secs(30));
         ctx.run_interval(every, |host, _| host.sweep());
