@@ -172,7 +172,13 @@ pub async fn connection<S>(
             if matches!(refusal, Refusal::BadCredentials | Refusal::BadClientId) {
                 throttle.failed(peer.ip(), &connect.client_id);
             }
-            info!(%peer, client_id = %connect.client_id, ?refusal, "refused a device");
+            if refusal == Refusal::Throttled {
+                // Throttled attempts are counted, not logged one by one (a flood of them would
+                // flood the log).
+                debug!(%peer, client_id = %connect.client_id, "refused a throttled device");
+            } else {
+                info!(%peer, client_id = %connect.client_id, ?refusal, "refused a device");
+            }
             metrics::counter!("doppel_mqtt_refused_total", "reason" => format!("{refusal:?}"))
                 .increment(1);
             let _ = version.write(Out::ConnAck(Err(refusal)), &mut output, &settings);
