@@ -20,7 +20,9 @@ const MAX_KEYS: usize = 100_000;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Key {
     Address(IpAddr),
-    Client(IpAddr, String),
+    /// The client id by its hash: a key stays small whatever id a client sends (up to a
+    /// whole packet's worth), so the table's memory is bounded by [`MAX_KEYS`].
+    Client(IpAddr, u64),
 }
 
 impl Key {
@@ -45,7 +47,7 @@ impl AuthThrottle {
             return true;
         };
         let now = Instant::now();
-        [Key::Address(ip), Key::Client(ip, client_id.to_owned())]
+        [Key::Address(ip), client(ip, client_id)]
             .into_iter()
             .all(|key| {
                 let limits = key.limits();
@@ -70,13 +72,17 @@ impl AuthThrottle {
                 buckets.clear();
             }
         }
-        for key in [Key::Address(ip), Key::Client(ip, client_id.to_owned())] {
+        for key in [Key::Address(ip), client(ip, client_id)] {
             let limits = key.limits();
             let bucket = buckets.entry(key).or_insert((limits.0, now));
             refill(bucket, limits, now);
             bucket.0 = (bucket.0 - 1.0).max(0.0);
         }
     }
+}
+
+fn client(ip: IpAddr, client_id: &str) -> Key {
+    Key::Client(ip, xxhash_rust::xxh3::xxh3_64(client_id.as_bytes()))
 }
 
 fn refill(bucket: &mut (f64, Instant), (burst, per_second): (f64, f64), now: Instant) -> f64 {
