@@ -2,7 +2,7 @@
 //! activates `DOPPEL_BENCH_TWINS` (100,000) twins with ~200 bytes of reported state each, then
 //! lets them all passivate; the heap they held is the difference (a counting allocator measures
 //! it, so the store's own memory, which stays, is not counted). Printed beside it: the encoded
-//! record, and the sizes of the host entry, the actor and its context.
+//! record, and the sizes of the host's map slot and of the resident twin's struct.
 //!
 //! `cargo bench -p actors --bench twin_memory`.
 
@@ -122,7 +122,7 @@ fn main() {
             println!("  - {what}: {size} B (struct size)");
         }
         println!(
-            "  - the rest (actor mailbox and address, maps' slack, allocator rounding): {:.0} B",
+            "  - the rest (the map's slack, the record's shared header, allocator rounding): {:.0} B",
             per_twin
                 - record as f64
                 - actors::resident_sizes()

@@ -1,5 +1,6 @@
-//! doppel's actors: a twin actor per active thing (actix) hosting twin-core's state machine,
-//! shard hosts on one arbiter per core that activate, passivate and group-commit twins, the
+//! doppel's actors: shard hosts (actix actors, one arbiter per core) that keep the active twins —
+//! twin-core's state machine and the thing's rules, one work item at a time per twin — and
+//! activate, passivate and group-commit them, the
 //! MQTT device endpoint, the bridge to an external broker, and the change hub.
 //!
 //! Every effect of a change — MQTT acknowledgements, shadow replies, deltas, change events —
@@ -19,14 +20,14 @@ mod shard;
 mod shared;
 mod stages;
 pub mod tls;
-mod twin_actor;
+mod twin;
 mod work;
 
 pub use config::{HistoryConfig, MqttConfig, NodeConfig};
 pub use error::NodeError;
 pub use node::Node;
 pub use shard::{HostStats, resident_sizes};
-pub use work::{Deliver, Origin, ThingMeta};
+pub use work::{Deliver, Origin, ThingMeta, Ticket};
 
 /// Server time, epoch milliseconds.
 pub fn now_ms() -> u64 {

@@ -131,14 +131,7 @@ impl Node {
             Input::Command(command) => self.wants_documents(&thing, command.target().0),
             _ => false,
         };
-        let deliver = Deliver {
-            input,
-            origin: Origin::Device,
-            ack,
-            documents,
-            audit: None,
-            received: std::time::Instant::now(),
-        };
+        let deliver = Deliver::new(input, Origin::Device, ack).with_documents(documents);
         self.host(&thing).do_send(Route { thing, deliver });
     }
 
@@ -147,14 +140,11 @@ impl Node {
     /// gateway is refused (403) on `gateways/{gateway}/telemetry/rejected`.
     pub fn deliver_batch(&self, gateway: &ThingName, entries: Vec<BatchEntry>, ack: Option<Ack>) {
         for BatchEntry { thing, sample } in entries {
-            let deliver = Deliver {
-                input: Input::Command(Command::Telemetry(sample)),
-                origin: Origin::Gateway(gateway.clone()),
-                ack: ack.as_ref().map(Ack::part),
-                documents: false,
-                audit: None,
-                received: std::time::Instant::now(),
-            };
+            let deliver = Deliver::new(
+                Input::Command(Command::Telemetry(sample)),
+                Origin::Gateway(gateway.clone()),
+                ack.as_ref().map(Ack::part),
+            );
             self.host(&thing).do_send(Route { thing, deliver });
         }
         if let Some(ack) = ack {
@@ -172,14 +162,9 @@ impl Node {
     ) -> Result<Reply, NodeError> {
         let (tx, rx) = oneshot::channel();
         let documents = self.wants_documents(&thing, command.target().0);
-        let deliver = Deliver {
-            input: Input::Command(command),
-            origin: Origin::Caller(tx),
-            ack: None,
-            documents,
-            audit: audit.map(Arc::from),
-            received: std::time::Instant::now(),
-        };
+        let deliver = Deliver::new(Input::Command(command), Origin::Caller(tx), None)
+            .with_documents(documents)
+            .audited(audit);
         self.host(&thing).do_send(Route { thing, deliver });
         self.answer(rx).await
     }

@@ -1,12 +1,13 @@
-//! What travels between the node, its shard hosts and the twin actors: work for a twin
-//! (`Deliver`, routed to its host as `Route`), what a twin hands back (`Handled`), the messages
-//! a host sends its twins, and `ThingMeta`, what watchers filter on. A leaf module: it names no
-//! actor.
+//! What travels through a shard host: work for a twin (`Deliver`, routed to its host as
+//! `Route`) and what the twin made of it (`Done`), which waits in the commit window until the
+//! commit holding its writes returns and is then released. Both carry the same `Ticket` — who
+//! asked, what to acknowledge, when it entered the node — from the endpoint to the release.
+//! Also `ThingMeta`, what watchers filter on. A leaf module: it names no actor.
 
 use crate::ack::Ack;
 use actix::Message;
 use bytes::Bytes;
-use rules_dsl::{Input, Output, TraceEntry};
+use rules_dsl::{Input, Output};
 use serde_json::Value;
 use std::{collections::BTreeMap, sync::Arc, time::Instant};
 use tokio::sync::oneshot;
@@ -27,44 +28,66 @@ pub enum Origin {
     Gateway(ThingName),
 }
 
-/// Work for a twin, as it travels to the twin actor.
+/// Who asked for a piece of work and what to tell them: travels unchanged from the endpoint
+/// to the release.
 #[derive(Debug)]
-pub struct Deliver {
-    /// A command, a child's change, a command reply or a timer.
-    pub input: Input,
+pub struct Ticket {
     /// Where the reply goes.
     pub origin: Origin,
     /// Acknowledged once the work's effects are durable and released.
     pub ack: Option<Ack>,
-    /// Whether to build `…/update/documents` notices.
-    pub documents: bool,
     /// Record the change in the audit log under this actor (an API key id).
     pub audit: Option<Arc<str>>,
     /// When the work entered the node (for the stage histograms).
     pub received: Instant,
 }
 
-impl Message for Deliver {
-    type Result = ();
+/// Work for a twin.
+#[derive(Debug)]
+pub struct Deliver {
+    /// A command, a child's change, a command reply or a timer.
+    pub input: Input,
+    /// Whether to build `…/update/documents` notices.
+    pub documents: bool,
+    pub ticket: Ticket,
 }
 
 impl Deliver {
+    /// Work from outside the node, received now.
+    pub fn new(input: Input, origin: Origin, ack: Option<Ack>) -> Self {
+        Self {
+            input,
+            documents: false,
+            ticket: Ticket {
+                origin,
+                ack,
+                audit: None,
+                received: Instant::now(),
+            },
+        }
+    }
+
     /// Work the node gives a twin by itself (a timer, a child's change): nothing to
     /// acknowledge, no one to answer.
     pub(crate) fn internal(input: Input) -> Self {
-        Self {
-            input,
-            origin: Origin::Node,
-            ack: None,
-            documents: false,
-            audit: None,
-            received: Instant::now(),
-        }
+        Self::new(input, Origin::Node, None)
+    }
+
+    /// Builds `…/update/documents` notices (someone listens to them).
+    pub fn with_documents(mut self, documents: bool) -> Self {
+        self.documents = documents;
+        self
+    }
+
+    /// Records the change in the audit log under `actor`.
+    pub fn audited(mut self, actor: Option<&str>) -> Self {
+        self.ticket.audit = actor.map(Arc::from);
+        self
     }
 }
 
 /// What a thing is, as far as watchers filter on it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ThingMeta {
     /// The thing's device type.
     pub device_type: Option<TypeName>,
@@ -88,60 +111,51 @@ impl ThingMeta {
     }
 }
 
-/// What a twin actor hands back to its host after some work.
-#[derive(Debug)]
-pub(crate) struct Handled {
-    pub thing: ThingName,
-    /// The new record, if the work changed the twin.
-    pub record: Option<Bytes>,
-    /// The new rule state, if the rules changed it.
+/// What a work item writes to the store.
+#[derive(Debug, Default)]
+pub(crate) struct Writes {
+    /// The twin's new record and its write count, if the work changed the twin.
+    pub record: Option<(Bytes, u64)>,
+    /// The new rule state, if the rules changed it (empty: remove it).
     pub rule_state: Option<Bytes>,
     /// The twin's next rule deadline, if it changed.
     pub deadline: Option<Option<u64>>,
+}
+
+/// A twin's finished work: its writes go to the commit window, the rest waits there for the
+/// commit and is then released.
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub thing: ThingName,
+    pub writes: Writes,
     pub effects: Vec<Effect>,
     /// What the rules did.
     pub outputs: Vec<Output>,
     /// The twin's whole `reported` section for its parent, when it changed.
     pub child_report: Option<(ThingName, Value)>,
-    pub origin: Origin,
-    pub ack: Option<Ack>,
-    pub audit: Option<Arc<str>>,
     pub meta: Arc<ThingMeta>,
-    /// Whether the work came through the host (it counts what it routed).
-    pub routed: bool,
-    /// When the work entered the node.
-    pub received: Instant,
-    /// When the twin handed it back.
+    pub ticket: Ticket,
+    /// When the twin finished it.
     pub handled: Instant,
 }
 
-impl Message for Handled {
-    type Result = ();
+impl Done {
+    /// Nothing done yet.
+    pub fn new(thing: ThingName, meta: Arc<ThingMeta>, ticket: Ticket) -> Self {
+        Self {
+            thing,
+            writes: Writes::default(),
+            effects: Vec::new(),
+            outputs: Vec::new(),
+            child_report: None,
+            meta,
+            ticket,
+            handled: Instant::now(),
+        }
+    }
 }
 
-/// Stops a twin actor (passivation, decommissioning); the host sends it only when nothing is
-/// in flight.
-pub(crate) struct Stop;
-
-impl Message for Stop {
-    type Result = ();
-}
-
-/// New type or attributes of the thing.
-pub(crate) struct SetMeta(pub Arc<ThingMeta>);
-
-impl Message for SetMeta {
-    type Result = ();
-}
-
-/// The latest rule evaluations of the twin, newest last.
-pub(crate) struct Trace(pub oneshot::Sender<Vec<TraceEntry>>);
-
-impl Message for Trace {
-    type Result = ();
-}
-
-/// A command for the twin `thing`, sent to the host of its shard.
+/// Work for the twin `thing`, sent to the host of its shard.
 #[derive(Debug)]
 pub(crate) struct Route {
     pub thing: ThingName,

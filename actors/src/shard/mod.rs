@@ -1,22 +1,26 @@
-//! The shard host: one actor per arbiter, owning the virtual shards mapped to that arbiter.
-//! It activates twin actors on their first message (loading them from the store in batches),
-//! passivates idle ones, and runs group commit: the records of dirty twins collect in a window
+//! The shard host: one actor per arbiter, owning the virtual shards mapped to that arbiter and
+//! the twins of their things. A twin is a [`Resident`] in the host's map, not an actor of its
+//! own: the host runs each twin's work in arrival order, which is all an actor's mailbox gives,
+//! at the cost of a map entry per idle twin. The host activates twins on their first work item
+//! (loading them from the store in batches), passivates idle ones, arms one timer for all its
+//! twins' rule deadlines, and runs group commit: the records of dirty twins collect in a window
 //! (repeated changes of one twin coalesce to the last record) that is written in one store
 //! transaction after `commit_window` or once it fills. Every effect — replies, notices, change
 //! events, acknowledgements — waits for the commit that holds it, and effects are released in
 //! the order the twins produced them.
 
 use crate::{
-    ack::Ack,
     shared::{HostHealth, Shared},
-    twin_actor::TwinActor,
-    work::{Deliver, Handled, Origin, Route, SetMeta, Stop, ThingMeta, Trace},
+    twin::Resident,
+    work::{Deliver, Done, Route, ThingMeta, Writes},
 };
-use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
+use actix::{
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, SpawnHandle, WrapFuture,
+};
 use bytes::Bytes;
-use rules_dsl::{Input, Output, TraceEntry};
+use rules_dsl::{Input, TraceEntry};
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -81,33 +85,7 @@ impl Message for TraceOf {
     type Result = ();
 }
 
-struct Entry {
-    addr: Addr<TwinActor>,
-    last_active: Instant,
-    /// Commands delivered to the actor and not yet handled.
-    in_flight: u32,
-    /// Records this twin produced, and how many of them are committed.
-    written: u64,
-    committed: u64,
-    /// The twin's next rule deadline: twins waiting on one are not passivated.
-    deadline: Option<u64>,
-}
-
-/// Effects of one command, waiting for their commit.
-struct Released {
-    thing: ThingName,
-    effects: Vec<Effect>,
-    outputs: Vec<Output>,
-    child_report: Option<(ThingName, serde_json::Value)>,
-    origin: Origin,
-    ack: Option<Ack>,
-    meta: Arc<ThingMeta>,
-    /// When the work entered the node, and when its twin handed it back.
-    received: Instant,
-    handled: Instant,
-}
-
-impl OfThing for Released {
+impl OfThing for Done {
     fn thing(&self) -> &ThingName {
         &self.thing
     }
@@ -124,28 +102,31 @@ type Loaded = Vec<(
 pub(crate) struct ShardHost {
     index: usize,
     shared: Arc<Shared>,
-    twins: HashMap<ThingName, Entry>,
+    /// The active twins (boxed: the map's slack costs a pointer per slot).
+    twins: HashMap<ThingName, Box<Resident>>,
+    /// The twins' type and attributes, one copy per distinct value (a fleet behind one gateway
+    /// shares one).
+    metas: HashSet<Arc<ThingMeta>>,
+    /// The twins' rule deadlines (epoch ms), earliest first, and the one timer armed for the
+    /// earliest.
+    timers: BTreeSet<(u64, ThingName)>,
+    timer: Option<(u64, SpawnHandle)>,
+    /// The host's clock for passivation.
+    epoch: Instant,
     loading: HashMap<ThingName, Vec<Deliver>>,
     load_queue: VecDeque<ThingName>,
     load_in_flight: bool,
     /// Things decommissioned while their load was in flight.
     cancelled: HashSet<ThingName>,
-    window: Window<Released>,
-    /// Work that arrived while the window was full and a commit in flight, in arrival order;
+    window: Window<Done>,
+    /// Work done while the window was full and a commit in flight, in the order it was done;
     /// it fills the next window, so no transaction outgrows the store's limits.
-    overflow: VecDeque<Handled>,
+    overflow: VecDeque<Done>,
     committing: bool,
     flush_armed: bool,
     flush_waiters: Vec<oneshot::Sender<()>>,
     /// Answered when the commit in flight completes.
     after_commit: Vec<oneshot::Sender<()>>,
-    /// Twins whose commit was abandoned: work they still had in flight when they were
-    /// stopped was computed on state that was never stored, and is dropped (its senders learn
-    /// it failed) — counted per twin.
-    abandoned: HashMap<ThingName, u32>,
-    /// Where twins hand their work back: one recipient shared by all of them (a recipient each
-    /// would cost every resident twin an allocation).
-    handled: Option<Arc<actix::Recipient<Handled>>>,
     passivated: u64,
     sweeps: u64,
 }
@@ -159,6 +140,10 @@ impl ShardHost {
             index,
             shared,
             twins: HashMap::new(),
+            metas: HashSet::new(),
+            timers: BTreeSet::new(),
+            timer: None,
+            epoch: Instant::now(),
             loading: HashMap::new(),
             load_queue: VecDeque::new(),
             load_in_flight: false,
@@ -169,8 +154,6 @@ impl ShardHost {
             flush_armed: false,
             flush_waiters: Vec::new(),
             after_commit: Vec::new(),
-            abandoned: HashMap::new(),
-            handled: None,
             passivated: 0,
             sweeps: 0,
         }
@@ -229,7 +212,6 @@ impl ShardHost {
     }
 
     fn activate(&mut self, rows: Loaded, ctx: &mut Context<Self>) {
-        let now = Instant::now();
         for (name, thing, record, rule_state) in rows {
             let queued = self.loading.remove(&name).unwrap_or_default();
             // Decommissioned while loading: the load may have read the thing before it went.
@@ -250,76 +232,152 @@ impl ShardHost {
                 }
                 continue;
             }
-            let meta = Arc::new(ThingMeta {
+            let meta = self.intern(ThingMeta {
                 device_type: thing.device_type,
                 attributes: thing.attributes,
             });
-            let actor = TwinActor::new(
-                name.clone(),
-                record,
-                rule_state.filter(|s| !s.is_empty()).map(Bytes::from),
-                meta,
-                self.shared.clone(),
-                self.handled_to(ctx),
-            );
-            let addr = actor.start();
-            let in_flight = queued.len() as u32;
+            let rule_state = rule_state.filter(|s| !s.is_empty()).map(Bytes::from);
+            let mut twin = Box::new(Resident::new(record, rule_state, meta));
+            twin.last_active = self.clock();
+            // Resume the rules' deadline (after a restart or a passivation).
+            let deadline = twin.resumed_deadline(&name, &self.shared);
+            self.twins.insert(name.clone(), twin);
+            self.set_deadline(&name, deadline, ctx);
             for deliver in queued {
-                addr.do_send(deliver);
+                self.run(name.clone(), deliver, ctx);
             }
-            self.twins.insert(
-                name,
-                Entry {
-                    addr,
-                    last_active: now,
-                    in_flight,
-                    written: 0,
-                    committed: 0,
-                    deadline: None,
-                },
-            );
         }
+    }
+
+    /// The shared copy of `meta`.
+    fn intern(&mut self, meta: ThingMeta) -> Arc<ThingMeta> {
+        if let Some(shared) = self.metas.get(&meta) {
+            return shared.clone();
+        }
+        let meta = Arc::new(meta);
+        self.metas.insert(meta.clone());
+        meta
+    }
+
+    /// Milliseconds of the host's clock.
+    fn clock(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Runs a work item on its active twin and takes the result into the commit window.
+    fn run(&mut self, thing: ThingName, deliver: Deliver, ctx: &mut Context<Self>) {
+        let now = self.clock();
+        let Some(twin) = self.twins.get_mut(&thing) else {
+            return;
+        };
+        twin.last_active = now;
+        let done = twin.work(&thing, deliver, &self.shared);
+        if let Some(deadline) = done.writes.deadline {
+            self.set_deadline(&thing, deadline, ctx);
+        }
+        if !self.overflow.is_empty()
+            || (self.committing && self.window.is_full(self.shared.config.commit_max_twins))
+        {
+            self.overflow.push_back(done);
+            metrics::counter!("doppel_commit_overflow_total").increment(1);
+            return;
+        }
+        self.admit(done, ctx);
     }
 
     /// Answers a command that never reached a twin.
     fn refuse(&self, thing: &ThingName, deliver: Deliver, error: ShadowError) {
-        let effects = match &deliver.input {
-            Input::Command(command) => vec![Effect::Reply(command.refuse(error, crate::now_ms()))],
-            _ => Vec::new(),
+        let mut done = Done::new(thing.clone(), Arc::default(), deliver.ticket);
+        if let Input::Command(command) = &deliver.input {
+            done.effects
+                .push(Effect::Reply(command.refuse(error, crate::now_ms())));
+        }
+        self.release(done);
+    }
+
+    /// Forgets an active twin (passivated twins go by `sweep`).
+    fn remove_twin(&mut self, thing: &ThingName) {
+        if let Some(twin) = self.twins.remove(thing)
+            && let Some(at) = twin.deadline
+        {
+            self.timers.remove(&(at, thing.clone()));
+        }
+    }
+
+    // ---- rule deadlines ---------------------------------------------------------------
+
+    /// Moves `thing`'s rule deadline, and the host's timer if the earliest changed.
+    fn set_deadline(&mut self, thing: &ThingName, deadline: Option<u64>, ctx: &mut Context<Self>) {
+        let Some(twin) = self.twins.get_mut(thing) else {
+            return;
         };
-        self.release(Released {
-            thing: thing.clone(),
-            effects,
-            outputs: Vec::new(),
-            child_report: None,
-            origin: deliver.origin,
-            ack: deliver.ack,
-            meta: Arc::default(),
-            received: deliver.received,
-            handled: Instant::now(),
+        if twin.deadline == deadline {
+            return;
+        }
+        if let Some(old) = std::mem::replace(&mut twin.deadline, deadline) {
+            self.timers.remove(&(old, thing.clone()));
+        }
+        if let Some(at) = deadline {
+            self.timers.insert((at, thing.clone()));
+            self.arm_timer(ctx);
+        }
+    }
+
+    /// Arms the timer for the earliest deadline, unless one as early is armed.
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        let Some(&(next, _)) = self.timers.first() else {
+            return;
+        };
+        if let Some((armed, handle)) = self.timer {
+            if armed <= next {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let wait = Duration::from_millis(next.saturating_sub(crate::now_ms()));
+        let handle = ctx.run_later(wait, |host, ctx| {
+            host.timer = None;
+            host.fire_timers(ctx);
         });
+        self.timer = Some((next, handle));
+    }
+
+    /// Runs the rules of every twin whose deadline has come.
+    fn fire_timers(&mut self, ctx: &mut Context<Self>) {
+        let now = crate::now_ms();
+        while let Some((at, _)) = self.timers.first()
+            && *at <= now
+        {
+            let Some((at, thing)) = self.timers.pop_first() else {
+                break;
+            };
+            self.run(thing.clone(), Deliver::internal(Input::Timer), ctx);
+            // Rules that set no new deadline leave the passed one: it is over.
+            if let Some(twin) = self.twins.get_mut(&thing)
+                && twin.deadline == Some(at)
+            {
+                twin.deadline = None;
+            }
+        }
+        self.arm_timer(ctx);
     }
 
     // ---- passivation ------------------------------------------------------------------
 
     fn sweep(&mut self) {
         self.sweeps += 1;
-        let idle = self.shared.config.passivate_after;
-        let now = Instant::now();
+        let idle = self.shared.config.passivate_after.as_millis() as u64;
+        let now = self.clock();
         let before = self.twins.len();
-        self.twins.retain(|_, e| {
-            let passivate = e.in_flight == 0
-                && e.deadline.is_none()
-                && e.written == e.committed
-                && now.duration_since(e.last_active) >= idle;
-            if passivate {
-                e.addr.do_send(Stop);
-            }
-            !passivate
+        self.twins.retain(|_, twin| {
+            twin.deadline.is_some()
+                || twin.written != twin.committed
+                || now.saturating_sub(twin.last_active) < idle
         });
         let passivated = before - self.twins.len();
         self.passivated += passivated as u64;
         if passivated > 0 {
+            self.metas.retain(|meta| Arc::strong_count(meta) > 1);
             debug!(
                 host = self.index,
                 passivated,
@@ -365,12 +423,6 @@ impl ShardHost {
         self.commit(batch, released, Duration::ZERO, ctx);
     }
 
-    fn handled_to(&mut self, ctx: &mut Context<Self>) -> Arc<actix::Recipient<Handled>> {
-        self.handled
-            .get_or_insert_with(|| Arc::new(ctx.address().recipient()))
-            .clone()
-    }
-
     fn health(&self) -> &HostHealth {
         &self.shared.health[self.index]
     }
@@ -378,7 +430,7 @@ impl ShardHost {
     fn commit(
         &mut self,
         batch: Batch,
-        released: Vec<Released>,
+        released: Vec<Done>,
         backoff: Duration,
         ctx: &mut Context<Self>,
     ) {
@@ -449,29 +501,24 @@ impl ShardHost {
         }));
     }
 
-    /// Drops a batch the store refused for good: its twins are stopped (the next message
+    /// Drops a batch the store refused for good: its twins are forgotten (the next work item
     /// reloads them from what is stored), their effects are dropped so that no sender learns
-    /// of a success, and work of theirs still on its way is dropped too.
-    fn abandon(&mut self, batch: &Batch, released: Vec<Released>) {
+    /// of a success, and work of theirs done since (in the overflow) is dropped too.
+    fn abandon(&mut self, batch: &Batch, released: Vec<Done>) {
         let mut things = batch.things();
         things.extend(released.iter().map(|r| r.thing.clone()));
         drop(released);
         for thing in &things {
-            if let Some(entry) = self.twins.remove(thing) {
-                entry.addr.do_send(Stop);
-                if entry.in_flight > 0 {
-                    *self.abandoned.entry(thing.clone()).or_default() += entry.in_flight;
-                }
-            }
+            self.remove_twin(thing);
         }
         self.window.drop_things(&things);
-        self.overflow.retain(|h| !things.contains(&h.thing));
+        self.overflow.retain(|done| !things.contains(&done.thing));
     }
 
-    fn committed(&mut self, batch: Batch, released: Vec<Released>, ctx: &mut Context<Self>) {
+    fn committed(&mut self, batch: Batch, released: Vec<Done>, ctx: &mut Context<Self>) {
         for (thing, _, written) in &batch.records {
-            if let Some(entry) = self.twins.get_mut(thing) {
-                entry.committed = entry.committed.max(*written);
+            if let Some(twin) = self.twins.get_mut(thing) {
+                twin.committed = twin.committed.max(*written);
             }
         }
         for item in released {
@@ -490,17 +537,17 @@ impl ShardHost {
             let _ = waiter.send(());
         }
         let max_twins = self.shared.config.commit_max_twins;
-        while let Some(handled) = self.overflow.pop_front() {
+        while let Some(done) = self.overflow.pop_front() {
             if self.window.is_full(max_twins) {
                 // Commit the full window first (if no commit is in flight, this starts one and
                 // leaves an empty window); otherwise the rest waits for the next commit.
                 self.flush(ctx);
                 if self.window.is_full(max_twins) {
-                    self.overflow.push_front(handled);
+                    self.overflow.push_front(done);
                     break;
                 }
             }
-            self.admit(handled, ctx);
+            self.admit(done, ctx);
         }
         if self.window.is_full(self.shared.config.commit_max_twins) || !self.window.has_writes() {
             self.flush(ctx);
@@ -519,8 +566,7 @@ impl ShardHost {
             && !self.load_in_flight
             && self.loading.is_empty()
             && !self.window.has_writes()
-            && !self.window.holds_effects()
-            && self.twins.values().all(|e| e.in_flight == 0);
+            && !self.window.holds_effects();
         if idle {
             for waiter in self.flush_waiters.drain(..) {
                 let _ = waiter.send(());
@@ -529,18 +575,14 @@ impl ShardHost {
     }
 }
 
-/// Sizes of what a resident twin keeps in its host and its actor, for the memory benchmark.
+/// Sizes of what a resident twin keeps in its host, for the memory benchmark.
 pub fn resident_sizes() -> Vec<(&'static str, usize)> {
     vec![
         (
-            "host entry (name, entry)",
-            std::mem::size_of::<(ThingName, Entry)>(),
+            "host map slot (name, box)",
+            std::mem::size_of::<(ThingName, Box<Resident>)>(),
         ),
-        ("twin actor", std::mem::size_of::<TwinActor>()),
-        (
-            "actor context",
-            std::mem::size_of::<actix::Context<TwinActor>>(),
-        ),
+        ("resident twin", crate::twin::RESIDENT_SIZE),
     ]
 }
 
@@ -548,7 +590,6 @@ impl Actor for ShardHost {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.handled = Some(Arc::new(ctx.address().recipient()));
         let every = (self.shared.config.passivate_after / 2)
             .clamp(Duration::from_millis(100), Duration::from_secs(30));
         ctx.run_interval(every, |host, _| host.sweep());
@@ -559,10 +600,8 @@ impl Handler<Route> for ShardHost {
     type Result = ();
 
     fn handle(&mut self, Route { thing, deliver }: Route, ctx: &mut Context<Self>) {
-        if let Some(entry) = self.twins.get_mut(&thing) {
-            entry.in_flight += 1;
-            entry.last_active = Instant::now();
-            entry.addr.do_send(deliver);
+        if self.twins.contains_key(&thing) {
+            self.run(thing, deliver, ctx);
             return;
         }
         match self.loading.get_mut(&thing) {
@@ -576,111 +615,46 @@ impl Handler<Route> for ShardHost {
     }
 }
 
-impl Handler<Handled> for ShardHost {
-    type Result = ();
-
-    fn handle(&mut self, handled: Handled, ctx: &mut Context<Self>) {
-        if handled.routed
-            && !self.abandoned.is_empty()
-            && let Some(left) = self.abandoned.get_mut(&handled.thing)
-        {
-            *left -= 1;
-            if *left == 0 {
-                self.abandoned.remove(&handled.thing);
-            }
-            debug!(host = self.index, thing = %handled.thing, "dropped work of a twin whose commit was refused");
-            self.check_idle();
-            return;
-        }
-        if !self.overflow.is_empty()
-            || (self.committing && self.window.is_full(self.shared.config.commit_max_twins))
-        {
-            self.overflow.push_back(handled);
-            metrics::counter!("doppel_commit_overflow_total").increment(1);
-            return;
-        }
-        self.admit(handled, ctx);
-    }
-}
-
 impl ShardHost {
     /// Takes a twin's finished work into the commit window.
-    fn admit(&mut self, handled: Handled, ctx: &mut Context<Self>) {
-        let Handled {
-            thing,
+    fn admit(&mut self, mut done: Done, ctx: &mut Context<Self>) {
+        let Writes {
             record,
             rule_state,
             deadline,
-            mut effects,
-            outputs,
-            child_report,
-            origin,
-            ack,
-            audit: actor,
-            meta,
-            routed,
-            received,
-            handled,
-        } = handled;
-        let (mut record, mut rule_state, mut deadline) = (record, rule_state, deadline);
-        let mut written = 0;
-        if let Some(entry) = self.twins.get_mut(&thing) {
-            if routed {
-                entry.in_flight = entry.in_flight.saturating_sub(1);
-            }
-            if record.is_some() {
-                entry.written += 1;
-            }
-            if let Some(deadline) = deadline {
-                entry.deadline = deadline;
-            }
-            written = entry.written;
-        } else {
-            // Decommissioned (evicted) while this work waited: its state must not come back.
-            (record, rule_state, deadline) = (None, None, None);
-        }
-        if let Some(actor) = actor
+        } = std::mem::take(&mut done.writes);
+        let thing = &done.thing;
+        if let Some(actor) = &done.ticket.audit
             && record.is_some()
-            && let Some(entry) = audit_entry(&thing, &effects, &actor)
+            && let Some(entry) = audit_entry(thing, &done.effects, actor)
         {
             self.window.audit(entry);
         }
         if self.shared.config.history.enabled {
-            effects.retain(|effect| match effect {
+            done.effects.retain(|effect| match effect {
                 Effect::Telemetry { ts, json, .. } => {
                     let seq = crate::history::next_seq();
-                    self.window.sample(&thing, *ts, seq, json.clone());
+                    self.window.sample(thing, *ts, seq, json.clone());
                     false
                 }
                 _ => true,
             });
         }
-        if let Some(bytes) = record {
-            self.window.record(&thing, bytes, written);
+        if let Some((bytes, written)) = record {
+            self.window.record(thing, bytes, written);
         }
         if let Some(bytes) = rule_state {
-            self.window.rule_state(&thing, bytes);
+            self.window.rule_state(thing, bytes);
         }
         if let Some(deadline) = deadline {
-            self.window.deadline(&thing, deadline);
+            self.window.deadline(thing, deadline);
         }
         self.window
-            .log(outputs.iter().filter_map(|o| log_entry(&thing, o)));
-        let released = Released {
-            thing,
-            effects,
-            outputs,
-            child_report,
-            origin,
-            ack,
-            meta,
-            received,
-            handled,
-        };
+            .log(done.outputs.iter().filter_map(|o| log_entry(thing, o)));
         if !self.window.has_writes() && !self.committing {
-            self.release(released);
+            self.release(done);
         } else {
-            self.window.hold(released);
+            self.window.hold(done);
         }
         if self.window.is_full(self.shared.config.commit_max_twins) {
             self.flush(ctx);
@@ -695,13 +669,15 @@ impl Handler<Evict> for ShardHost {
     type Result = ();
 
     fn handle(&mut self, Evict(thing, done): Evict, _: &mut Context<Self>) {
-        if let Some(entry) = self.twins.remove(&thing) {
-            entry.addr.do_send(Stop);
-        }
+        self.remove_twin(&thing);
         if self.loading.contains_key(&thing) {
             self.cancelled.insert(thing.clone());
         }
         self.window.evict(&thing);
+        // Work done before the removal and still waiting writes nothing either.
+        for done in self.overflow.iter_mut().filter(|done| done.thing == thing) {
+            done.writes = Writes::default();
+        }
         if self.committing {
             self.after_commit.push(done);
         } else {
@@ -714,8 +690,11 @@ impl Handler<Refresh> for ShardHost {
     type Result = ();
 
     fn handle(&mut self, Refresh(thing, meta): Refresh, _: &mut Context<Self>) {
-        if let Some(entry) = self.twins.get(&thing) {
-            entry.addr.do_send(SetMeta(meta));
+        if self.twins.contains_key(&thing) {
+            let meta = self.intern(Arc::unwrap_or_clone(meta));
+            if let Some(twin) = self.twins.get_mut(&thing) {
+                twin.set_meta(meta);
+            }
         }
     }
 }
@@ -724,12 +703,8 @@ impl Handler<TraceOf> for ShardHost {
     type Result = ();
 
     fn handle(&mut self, TraceOf(thing, tx): TraceOf, _: &mut Context<Self>) {
-        match self.twins.get(&thing) {
-            Some(entry) => entry.addr.do_send(Trace(tx)),
-            None => {
-                let _ = tx.send(Vec::new());
-            }
-        }
+        let trace = self.twins.get(&thing).map(|twin| twin.trace());
+        let _ = tx.send(trace.unwrap_or_default());
     }
 }
 

@@ -3,11 +3,11 @@
 //! the change hub, reports to a parent twin, the acknowledgement; and the audit and rule-log
 //! entries a command's effects make.
 
-use super::{Released, ShardHost};
+use super::ShardHost;
 use crate::{
     hub::{ChangeEvent, RuleEvent},
     mqtt::topics,
-    work::{Deliver, Origin, ThingMeta},
+    work::{Deliver, Done, Origin, ThingMeta, Ticket},
 };
 use bytes::Bytes;
 use rules_dsl::{Input, Output, OutputKind};
@@ -19,18 +19,22 @@ use twin_core::{Effect, Op, ThingName};
 
 impl ShardHost {
     /// Sends a command's effects on their way and acknowledges it.
-    pub(super) fn release(&self, item: Released) {
-        let Released {
+    pub(super) fn release(&self, done: Done) {
+        let Done {
             thing,
             effects,
             outputs,
             child_report,
-            origin,
-            ack,
             meta,
-            received,
-            handled: _,
-        } = item;
+            ticket:
+                Ticket {
+                    origin,
+                    ack,
+                    received,
+                    ..
+                },
+            ..
+        } = done;
         crate::stages::since(&self.shared.stages.total, received);
         let outbox = &self.shared.outbox;
         let (mut caller, gateway) = match origin {
