@@ -11,6 +11,12 @@ use fjall::{
 };
 use std::{fmt, path::Path, time::Duration};
 
+/// The memtable's size before it is flushed to a table. fjall's default (64 MiB) makes every
+/// flush and the compactions after it large; with 8 MiB they are short, so the commits that
+/// overlap one wait less (PUBACK p99 at 50,000 msgs/s: 20.7 ms instead of 40.8 ms, with the
+/// lock fixes of `vendor/lsm-tree`), and a restart replays a shorter journal.
+const MEMTABLE_BYTES: u64 = 8 << 20;
+
 /// Conflicting attempts before a transaction gives up.
 const MAX_ATTEMPTS: u32 = 100;
 
@@ -39,7 +45,9 @@ impl FjallStore {
             .open()
             .map_err(engine)?;
         let data = db
-            .keyspace("data", KeyspaceCreateOptions::default)
+            .keyspace("data", || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
             .map_err(engine)?;
         Ok(Self { db, data })
     }
