@@ -5,6 +5,7 @@ use actors::NodeConfig;
 use anyhow::Context;
 use serde::Deserialize;
 use std::{net::SocketAddr, path::PathBuf};
+use storage::StoreUrl;
 
 /// Flags of `doppel serve`; each overrides the configuration file.
 #[derive(clap::Args, Debug)]
@@ -17,9 +18,15 @@ use std::{net::SocketAddr, path::PathBuf};
 Every flag can also be set in the --config file (TOML), which sets the limits too:
 [node], [node.limits], [node.mqtt], [node.history], [ws], [http]. Flags win over the file.")]
 pub struct ServeArgs {
-    /// Directory of the embedded store [default: ./doppel-data].
-    #[arg(long)]
+    /// Directory of the embedded store [default: ./doppel-data]; short for --store fjall:DIR.
+    #[arg(long, conflicts_with = "store")]
     data_dir: Option<PathBuf>,
+    /// Where the data lives: fjall:DIR (the embedded store, the default),
+    /// postgres://user@host:port/db?schema=…&pool=… (PostgreSQL, CockroachDB, YugabyteDB;
+    /// password in the URL, PGPASSWORD or password_file=), fdb:CLUSTER_FILE (FoundationDB,
+    /// builds with --features fdb).
+    #[arg(long)]
+    store: Option<String>,
     /// Address of the built-in MQTT device endpoint [default: 127.0.0.1:1883].
     #[arg(long, conflicts_with = "mqtt_url")]
     mqtt_listen: Option<SocketAddr>,
@@ -50,7 +57,8 @@ pub struct ServeArgs {
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct FileConfig {
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
+    store: Option<String>,
     mqtt_listen: SocketAddr,
     mqtt_url: Option<String>,
     http_listen: SocketAddr,
@@ -65,7 +73,8 @@ struct FileConfig {
 impl Default for FileConfig {
     fn default() -> Self {
         Self {
-            data_dir: PathBuf::from("./doppel-data"),
+            data_dir: None,
+            store: None,
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             mqtt_url: None,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -102,7 +111,7 @@ pub struct Tls {
 /// Resolved settings of `doppel serve`.
 #[derive(Debug)]
 pub struct ServeConfig {
-    pub data_dir: PathBuf,
+    pub store: StoreUrl,
     pub devices: Devices,
     pub http_listen: SocketAddr,
     pub tls: Option<Tls>,
@@ -123,9 +132,18 @@ impl ServeConfig {
             }
             None => FileConfig::default(),
         };
-        if let Some(dir) = args.data_dir {
-            file.data_dir = dir;
-        }
+        let store = match (args.store, args.data_dir) {
+            (Some(url), _) => url.parse()?,
+            (None, Some(dir)) => StoreUrl::Fjall(dir),
+            (None, None) => match (file.store, file.data_dir) {
+                (Some(_), Some(_)) => anyhow::bail!(
+                    "the configuration sets both `store` and `data_dir`: keep one (data_dir = DIR is store = \"fjall:DIR\")"
+                ),
+                (Some(url), None) => url.parse()?,
+                (None, Some(dir)) => StoreUrl::Fjall(dir),
+                (None, None) => StoreUrl::Fjall(PathBuf::from("./doppel-data")),
+            },
+        };
         if let Some(addr) = args.http_listen {
             file.http_listen = addr;
         }
@@ -154,7 +172,7 @@ impl ServeConfig {
         }
         file.node.limits.validate()?;
         Ok(Self {
-            data_dir: file.data_dir,
+            store,
             devices,
             http_listen: file.http_listen,
             tls,

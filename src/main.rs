@@ -1,6 +1,7 @@
 //! The `doppel` command line: `doppel serve` runs a node; `doppel things|keys|shadow|rules|
 //! watch|admin` operate one over its API; `doppel rules check|test FILE…` checks rule files and
-//! runs their tests offline; `doppel sim` drives a simulated fleet at a node.
+//! runs their tests offline; `doppel sim` drives a simulated fleet at a node; `doppel store copy`
+//! moves a deployment between stores.
 
 mod client;
 mod config;
@@ -8,6 +9,7 @@ mod ops_cli;
 mod rules_cli;
 mod serve;
 mod sim_cli;
+mod store_cli;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use client::Conn;
@@ -44,7 +46,7 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node: MQTT device endpoint (or broker bridge), HTTP API, embedded store.
+    /// Run a node: MQTT device endpoint (or broker bridge), HTTP API, a store (embedded by default).
     Serve(config::ServeArgs),
     /// Register, list, show and decommission things.
     Things {
@@ -94,6 +96,11 @@ enum Command {
     },
     /// Simulate a fleet of devices against a node and report rates, latency and memory.
     Sim(sim_cli::SimArgs),
+    /// Stores: `copy` a deployment from one backend to another.
+    Store {
+        #[command(subcommand)]
+        command: store_cli::StoreCommand,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -134,6 +141,10 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Admin { conn, command } => Ok(ops_cli::run(ops_cli::admin(conn, command))),
         Command::Sim(args) => {
             sim_cli::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Store { command } => {
+            store_cli::run(command)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -15,7 +15,7 @@ use actors::{
 };
 use anyhow::Context;
 use std::sync::Arc;
-use storage::{AnyStore, FjallStore, Repos};
+use storage::Repos;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -40,20 +40,24 @@ fn announce(line: std::fmt::Arguments<'_>) {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Installed first, so that a SIGTERM during start-up also stops the node cleanly.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let config_data_dir = config.data_dir.clone();
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let store = AnyStore::from(
-        FjallStore::open(&config.data_dir)
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
-    );
-    let directory = Arc::new(Directory::load(store, Repos::default())?);
-    // The bootstrap admin token: DOPPEL_ADMIN_TOKEN, else the one stored at the first start,
-    // else (first start) a new one, printed this once.
+    // The store, the directory and the admin token are reached through blocking calls: off the
+    // async threads (a database client runs its own runtime).
+    let store_url = config.store.clone();
     let chosen = std::env::var("DOPPEL_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
-    if let Some(token) = directory.bootstrap_admin(chosen.as_deref(), actors::now_ms())? {
+    let (directory, generated) = tokio::task::spawn_blocking(move || {
+        let store = store_url
+            .open()
+            .with_context(|| format!("opening the store {store_url}"))?;
+        let directory = Arc::new(Directory::load(store, Repos::default())?);
+        // The bootstrap admin token: DOPPEL_ADMIN_TOKEN, else the one stored at the first
+        // start, else (first start) a new one, printed this once.
+        let generated = directory.bootstrap_admin(chosen.as_deref(), actors::now_ms())?;
+        anyhow::Ok((directory, generated))
+    })
+    .await??;
+    if let Some(token) = generated {
         announce(format_args!(
             "generated admin token {token} (shown once; `doppel admin rotate-key` replaces it, DOPPEL_ADMIN_TOKEN sets it)"
         ));
@@ -147,7 +151,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     }
     state.set_ready(true);
-    info!(data_dir = %config_data_dir.display(), http = %http_addr, "node ready");
+    info!(store = %config.store, http = %http_addr, "node ready");
     announce(format_args!("ready"));
     signal.await?;
     stop(&state, &shutdown, devices, &node, http_task).await

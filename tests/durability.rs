@@ -1,6 +1,6 @@
 //! Durability of a real node: `kill -9` during a burst of QoS 1 shadow updates loses nothing
-//! that was acknowledged (PUBACK or `accepted`), PUBACKs wait for the commit, and SIGTERM
-//! flushes pending commits and exits 0.
+//! that was acknowledged (PUBACK or `accepted`) — on the embedded store and on PostgreSQL —,
+//! PUBACKs wait for the commit, and SIGTERM flushes pending commits and exits 0.
 
 use doppel_tests::{
     device::{self, Seen},
@@ -8,6 +8,7 @@ use doppel_tests::{
 };
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
+use storage::pg_server::LocalServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_doppel");
 
@@ -24,10 +25,26 @@ struct Acked {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_acknowledged_update_survives_kill_9() {
+    kill_9_mid_burst(Options::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_acknowledged_update_survives_kill_9_on_postgresql() {
+    let server = LocalServer::start().unwrap_or_else(|e| panic!("{e}"));
+    kill_9_mid_burst(Options {
+        store: Some(format!("{}?schema=durability", server.url())),
+        ..Options::default()
+    })
+    .await;
+}
+
+/// Devices publish numbered updates as fast as they may; the node is killed once enough were
+/// acknowledged, restarted on the same store, and every acknowledged update must be there.
+async fn kill_9_mid_burst(options: Options) {
     const DEVICES: usize = 6;
     const PER_DEVICE: u64 = 5_000;
     const KILL_AFTER_ACKS: u64 = 600;
-    let mut node = Node::start(BIN, Options::default());
+    let mut node = Node::start(BIN, options);
     let mut devices = Vec::new();
     for i in 0..DEVICES {
         let thing = format!("burst-{i}");

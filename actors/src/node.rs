@@ -28,6 +28,8 @@ struct Inner {
     hosts: Vec<Addr<ShardHost>>,
     arbiters: Mutex<Vec<Arbiter>>,
     shared: Arc<Shared>,
+    /// The last check that the store answers: when, and why it did not.
+    store_check: tokio::sync::Mutex<Option<(std::time::Instant, Option<String>)>>,
 }
 
 /// A running node. Cheap to clone.
@@ -87,6 +89,7 @@ impl Node {
                 hosts,
                 arbiters: Mutex::new(arbiters),
                 shared,
+                store_check: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -200,6 +203,30 @@ impl Node {
                         .map(|took| format!("host {host}: a commit in flight for {} ms", took))
                 }
             })
+    }
+
+    /// Why the node cannot serve now, if it cannot: [`Node::stuck`], or a store that does not
+    /// answer (a database out of reach; checked at most once a second, waiting at most 2 s).
+    pub async fn unready(&self) -> Option<String> {
+        if let Some(why) = self.stuck() {
+            return Some(why);
+        }
+        let mut check = self.inner.store_check.lock().await;
+        if let Some((at, why)) = &*check
+            && at.elapsed() < std::time::Duration::from_secs(1)
+        {
+            return why.clone();
+        }
+        let directory = self.directory().clone();
+        let ping = blocking(move || directory.store().ping());
+        let why = match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(error))) => Some(format!("store: {error}")),
+            Ok(Err(error)) => Some(format!("store: {error}")),
+            Err(_) => Some("store: no answer within 2 s".to_string()),
+        };
+        *check = Some((std::time::Instant::now(), why.clone()));
+        why
     }
 
     /// Runs `f` against the directory on the blocking pool (its calls reach the store).

@@ -216,7 +216,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if !state.ready.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting".to_owned());
     }
-    match state.node.stuck() {
+    match state.node.unready().await {
         None => (StatusCode::OK, "ready".to_owned()),
         Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("stuck: {why}")),
     }

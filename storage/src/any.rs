@@ -1,8 +1,11 @@
-//! One store type for the node, whichever backend it runs on: the embedded store, or
-//! FoundationDB when built with the `fdb` feature — or either with injected faults, for tests.
+//! One store type for the node, whichever backend it runs on: the embedded store, a
+//! PostgreSQL-wire database (feature `postgres`), or FoundationDB (feature `fdb`) — or any of
+//! them with injected faults, for tests.
 
 #[cfg(feature = "fdb")]
 use crate::fdb::{FdbStore, FdbTx};
+#[cfg(feature = "postgres")]
+use crate::pg::{PgStore, PgTx};
 use crate::{
     FjallStore, FjallTx,
     error::StoreError,
@@ -18,6 +21,9 @@ pub enum AnyStore {
     /// A FoundationDB cluster.
     #[cfg(feature = "fdb")]
     Fdb(FdbStore),
+    /// A PostgreSQL-wire database.
+    #[cfg(feature = "postgres")]
+    Pg(PgStore),
     /// Another store whose commits fail or stall on demand (tests).
     Faulty(Box<FaultyStore<AnyStore>>),
 }
@@ -30,6 +36,9 @@ pub enum AnyTx {
     /// On FoundationDB.
     #[cfg(feature = "fdb")]
     Fdb(FdbTx),
+    /// On a PostgreSQL-wire database.
+    #[cfg(feature = "postgres")]
+    Pg(Box<PgTx>),
     /// On a store with injected faults.
     Faulty(Box<FaultyTx<AnyTx>>),
 }
@@ -46,10 +55,29 @@ impl From<FaultyStore<AnyStore>> for AnyStore {
     }
 }
 
+#[cfg(feature = "postgres")]
+impl From<PgStore> for AnyStore {
+    fn from(store: PgStore) -> Self {
+        AnyStore::Pg(store)
+    }
+}
+
 #[cfg(feature = "fdb")]
 impl From<FdbStore> for AnyStore {
     fn from(store: FdbStore) -> Self {
         AnyStore::Fdb(store)
+    }
+}
+
+impl AnyStore {
+    /// Whether the store answers now: a database may be out of reach; the embedded store
+    /// always answers.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            AnyStore::Pg(store) => store.ping(),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -61,6 +89,8 @@ impl Store for AnyStore {
             AnyStore::Fjall(s) => AnyTx::Fjall(s.begin()?),
             #[cfg(feature = "fdb")]
             AnyStore::Fdb(s) => AnyTx::Fdb(s.begin()?),
+            #[cfg(feature = "postgres")]
+            AnyStore::Pg(s) => AnyTx::Pg(Box::new(s.begin()?)),
             AnyStore::Faulty(s) => AnyTx::Faulty(Box::new(s.begin()?)),
         })
     }
@@ -72,6 +102,8 @@ macro_rules! forward {
             AnyTx::Fjall($tx) => $call,
             #[cfg(feature = "fdb")]
             AnyTx::Fdb($tx) => $call,
+            #[cfg(feature = "postgres")]
+            AnyTx::Pg($tx) => $call,
             AnyTx::Faulty($tx) => $call,
         }
     };

@@ -44,6 +44,20 @@ pub enum StoreError {
         /// Its description.
         message: String,
     },
+    /// A PostgreSQL-wire database refused a statement.
+    #[error("sql error {code}: {message}")]
+    Sql {
+        /// The SQLSTATE.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The store cannot be reached (no connection, or it broke); retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store's settings are wrong (a bad URL or option).
+    #[error("store configuration: {0}")]
+    Config(String),
     /// A stored record that does not decode.
     #[error("corrupt record {what}: {message}")]
     Corrupt {
@@ -66,7 +80,8 @@ impl StoreError {
                 | StoreError::TransactionTooLarge { .. }
                 | StoreError::Corrupt { .. }
                 | StoreError::Finished
-        )
+                | StoreError::Config(_)
+        ) || matches!(self, StoreError::Sql { code, .. } if sql_is_permanent(code))
     }
 
     /// Whether the writes were refused for their size.
@@ -85,4 +100,10 @@ impl StoreError {
             message: message.to_string(),
         }
     }
+}
+
+/// SQLSTATE classes that the same statement will hit again: data exceptions (`22`), syntax or
+/// access rules (`42`), program limits such as an index entry over its maximum (`54`).
+fn sql_is_permanent(code: &str) -> bool {
+    matches!(code.get(..2), Some("22" | "42" | "54"))
 }

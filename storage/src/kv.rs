@@ -50,8 +50,10 @@ pub struct RangeOptions {
 }
 
 /// One transaction. Reads see the transaction's own writes; commit is atomic and serializable:
-/// it fails with a retryable error if anything the transaction read was changed by another
-/// transaction that committed first. A returned commit is durable.
+/// it fails with a retryable error when the transaction cannot be ordered after those that
+/// committed first (FoundationDB and the embedded store: whenever anything it read was changed
+/// since; PostgreSQL: when its reads and writes form a cycle with theirs). A returned commit is
+/// durable.
 pub trait Transaction {
     /// The value under `key`.
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;

@@ -24,6 +24,8 @@ pub struct Options {
     pub config: Option<String>,
     /// Start without `DOPPEL_ADMIN_TOKEN`, so that the node generates one.
     pub no_admin_token: bool,
+    /// Run on this store (`--store URL`) instead of an embedded store in the node's directory.
+    pub store: Option<String>,
 }
 
 /// A running `doppel serve`.
@@ -72,10 +74,12 @@ impl Node {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--http-listen", "127.0.0.1:0"])
+        cmd.arg("serve");
+        match &self.options.store {
+            Some(url) => cmd.args(["--store", url]),
+            None => cmd.arg("--data-dir").arg(&self.data_dir),
+        };
+        cmd.args(["--http-listen", "127.0.0.1:0"])
             .env("DOPPEL_LOG", "info,fjall=warn,lsm_tree=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
