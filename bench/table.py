@@ -14,8 +14,9 @@ def load(directory, name):
 
 def main():
     directory, mosquitto_rss, node_red_rss, million_rss, twins, restart_ms = sys.argv[1:7]
-    mosq, doppel, latency, nr, million = (
-        load(directory, n) for n in ("mosquitto", "doppel", "doppel-latency", "node-red", "million"))
+    mosq, doppel, latency, pg, nr, million = (
+        load(directory, n)
+        for n in ("mosquitto", "doppel", "doppel-latency", "doppel-postgres", "node-red", "million"))
     rows = []
 
     def row(system, rate, what, lat, rss):
@@ -37,6 +38,12 @@ def main():
             latency["puback_latency_ms"], f"{mem:.0f} MB")
         row("  WebSocket sample", None, f"{latency['ws_changes']:,} changes, {latency['ws_resyncs']:,} resyncs",
             latency["end_to_end_latency_ms"], "")
+    if pg:
+        mem = pg["timeline"][-1]["rss_bytes"] / 1e6 if pg["timeline"] else 0
+        row("doppel on PostgreSQL", pg["achieved_rate"], "PUBACK after durable commit",
+            pg["puback_latency_ms"], f"{mem:.0f} MB")
+        row("  WebSocket sample", None, f"{pg['ws_changes']:,} changes, {pg['ws_resyncs']:,} resyncs",
+            pg["end_to_end_latency_ms"], "")
     if nr:
         row("Node-RED flow", nr["observed_rate"], "WebSocket frames out",
             nr["end_to_end_latency_ms"], f"{node_red_rss} MB")
@@ -51,6 +58,8 @@ def main():
         print(f"doppel / Mosquitto  {doppel['achieved_rate'] / mosq['observed_rate']:.2f} x   (target >= 1.5 x)")
     if doppel and nr and nr["observed_rate"]:
         print(f"doppel / Node-RED   {doppel['achieved_rate'] / nr['observed_rate']:.1f} x   (target >= 10 x)")
+    if doppel and pg and doppel["achieved_rate"]:
+        print(f"PostgreSQL / fjall  {pg['achieved_rate'] / doppel['achieved_rate']:.2f} x   (doppel end to end on each store)")
     if doppel:
         print(f"doppel ingest       {doppel['achieved_rate']:,.0f} msgs/s (target >= 100,000)")
     if latency:

@@ -1,11 +1,13 @@
-//! Batched twin-write throughput on the embedded store: N twins (default 1,000,000, or
-//! `DOPPEL_BENCH_TWINS`) with ~200 bytes of reported state each, written 1,000 per
-//! transaction in random key order, every commit fsynced; then the same twins overwritten once.
+//! Batched twin-write throughput on each backend this machine can run — the embedded store,
+//! then PostgreSQL (a private server started here, `fsync` on): N twins (default 1,000,000, or
+//! `DOPPEL_BENCH_TWINS`) with ~200 bytes of reported state each, written 1,000 per transaction
+//! (`DOPPEL_BENCH_BATCH`) in random key order, every commit durable; then the same twins
+//! overwritten once. `DOPPEL_BENCH_STORES=fjall` (or `postgres`) runs one.
 //! Run with `cargo bench -p storage --bench twin_writes`.
 
 use serde_json::json;
 use std::time::{Duration, Instant};
-use storage::{FjallStore, Repos, Store};
+use storage::{FjallStore, PgStore, Repos, Store, pg_server::LocalServer};
 use twin_core::{Command, Context, Limits, ShadowName, ThingName, Twin, request};
 
 fn batch_size() -> usize {
@@ -50,14 +52,32 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let stores = std::env::var("DOPPEL_BENCH_STORES").unwrap_or_else(|_| "fjall,postgres".into());
+    for name in stores.split(',') {
+        match name {
+            "fjall" => {
+                let dir = tempfile::tempdir().unwrap();
+                let store = FjallStore::open(dir.path()).unwrap();
+                run("fjall", &store, n);
+                println!("disk: {:.0} MB", store.disk_space().unwrap() as f64 / 1e6);
+            }
+            "postgres" => {
+                let server = LocalServer::start_with(true).unwrap_or_else(|e| panic!("{e}"));
+                let store = PgStore::open(&format!("{}?pool=2", server.url())).unwrap();
+                run("postgresql", &store, n);
+            }
+            other => panic!("DOPPEL_BENCH_STORES: {other}? fjall or postgres"),
+        }
+    }
+}
+
+fn run<S: Store>(name: &str, store: &S, n: u64) {
     let batch = batch_size();
-    let dir = tempfile::tempdir().unwrap();
-    let store = FjallStore::open(dir.path()).unwrap();
     let repos = Repos::default();
     let (_, sample) = twin(0, 0);
     let state_len = reported(0, 0).to_string().len();
     println!(
-        "twin_writes: {n} twins, {state_len} B of state JSON, {} B per encoded twin record, {batch} per transaction",
+        "twin_writes on {name}: {n} twins, {state_len} B of state JSON, {} B per encoded twin record, {batch} per transaction",
         sample.len()
     );
     // A fixed permutation of 0..n: batches write keys in random order, as group commit does.
@@ -96,5 +116,4 @@ fn main() {
             total.as_secs_f64(),
         );
     }
-    println!("disk: {:.0} MB", store.disk_space().unwrap() as f64 / 1e6);
 }

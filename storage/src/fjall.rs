@@ -17,10 +17,10 @@ use std::{fmt, path::Path, time::Duration};
 /// instead of 40 ms, and a restart replays a shorter journal.
 const MEMTABLE_BYTES: u64 = 16 << 20;
 
-/// fjall's background threads. With two, the first re-queues every compaction task for the
-/// second and, while the second is busy, spins doing so: ~15 % of the node's CPU under ingest.
-/// One thread flushes and compacts in turn.
-const WORKER_THREADS: usize = 1;
+/// fjall's background threads: the first is kept for flushes, the other compacts. (With one,
+/// flushes queue behind long compactions and memory grows without bound under sustained load;
+/// `vendor/fjall` keeps the first from spinning while the other compacts.)
+const WORKER_THREADS: usize = 2;
 
 /// Conflicting attempts before a transaction gives up.
 const MAX_ATTEMPTS: u32 = 100;
