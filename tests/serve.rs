@@ -1,5 +1,5 @@
-//! `doppel serve` as an operator runs it: configuration file and flags, the generated admin
-//! token, development mode, and QoS 0 devices.
+//! `doppel serve` as an operator runs it: configuration file and flags, the store URL, the
+//! generated admin token, development mode, and QoS 0 devices.
 
 use doppel_tests::{
     device::{self, WAIT},
@@ -39,6 +39,42 @@ fn a_configuration_file_with_unknown_keys_is_refused() {
         .unwrap();
     assert!(!output.status.success(), "limits out of range are refused");
     assert!(String::from_utf8_lossy(&output.stderr).contains("max_state_bytes"));
+}
+
+#[test]
+fn the_store_is_named_once_and_bad_store_urls_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |args: &[&str]| {
+        let output = Command::new(BIN).arg("serve").args(args).output().unwrap();
+        assert!(!output.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let both = refused(&["--data-dir", "a", "--store", "fjall:b"]);
+    assert!(
+        both.contains("--store") && both.contains("--data-dir"),
+        "{both}"
+    );
+    let config = dir.path().join("doppel.toml");
+    std::fs::write(&config, "data_dir = \"a\"\nstore = \"fjall:b\"\n").unwrap();
+    let in_file = refused(&["--config", config.to_str().unwrap()]);
+    assert!(in_file.contains("both `store` and `data_dir`"), "{in_file}");
+    let unknown = refused(&["--store", "mysql://root:s3cret@db/x"]);
+    assert!(unknown.contains("use fjall:PATH, postgres://"), "{unknown}");
+    assert!(
+        !unknown.contains("s3cret"),
+        "the password stays out: {unknown}"
+    );
+    // This build has no FoundationDB backend; the error says how to get one.
+    if !cfg!(feature = "fdb") {
+        let fdb = refused(&["--store", "fdb:/etc/foundationdb/fdb.cluster"]);
+        assert!(fdb.contains("--features fdb"), "{fdb}");
+    }
+    // A database that is not there: a clear error, not a hang.
+    let absent = refused(&[
+        "--store",
+        "postgres://doppel@127.0.0.1:1/none?connect_timeout=1",
+    ]);
+    assert!(absent.contains("store unavailable"), "{absent}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -506,6 +506,27 @@ mod tests {
     }
 
     #[test]
+    fn a_password_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-the-file\n").unwrap();
+        let (config, _) = parse_url(&format!(
+            "postgres://doppel@h/db?password_file={}",
+            file.display()
+        ))
+        .unwrap();
+        if std::env::var_os("PGPASSWORD").is_none() {
+            assert_eq!(config.get_password(), Some(&b"from-the-file"[..]));
+        }
+        let (config, _) = parse_url("postgres://doppel:in-url@h/db").unwrap();
+        assert_eq!(config.get_password(), Some(&b"in-url"[..]));
+        let missing = parse_url("postgres://doppel@h/db?password_file=/nonexistent/pw");
+        if std::env::var_os("PGPASSWORD").is_none() {
+            assert!(missing.unwrap_err().to_string().contains("/nonexistent/pw"));
+        }
+    }
+
+    #[test]
     fn bad_options_are_refused_with_what_is_allowed() {
         for (url, says) in [
             ("postgres://h/db?schema=Fleet", "lowercase"),
