@@ -13,8 +13,8 @@ use std::{fmt, path::Path, time::Duration};
 
 /// The memtable's size before it is flushed to a table. fjall's default (64 MiB) makes every
 /// flush and the compactions after it large, and commits overlapping one wait longer; with
-/// 16 MiB (and the lock fixes of `vendor/lsm-tree`) PUBACK p99 at 50,000 msgs/s is 18–20 ms
-/// instead of 40 ms, and a restart replays a shorter journal.
+/// 16 MiB (and the fixes of `vendor/`) PUBACK p99 at 50,000 msgs/s is 18–32 ms (it varies from
+/// run to run) instead of 40 ms, and a restart replays a shorter journal.
 const MEMTABLE_BYTES: u64 = 16 << 20;
 
 /// fjall's background threads: the first is kept for flushes, the other compacts. (With one,
