@@ -26,24 +26,20 @@ def main():
     if mosq:
         row("Mosquitto pass-through", mosq["observed_rate"], "delivered to the subscriber",
             mosq["end_to_end_latency_ms"], f"{mosquitto_rss} MB")
+    def node_rows(system, report):
+        """A doppel run: PUBACK latency and memory, then its WebSocket sample."""
+        mem = report["timeline"][-1]["rss_bytes"] / 1e6 if report["timeline"] else 0
+        row(system, report["achieved_rate"], "PUBACK after durable commit",
+            report["puback_latency_ms"], f"{mem:.0f} MB")
+        row("  WebSocket sample", None, f"{report['ws_changes']:,} changes, {report['ws_resyncs']:,} resyncs",
+            report["end_to_end_latency_ms"], "")
+
     if doppel:
-        mem = doppel["timeline"][-1]["rss_bytes"] / 1e6 if doppel["timeline"] else 0
-        row("doppel end to end", doppel["achieved_rate"], "PUBACK after durable commit",
-            doppel["puback_latency_ms"], f"{mem:.0f} MB")
-        row("  WebSocket sample", None, f"{doppel['ws_changes']:,} changes, {doppel['ws_resyncs']:,} resyncs",
-            doppel["end_to_end_latency_ms"], "")
+        node_rows("doppel end to end", doppel)
     if latency:
-        mem = latency["timeline"][-1]["rss_bytes"] / 1e6 if latency["timeline"] else 0
-        row(f"doppel at {latency['offered_rate']:,.0f}/s", latency["achieved_rate"], "PUBACK after durable commit",
-            latency["puback_latency_ms"], f"{mem:.0f} MB")
-        row("  WebSocket sample", None, f"{latency['ws_changes']:,} changes, {latency['ws_resyncs']:,} resyncs",
-            latency["end_to_end_latency_ms"], "")
+        node_rows(f"doppel at {latency['offered_rate']:,.0f}/s", latency)
     if pg:
-        mem = pg["timeline"][-1]["rss_bytes"] / 1e6 if pg["timeline"] else 0
-        row("doppel on PostgreSQL", pg["achieved_rate"], "PUBACK after durable commit",
-            pg["puback_latency_ms"], f"{mem:.0f} MB")
-        row("  WebSocket sample", None, f"{pg['ws_changes']:,} changes, {pg['ws_resyncs']:,} resyncs",
-            pg["end_to_end_latency_ms"], "")
+        node_rows("doppel on PostgreSQL", pg)
     if nr:
         row("Node-RED flow", nr["observed_rate"], "WebSocket frames out",
             nr["end_to_end_latency_ms"], f"{node_red_rss} MB")
