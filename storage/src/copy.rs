@@ -5,7 +5,7 @@
 
 use crate::{
     error::StoreError,
-    kv::{KeyRange, KeyValue, RangeOptions, Store, Transaction},
+    kv::{KeyRange, KeyValue, RangeOptions, Store, Transaction, key_after},
 };
 use xxhash_rust::xxh3::Xxh3;
 
@@ -34,15 +34,7 @@ pub fn copy<F: Store, T: Store>(
     range: &KeyRange,
     mut progress: impl FnMut(&Copied),
 ) -> Result<Copied, StoreError> {
-    let first = to.transact(|tx| {
-        tx.get_range(
-            range,
-            RangeOptions {
-                limit: Some(1),
-                reverse: false,
-            },
-        )
-    })?;
+    let first = to.transact(|tx| tx.get_range(range, RangeOptions::first(1)))?;
     if !first.is_empty() {
         return Err(StoreError::Config(
             "the target store holds a deployment already; copy into an empty one".into(),
@@ -115,18 +107,14 @@ fn scan<S: Store>(
         let rows = store.transact(|tx| {
             tx.get_range(
                 &KeyRange::new(begin.clone(), range.end.clone()),
-                RangeOptions {
-                    limit: Some(PAGE_KEYS),
-                    reverse: false,
-                },
+                RangeOptions::first(PAGE_KEYS),
             )
         })?;
         let Some((last, _)) = rows.last() else {
             return Ok(());
         };
         // The next page starts just after the last key read.
-        begin = last.clone();
-        begin.push(0);
+        begin = key_after(last.clone());
         page(&rows)?;
         if rows.len() < PAGE_KEYS {
             return Ok(());

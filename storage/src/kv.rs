@@ -49,6 +49,23 @@ pub struct RangeOptions {
     pub reverse: bool,
 }
 
+impl RangeOptions {
+    /// The first `limit` pairs, in key order.
+    pub fn first(limit: usize) -> Self {
+        Self {
+            limit: Some(limit),
+            reverse: false,
+        }
+    }
+}
+
+/// The first key after `key` (it, followed by a zero byte): where the page after a cursor
+/// begins.
+pub fn key_after(mut key: Vec<u8>) -> Vec<u8> {
+    key.push(0);
+    key
+}
+
 /// One transaction. Reads see the transaction's own writes; commit is atomic and serializable:
 /// it fails with a retryable error when the transaction cannot be ordered after those that
 /// committed first (FoundationDB and the embedded store: whenever anything it read was changed

@@ -6,7 +6,7 @@
 
 use crate::{
     error::StoreError,
-    kv::{KeyRange, RangeOptions, Transaction},
+    kv::{KeyRange, RangeOptions, Transaction, key_after},
 };
 use foundationdb_tuple::Subspace;
 use serde::{Deserialize, Serialize};
@@ -143,8 +143,7 @@ impl History {
         to: u64,
         limit: usize,
     ) -> Result<Vec<RawSample>, StoreError> {
-        let mut begin = self.raw.pack(&(day_of(ts), thing.as_str(), ts, seq));
-        begin.push(0);
+        let begin = key_after(self.raw.pack(&(day_of(ts), thing.as_str(), ts, seq)));
         self.raw_from(tx, thing, ts, begin, to, limit)
     }
 
@@ -170,10 +169,7 @@ impl History {
             } else {
                 self.raw.subspace(&(day, thing.as_str())).range().1
             };
-            let options = RangeOptions {
-                limit: Some(limit - out.len()),
-                reverse: false,
-            };
+            let options = RangeOptions::first(limit - out.len());
             for (key, value) in
                 tx.get_range(&KeyRange::new(std::mem::take(&mut begin), end), options)?
             {
@@ -199,13 +195,9 @@ impl History {
         let space = self.raw.subspace(&day);
         let (mut begin, end) = space.range();
         if let Some((thing, ts, seq)) = after {
-            begin = self.raw.pack(&(day, thing, ts, seq));
-            begin.push(0);
+            begin = key_after(self.raw.pack(&(day, thing, ts, seq)));
         }
-        let options = RangeOptions {
-            limit: Some(limit),
-            reverse: false,
-        };
+        let options = RangeOptions::first(limit);
         tx.get_range(&KeyRange::new(begin, end), options)?
             .into_iter()
             .map(|(key, value)| {
@@ -240,10 +232,7 @@ impl History {
         tx: &mut impl Transaction,
         space: &Subspace,
     ) -> Result<Option<u32>, StoreError> {
-        let options = RangeOptions {
-            limit: Some(1),
-            reverse: false,
-        };
+        let options = RangeOptions::first(1);
         let first = tx.get_range(&space.range().into(), options)?;
         first
             .first()

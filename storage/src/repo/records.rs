@@ -2,7 +2,7 @@
 
 use crate::{
     error::StoreError,
-    kv::{KeyRange, RangeOptions, Transaction},
+    kv::{KeyRange, RangeOptions, Transaction, key_after},
 };
 use foundationdb_tuple::Subspace;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -112,13 +112,9 @@ impl<T: Keyed + Serialize + DeserializeOwned> Records<T> {
         let (mut begin, end) = self.space.range();
         if let Some(after) = after {
             // The first key after `after`'s own key.
-            begin = self.space.pack(&after);
-            begin.push(0);
+            begin = key_after(self.space.pack(&after));
         }
-        let options = RangeOptions {
-            limit: Some(limit),
-            reverse: false,
-        };
+        let options = RangeOptions::first(limit);
         tx.get_range(&KeyRange::new(begin, end), options)?
             .into_iter()
             .map(|(key, value)| {

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::{
     error::StoreError,
-    kv::{KeyRange, RangeOptions, Transaction},
+    kv::{KeyRange, RangeOptions, Transaction, key_after},
 };
 use foundationdb_tuple::Subspace;
 use serde::{Deserialize, Serialize};
@@ -93,13 +93,9 @@ impl RuleStates {
     ) -> Result<Vec<(ThingName, u64)>, StoreError> {
         let (mut begin, end) = self.timers.range();
         if let Some(after) = after {
-            begin = self.timers.pack(&after.as_str());
-            begin.push(0);
+            begin = key_after(self.timers.pack(&after.as_str()));
         }
-        let options = RangeOptions {
-            limit: Some(limit),
-            reverse: false,
-        };
+        let options = RangeOptions::first(limit);
         tx.get_range(&KeyRange::new(begin, end), options)?
             .into_iter()
             .map(|(key, value)| {

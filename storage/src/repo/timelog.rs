@@ -5,7 +5,7 @@
 
 use crate::{
     error::StoreError,
-    kv::{KeyRange, RangeOptions, Transaction},
+    kv::{KeyRange, RangeOptions, Transaction, key_after},
 };
 use foundationdb_tuple::Subspace;
 use serde::{Serialize, de::DeserializeOwned};
@@ -53,21 +53,14 @@ pub(crate) fn list<T: DeserializeOwned>(
     what: &str,
 ) -> Result<Vec<(Cursor, T)>, StoreError> {
     let begin = match after {
-        Some(cursor) => {
-            let mut key = space.pack(&cursor);
-            key.push(0);
-            key
-        }
+        Some(cursor) => key_after(space.pack(&cursor)),
         None => space.pack(&(from,)),
     };
     let end = space.pack(&(to,));
     if begin >= end {
         return Ok(Vec::new());
     }
-    let options = RangeOptions {
-        limit: Some(limit),
-        reverse: false,
-    };
+    let options = RangeOptions::first(limit);
     tx.get_range(&KeyRange::new(begin, end), options)?
         .into_iter()
         .map(|(key, value)| {
