@@ -12,11 +12,13 @@ use storage::StoreUrl;
 #[command(after_help = "Environment:
   DOPPEL_ADMIN_TOKEN  sets the bootstrap admin token (stored hashed; without it, the token
                       stored at the first start is kept, or one is generated and printed once)
+  DOPPEL_CLUSTER_SECRET  the secret every node of a cluster shares (or --cluster-secret-file)
   DOPPEL_LOG          log filter, e.g. `info` or `debug,fjall=warn` (default info,fjall=warn,lsm_tree=warn)
   NO_COLOR            no colour in logs even on a terminal
 
 Every flag can also be set in the --config file (TOML), which sets the limits too:
-[node], [node.limits], [node.mqtt], [node.history], [ws], [http]. Flags win over the file.")]
+[node], [node.limits], [node.mqtt], [node.history], [ws], [http], [cluster]. Flags win over the
+file.")]
 pub struct ServeArgs {
     /// Directory of the embedded store [default: ./doppel-data]; short for --store fjall:DIR.
     #[arg(long, conflicts_with = "store")]
@@ -52,6 +54,74 @@ pub struct ServeArgs {
     /// only, never production.
     #[arg(long)]
     dev: bool,
+    /// Run as a node of a cluster, accepting peers here (host:port); needs a store the nodes
+    /// share (--store postgres://… or fdb:…) and the cluster secret.
+    #[arg(long)]
+    cluster_listen: Option<SocketAddr>,
+    /// Where peers reach this node [default: the address --cluster-listen bound].
+    #[arg(long, requires = "cluster_listen")]
+    advertise: Option<String>,
+    /// The node's name in the cluster [default: its advertised address].
+    #[arg(long, requires = "cluster_listen")]
+    node_name: Option<String>,
+    /// File holding the cluster secret (instead of DOPPEL_CLUSTER_SECRET).
+    #[arg(long, requires = "cluster_listen")]
+    cluster_secret_file: Option<PathBuf>,
+}
+
+/// `[cluster]` in the configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ClusterFile {
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    node_name: Option<String>,
+    secret_file: Option<PathBuf>,
+    /// How long a node's lease lasts without renewal.
+    #[serde(with = "humantime_serde")]
+    lease: std::time::Duration,
+    /// How often a node renews it.
+    #[serde(with = "humantime_serde")]
+    renew: std::time::Duration,
+}
+
+impl Default for ClusterFile {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            advertise: None,
+            node_name: None,
+            secret_file: None,
+            lease: std::time::Duration::from_secs(5),
+            renew: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
+/// The cluster settings before the listener is bound.
+#[derive(Debug)]
+pub struct ClusterSettings {
+    pub listen: SocketAddr,
+    pub advertise: Option<String>,
+    pub node_name: Option<String>,
+    pub secret: Vec<u8>,
+    pub lease: std::time::Duration,
+    pub renew: std::time::Duration,
+}
+
+impl ClusterSettings {
+    /// The node's cluster configuration, once its listener is bound to `bound`.
+    pub fn resolve(&self, bound: SocketAddr) -> actors::ClusterConfig {
+        let advertise = self.advertise.clone().unwrap_or_else(|| bound.to_string());
+        actors::ClusterConfig {
+            name: self.node_name.clone().unwrap_or_else(|| advertise.clone()),
+            listen: bound,
+            advertise,
+            secret: self.secret.clone(),
+            lease: self.lease,
+            renew: self.renew,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +138,7 @@ struct FileConfig {
     node: NodeConfig,
     ws: api::WsConfig,
     http: api::ServeLimits,
+    cluster: ClusterFile,
 }
 
 impl Default for FileConfig {
@@ -84,6 +155,7 @@ impl Default for FileConfig {
             node: NodeConfig::default(),
             ws: api::WsConfig::default(),
             http: api::ServeLimits::default(),
+            cluster: ClusterFile::default(),
         }
     }
 }
@@ -118,7 +190,12 @@ pub struct ServeConfig {
     pub node: NodeConfig,
     pub ws: api::WsConfig,
     pub http: api::ServeLimits,
+    /// Cluster membership, if the node is part of one.
+    pub cluster: Option<ClusterSettings>,
 }
+
+/// Shortest cluster secret accepted.
+const MIN_SECRET: usize = 16;
 
 impl ServeConfig {
     /// Defaults, then the file, then the flags.
@@ -171,7 +248,44 @@ impl ServeConfig {
             file.node.mqtt.dev = true;
         }
         file.node.limits.validate()?;
+        let cluster = match args.cluster_listen.or(file.cluster.listen) {
+            None => None,
+            Some(listen) => {
+                if matches!(store, StoreUrl::Fjall(_)) {
+                    anyhow::bail!(
+                        "a cluster needs a store its nodes share: --store postgres://… (or fdb:…), not the embedded store"
+                    );
+                }
+                let secret = match args.cluster_secret_file.or(file.cluster.secret_file) {
+                    Some(path) => std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading the cluster secret {}", path.display()))?
+                        .trim()
+                        .to_owned(),
+                    None => std::env::var("DOPPEL_CLUSTER_SECRET").unwrap_or_default(),
+                };
+                if secret.len() < MIN_SECRET {
+                    anyhow::bail!(
+                        "a cluster node needs the cluster secret (at least {MIN_SECRET} characters) in DOPPEL_CLUSTER_SECRET or --cluster-secret-file"
+                    );
+                }
+                let (lease, renew) = (file.cluster.lease, file.cluster.renew);
+                if renew.is_zero() || lease < renew * 2 {
+                    anyhow::bail!(
+                        "the cluster lease ({lease:?}) must last at least two renewals ({renew:?})"
+                    );
+                }
+                Some(ClusterSettings {
+                    listen,
+                    advertise: args.advertise.or(file.cluster.advertise),
+                    node_name: args.node_name.or(file.cluster.node_name),
+                    secret: secret.into_bytes(),
+                    lease,
+                    renew,
+                })
+            }
+        };
         Ok(Self {
+            cluster,
             store,
             devices,
             http_listen: file.http_listen,

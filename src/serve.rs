@@ -75,11 +75,33 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         );
     }
 
+    // A cluster node binds its peers' port first: its advertised address may be the bound one.
+    let cluster = match &config.cluster {
+        Some(settings) => {
+            let listener = std::net::TcpListener::bind(settings.listen)
+                .with_context(|| format!("binding the cluster port to {}", settings.listen))?;
+            let cluster = settings.resolve(listener.local_addr()?);
+            announce(format_args!(
+                "cluster node {} listening on {} (advertised as {})",
+                cluster.name,
+                listener.local_addr()?,
+                cluster.advertise
+            ));
+            Some((cluster, listener))
+        }
+        None => None,
+    };
+    let start = move |directory, node_config, outbox, hub| match cluster {
+        Some((cluster, listener)) => {
+            Node::start_in_cluster(directory, node_config, outbox, hub, cluster, listener)
+        }
+        None => Node::start(directory, node_config, outbox, hub),
+    };
     let mut broker_subscribed = None;
     let (node, devices) = match config.devices {
         Devices::Endpoint(addr) => {
             let sessions = Sessions::new();
-            let node = Node::start(directory, config.node, sessions.clone(), hub);
+            let node = start(directory, config.node, sessions.clone(), hub);
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the MQTT endpoint to {addr}"))?;
@@ -116,7 +138,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             let url = BrokerUrl::parse(&url).map_err(anyhow::Error::msg)?;
             let (bridge, outbox, subscribed) =
                 Bridge::new(url.clone(), config.node.mqtt.max_packet_size);
-            let node = Node::start(directory, config.node, Arc::new(outbox), hub);
+            let node = start(directory, config.node, Arc::new(outbox), hub);
             announce(format_args!(
                 "bridging the broker at {}:{}",
                 url.host, url.port
@@ -170,6 +192,8 @@ async fn stop(
     let flushed = tokio::time::timeout(STOP_TIMEOUT, async {
         let _ = devices.await;
         node.flush().await;
+        // In a cluster: hand every shard over, so that peers take them at once.
+        node.leave().await;
         let _ = http_task.await;
     })
     .await;

@@ -134,6 +134,9 @@ pub struct Directory {
     /// The SHA-256 of the bootstrap admin token (none until [`Directory::bootstrap_admin`]).
     admin_hash: RwLock<Option<String>>,
     rules: crate::rules::RuleBook,
+    /// Woken after every change of types, keys, rules or the admin token (other nodes of a
+    /// cluster are told to reload them).
+    registry: tokio::sync::Notify,
 }
 
 /// The meta record holding the bootstrap admin token's hash.
@@ -167,9 +170,52 @@ impl Directory {
             keys: RwLock::new(keys.into_iter().map(|k| (k.id.clone(), k)).collect()),
             admin_hash: RwLock::new(None),
             rules: crate::rules::RuleBook::default(),
+            registry: tokio::sync::Notify::new(),
         };
         directory.rules = crate::rules::RuleBook::load(rules, &directory);
         Ok(directory)
+    }
+
+    /// Reloads types, keys, rules and the admin token's hash from the store (another node of
+    /// the cluster changed them).
+    pub fn reload(&self) -> Result<(), NodeError> {
+        let (defs, keys, rules, admin) = self.store.transact(|tx| {
+            Ok((
+                self.repos.types.list(tx, None, usize::MAX)?,
+                self.repos.keys.list(tx, None, usize::MAX)?,
+                self.repos.rules.list(tx, None, usize::MAX)?,
+                self.repos.meta.get(tx, ADMIN_RECORD)?,
+            ))
+        })?;
+        let mut types = HashMap::new();
+        for def in defs {
+            let name = def.name.clone();
+            types.insert(name, Arc::new(CompiledType::compile(def)?));
+        }
+        if let Ok(mut current) = self.types.write() {
+            *current = types;
+        }
+        if let Ok(mut current) = self.keys.write() {
+            *current = keys.into_iter().map(|k| (k.id.clone(), k)).collect();
+        }
+        if let Some(hash) = admin.and_then(|bytes| String::from_utf8(bytes).ok())
+            && let Ok(mut current) = self.admin_hash.write()
+            && current.is_some()
+        {
+            *current = Some(hash);
+        }
+        self.rules
+            .replace(crate::rules::RuleBook::load(rules, self));
+        Ok(())
+    }
+
+    /// Woken after every change of types, keys, rules or the admin token made here.
+    pub fn registry_changed(&self) -> &tokio::sync::Notify {
+        &self.registry
+    }
+
+    fn changed(&self) {
+        self.registry.notify_one();
     }
 
     /// The store behind the directory (only the actors crate reaches it).
@@ -197,8 +243,11 @@ impl Directory {
         actor: &str,
         now: u64,
     ) -> Result<crate::rules::StoredRule, NodeError> {
-        self.rules
-            .put(&self.store, &self.repos, self, name, source, actor, now)
+        let stored = self
+            .rules
+            .put(&self.store, &self.repos, self, name, source, actor, now)?;
+        self.changed();
+        Ok(stored)
     }
 
     /// Removes the rule `name`.
@@ -208,8 +257,11 @@ impl Directory {
         actor: &str,
         now: u64,
     ) -> Result<storage::RuleRecord, NodeError> {
-        self.rules
-            .delete(&self.store, &self.repos, name, actor, now)
+        let deleted = self
+            .rules
+            .delete(&self.store, &self.repos, name, actor, now)?;
+        self.changed();
+        Ok(deleted)
     }
 
     // ---- device types ------------------------------------------------------------------
@@ -254,6 +306,7 @@ impl Directory {
         if let Ok(mut types) = self.types.write() {
             types.insert(def.name.clone(), compiled.clone());
         }
+        self.changed();
         Ok(compiled)
     }
 
@@ -504,6 +557,7 @@ impl Directory {
         if let Ok(mut keys) = self.keys.write() {
             keys.insert(id.clone(), record.clone());
         }
+        self.changed();
         Ok(NewKey {
             key: format!("dk_{id}_{secret}"),
             record,
@@ -536,6 +590,7 @@ impl Directory {
         if let Ok(mut keys) = self.keys.write() {
             keys.remove(id);
         }
+        self.changed();
         Ok(existed)
     }
 
@@ -596,6 +651,7 @@ impl Directory {
         if let Ok(mut admin) = self.admin_hash.write() {
             *admin = Some(hash);
         }
+        self.changed();
         Ok(token)
     }
 

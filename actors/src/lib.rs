@@ -7,6 +7,7 @@
 //! leaves the node only after the store commit that holds the change returned.
 
 pub mod ack;
+pub mod cluster;
 pub mod config;
 pub mod directory;
 mod error;
@@ -15,6 +16,7 @@ pub mod hub;
 pub mod mqtt;
 mod node;
 pub mod outbox;
+mod pool;
 pub mod rules;
 mod shard;
 mod shared;
@@ -23,6 +25,7 @@ pub mod tls;
 mod twin;
 mod work;
 
+pub use cluster::{ClusterConfig, ClusterView};
 pub use config::{HistoryConfig, MqttConfig, NodeConfig};
 pub use error::NodeError;
 pub use node::Node;

@@ -4,18 +4,21 @@
 
 use crate::{
     ack::Ack,
+    cluster::{Cluster, ClusterConfig, ClusterOutbox, ClusterView, Local},
     config::NodeConfig,
     directory::{AuthFailure, Directory, NewThing, Registered},
     error::NodeError,
     hub::ChangeHub,
     mqtt::topics,
     outbox::Outbox,
-    shard::{Evict, Flush, HostStats, Refresh, ShardHost, Stats, TraceOf},
-    shared::{HostHealth, Shared},
-    work::{Deliver, Origin, Route, ThingMeta},
+    pool::blocking,
+    shard::{HostStats, ShardHost, Stats},
+    shared::{HostHandle, HostHealth, Shared},
+    work::{Deliver, Flush, Origin, ThingMeta},
 };
 use actix::{Actor, Addr, Arbiter};
 use rules_dsl::{Input, TraceEntry};
+use serde_json::Value;
 use std::sync::{
     Arc, Mutex, OnceLock,
     atomic::{AtomicU64, Ordering},
@@ -55,10 +58,48 @@ impl Node {
         outbox: Arc<dyn Outbox>,
         hub: ChangeHub,
     ) -> Node {
+        Self::start_with(directory, config, outbox, hub, None)
+    }
+
+    /// Starts a node of a cluster: it accepts its peers on `listener`, keeps its lease in the
+    /// store and serves the twins of the shards it owns (forwarding the rest).
+    pub fn start_in_cluster(
+        directory: Arc<Directory>,
+        config: NodeConfig,
+        outbox: Arc<dyn Outbox>,
+        hub: ChangeHub,
+        cluster: ClusterConfig,
+        listener: std::net::TcpListener,
+    ) -> Node {
+        Self::start_with(directory, config, outbox, hub, Some((cluster, listener)))
+    }
+
+    fn start_with(
+        directory: Arc<Directory>,
+        config: NodeConfig,
+        outbox: Arc<dyn Outbox>,
+        hub: ChangeHub,
+        cluster: Option<(ClusterConfig, std::net::TcpListener)>,
+    ) -> Node {
+        let (cluster, listener) = match cluster {
+            Some((settings, listener)) => (
+                Some(Cluster::new(settings, config.shards, outbox.clone())),
+                Some(listener),
+            ),
+            None => (None, None),
+        };
+        let outbox: Arc<dyn Outbox> = match &cluster {
+            Some(cluster) => Arc::new(ClusterOutbox {
+                local: outbox,
+                cluster: cluster.clone(),
+            }),
+            None => outbox,
+        };
         let shared = Arc::new(Shared {
             directory,
             outbox,
             hub,
+            cluster,
             limits: Arc::new(config.limits.clone()),
             health: (0..config.arbiter_count())
                 .map(|_| HostHealth::default())
@@ -77,13 +118,32 @@ impl Node {
             }));
             arbiters.push(arbiter);
         }
-        let _ = shared
-            .hosts
-            .set(hosts.iter().map(|h| h.clone().recipient()).collect());
+        let _ = shared.hosts.set(
+            hosts
+                .iter()
+                .map(|h| HostHandle {
+                    route: h.clone().recipient(),
+                    flush: h.clone().recipient(),
+                    evict: h.clone().recipient(),
+                    refresh: h.clone().recipient(),
+                    trace: h.clone().recipient(),
+                    drop_shards: h.clone().recipient(),
+                })
+                .collect(),
+        );
         if shared.config.history.enabled {
             tokio::spawn(maintain_history(shared.clone()));
         }
-        tokio::spawn(resume_rule_deadlines(shared.clone()));
+        match (&shared.cluster, listener) {
+            (Some(cluster), Some(listener)) => {
+                let local: Arc<dyn Local> = shared.clone();
+                cluster.start(Arc::downgrade(&local), listener);
+            }
+            // Alone, the node owns every shard: wake every twin waiting on a deadline.
+            _ => {
+                tokio::spawn(shared.clone().resume_rule_deadlines(None));
+            }
+        }
         Node {
             inner: Arc::new(Inner {
                 hosts,
@@ -114,11 +174,6 @@ impl Node {
         self.inner.shared.shard_of(thing)
     }
 
-    fn host(&self, thing: &ThingName) -> &Addr<ShardHost> {
-        let hosts = &self.inner.hosts;
-        &hosts[self.shard_of(thing) as usize % hosts.len()]
-    }
-
     /// Whether `…/update/documents` of this shadow may have a listener.
     pub fn wants_documents(&self, thing: &ThingName, shadow: &ShadowName) -> bool {
         self.inner
@@ -135,7 +190,7 @@ impl Node {
             _ => false,
         };
         let deliver = Deliver::new(input, Origin::Device, ack).with_documents(documents);
-        self.host(&thing).do_send(Route { thing, deliver });
+        self.inner.shared.route(thing, deliver);
     }
 
     /// Sends a gateway's batch to the twins of its devices; `ack` is marked done once every
@@ -148,7 +203,7 @@ impl Node {
                 Origin::Gateway(gateway.clone()),
                 ack.as_ref().map(Ack::part),
             );
-            self.host(&thing).do_send(Route { thing, deliver });
+            self.inner.shared.route(thing, deliver);
         }
         if let Some(ack) = ack {
             ack.done();
@@ -168,7 +223,7 @@ impl Node {
         let deliver = Deliver::new(Input::Command(command), Origin::Caller(tx), None)
             .with_documents(documents)
             .audited(audit);
-        self.host(&thing).do_send(Route { thing, deliver });
+        self.inner.shared.route(thing, deliver);
         self.answer(rx).await
     }
 
@@ -210,6 +265,11 @@ impl Node {
     pub async fn unready(&self) -> Option<String> {
         if let Some(why) = self.stuck() {
             return Some(why);
+        }
+        if let Some(cluster) = &self.inner.shared.cluster
+            && !cluster.ready()
+        {
+            return Some("cluster: shards not yet taken or their owners unknown".into());
         }
         let mut check = self.inner.store_check.lock().await;
         if let Some((at, why)) = &*check
@@ -282,8 +342,13 @@ impl Node {
             device_type: record.device_type.clone(),
             attributes: record.attributes.clone(),
         });
-        self.host(&record.name)
-            .do_send(Refresh(record.name.clone(), meta));
+        let shared = &self.inner.shared;
+        if let Some(cluster) = &shared.cluster
+            && cluster.refresh_remote(self.shard_of(&record.name), &record.name, &meta)
+        {
+            return;
+        }
+        shared.refresh_local(record.name.clone(), meta);
     }
 
     /// Decommissions a thing at once: its token stops working, a live device session is
@@ -300,9 +365,14 @@ impl Node {
             })
             .await?;
         self.inner.shared.outbox.disconnect(&thing);
-        let (tx, rx) = oneshot::channel();
-        self.host(&thing).do_send(Evict(thing.clone(), tx));
-        self.answer(rx).await?;
+        let remote = match &self.inner.shared.cluster {
+            Some(cluster) => cluster.evict_remote(self.shard_of(&thing), &thing).await,
+            None => Some(false),
+        };
+        if remote == Some(false) {
+            let rx = self.inner.shared.evict_local(thing.clone());
+            self.answer(rx).await?;
+        }
         // A commit that was in flight during the removal may have written the twin again.
         let name = thing.clone();
         // Its history goes too: a thing registered later under this name starts afresh.
@@ -325,11 +395,43 @@ impl Node {
         Ok(())
     }
 
-    /// The latest rule evaluations of `thing`'s twin, if it is active (newest last).
-    pub async fn rule_trace(&self, thing: ThingName) -> Result<Vec<TraceEntry>, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.host(&thing).do_send(TraceOf(thing, tx));
-        self.answer(rx).await
+    /// The latest rule evaluations of `thing`'s twin, if it is active (newest last), as JSON
+    /// objects.
+    pub async fn rule_trace(&self, thing: ThingName) -> Result<Vec<Value>, NodeError> {
+        if let Some(cluster) = &self.inner.shared.cluster
+            && let Some(entries) = cluster.trace_remote(self.shard_of(&thing), &thing).await
+        {
+            return Ok(match entries {
+                Value::Array(entries) => entries,
+                _ => Vec::new(),
+            });
+        }
+        let entries: Vec<TraceEntry> = self.answer(self.inner.shared.trace_local(thing)).await?;
+        Ok(entries
+            .iter()
+            .filter_map(|e| serde_json::to_value(e).ok())
+            .collect())
+    }
+
+    /// The cluster as this node sees it (`None`: the node runs alone).
+    pub fn cluster(&self) -> Option<ClusterView> {
+        self.inner.shared.cluster.as_ref().map(|c| c.view())
+    }
+
+    /// Makes sure committed changes of twins owned by other nodes reach this node's watchers
+    /// from now on (a WebSocket subscription calls it before reading its snapshot).
+    pub async fn watch_cluster(&self) {
+        if let Some(cluster) = &self.inner.shared.cluster {
+            cluster.watch().await;
+        }
+    }
+
+    /// Leaves the cluster, if in one: commits and releases every shard so that peers take them
+    /// at once (on SIGTERM, before [`Node::stop`]).
+    pub async fn leave(&self) {
+        if let Some(cluster) = &self.inner.shared.cluster {
+            cluster.leave().await;
+        }
     }
 
     /// Checks a device's credentials.
@@ -387,50 +489,6 @@ impl Node {
     }
 }
 
-/// Runs a blocking store call on the blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, NodeError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| NodeError::Io(e.to_string()))
-}
-
-/// Wakes the twins whose rules wait on a deadline (after a restart): each is activated and
-/// resumes its timer.
-async fn resume_rule_deadlines(shared: Arc<Shared>) {
-    let mut after: Option<ThingName> = None;
-    loop {
-        let for_job = shared.clone();
-        let from = after.clone();
-        let page = blocking(move || {
-            let d = &for_job.directory;
-            d.store()
-                .transact(|tx| d.repos().rule_states.deadlines(tx, from.as_ref(), 1_000))
-        })
-        .await;
-        let page = match page {
-            Ok(Ok(page)) => page,
-            Ok(Err(error)) => {
-                tracing::error!(%error, "reading rule deadlines failed");
-                return;
-            }
-            Err(_) => return,
-        };
-        let Some((last, _)) = page.last() else {
-            return;
-        };
-        after = Some(last.clone());
-        let full = page.len() == 1_000;
-        for (thing, _) in page {
-            shared.route(thing, Deliver::internal(Input::Timer));
-        }
-        if !full {
-            return;
-        }
-    }
-}
-
 /// Rolls telemetry history up and expires it, now and every `maintenance_every`, for as long as
 /// the node runs.
 async fn maintain_history(shared: Arc<Shared>) {
@@ -443,6 +501,12 @@ async fn maintain_history(shared: Arc<Shared>) {
     );
     loop {
         every.tick().await;
+        // In a cluster, the owner of shard 0 does it for everyone.
+        if let Some(cluster) = &shared.cluster
+            && cluster.epoch(0).is_none()
+        {
+            continue;
+        }
         let for_job = shared.clone();
         let done = blocking(move || {
             crate::history::maintain(&for_job.directory, &for_job.config.history, crate::now_ms())

@@ -11,4 +11,7 @@ pub trait Outbox: Send + Sync + 'static {
     fn wants(&self, thing: &ThingName, topic: &str) -> bool;
     /// Closes the device's live connection, if the outbox holds it; returns whether it did.
     fn disconnect(&self, thing: &ThingName) -> bool;
+    /// Whether messages for `thing` published here reach it (its session is here, or a broker
+    /// delivers them wherever it is).
+    fn holds(&self, thing: &ThingName) -> bool;
 }

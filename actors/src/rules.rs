@@ -117,6 +117,15 @@ impl RuleBook {
         }
     }
 
+    /// Takes the rules of `other` (reloaded from the store); twins pick them up on their next
+    /// input.
+    pub fn replace(&self, other: RuleBook) {
+        if let (Ok(mut book), Ok(new)) = (self.book.write(), other.book.into_inner()) {
+            *book = new;
+        }
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Changes whenever a rule is stored or removed.
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)

@@ -7,9 +7,13 @@
 use crate::ack::Ack;
 use actix::Message;
 use bytes::Bytes;
-use rules_dsl::{Input, Output};
+use rules_dsl::{Input, Output, TraceEntry};
 use serde_json::Value;
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::Instant,
+};
 use tokio::sync::oneshot;
 use twin_core::{Effect, ThingName, TypeName};
 
@@ -163,5 +167,42 @@ pub(crate) struct Route {
 }
 
 impl Message for Route {
+    type Result = ();
+}
+
+/// Answers once everything routed to a host before it is committed and released.
+pub(crate) struct Flush(pub oneshot::Sender<()>);
+
+impl Message for Flush {
+    type Result = ();
+}
+
+/// Stops a decommissioned thing's twin and drops its uncommitted record; answers once no
+/// commit holding an older record can still land.
+pub(crate) struct Evict(pub ThingName, pub oneshot::Sender<()>);
+
+impl Message for Evict {
+    type Result = ();
+}
+
+/// A thing's type or attributes changed.
+pub(crate) struct Refresh(pub ThingName, pub Arc<ThingMeta>);
+
+impl Message for Refresh {
+    type Result = ();
+}
+
+/// The latest rule evaluations of an active twin (none if it is not active).
+pub(crate) struct TraceOf(pub ThingName, pub oneshot::Sender<Vec<TraceEntry>>);
+
+impl Message for TraceOf {
+    type Result = ();
+}
+
+/// The node no longer owns these shards: forget their twins, drop their uncommitted work and
+/// send work still waiting for a load back to the router.
+pub(crate) struct DropShards(pub Arc<HashSet<u32>>, pub oneshot::Sender<()>);
+
+impl Message for DropShards {
     type Result = ();
 }

@@ -3,6 +3,7 @@
 //! errors, bearer tokens, frames.
 
 mod auth;
+mod cluster;
 mod error;
 mod extract;
 mod keys;
@@ -163,6 +164,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/v1/audit", get(keys::audit))
         .route("/v1/admin/rotate-key", post(keys::rotate_admin))
+        .route("/v1/cluster", get(cluster::get))
         .route("/v1/rules", get(rules::list))
         .route("/v1/rules/check", post(rules::check))
         .route(

@@ -14,7 +14,7 @@ use utoipa::{
         crate::things::decommission, crate::things::get_shadow, crate::things::patch_shadow, crate::things::delete_shadow,
         crate::things::put_type, crate::things::get_type, crate::things::list_types,
         crate::keys::create, crate::keys::list, crate::keys::revoke, crate::keys::audit, crate::keys::rotate_admin,
-        crate::telemetry::get, crate::metrics::metrics,
+        crate::telemetry::get, crate::metrics::metrics, crate::cluster::get,
         crate::rules::put, crate::rules::list, crate::rules::get, crate::rules::delete, crate::rules::check,
         crate::rules::test, crate::rules::dry_run, crate::rules::trace, crate::rules::alerts,
     ),

@@ -16,7 +16,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use rules_dsl::{Diagnostic, Offline, Output, RuleTarget, TraceEntry, testing::TestReport};
+use rules_dsl::{Diagnostic, Offline, Output, RuleTarget, testing::TestReport};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use twin_core::{ThingName, TypeName};
@@ -407,7 +407,7 @@ pub(crate) struct TraceView {
     /// Newest last: when, rule, trigger, the conditions' values, the phase before and after,
     /// and what happened. Empty when the twin is not active.
     #[schema(value_type = Vec<Object>)]
-    evaluations: Vec<TraceEntry>,
+    evaluations: Vec<serde_json::Value>,
 }
 
 /// Why a twin's rules fired or not: its latest evaluations (kept in memory while it is active).

@@ -435,8 +435,10 @@ impl Session {
             attributes: filter,
         };
         // Subscribed before the snapshots are read: a change committed in between arrives as a
-        // change (or is skipped if the snapshot already holds it).
+        // change (or is skipped if the snapshot already holds it). In a cluster, the other
+        // nodes send this node their changes from now on, before the snapshots are read.
         self.watcher.subscribe(&id, selector.clone());
+        self.state.node.watch_cluster().await;
         self.things += names.len();
         self.subscriptions.insert(id.clone(), selector);
         metrics::gauge!("doppel_ws_subscriptions").increment(1.0);

@@ -113,6 +113,9 @@ impl Transaction for AnyTx {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         forward!(self, tx => tx.get(key))
     }
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        forward!(self, tx => tx.get_many(keys))
+    }
     fn get_range(
         &mut self,
         range: &KeyRange,

@@ -787,6 +787,91 @@ pub fn meta_records_round_trip<S: Store>(store: &S, root: &Subspace) {
     );
 }
 
+/// `get_many` answers in the order asked, missing keys as `None`, the transaction's own
+/// writes and clears included.
+pub fn get_many_reads_in_order_with_own_writes<S: Store>(store: &S, root: &Subspace) {
+    let (a, b, c, d) = (
+        key(root, "a"),
+        key(root, "b"),
+        key(root, "c"),
+        key(root, "d"),
+    );
+    write(store, &a, b"1");
+    write(store, &b, b"2");
+    let got = store
+        .transact(|tx| {
+            tx.set(&c, b"3")?;
+            tx.clear(&b)?;
+            tx.get_many(&[d.clone(), c.clone(), b.clone(), a.clone(), a.clone()])
+        })
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            None,
+            Some(b"3".to_vec()),
+            None,
+            Some(b"1".to_vec()),
+            Some(b"1".to_vec())
+        ]
+    );
+    assert!(store.transact(|tx| tx.get_many(&[])).unwrap().is_empty());
+}
+
+/// Cluster records: nodes listed by name; shards absent until taken; two nodes taking the
+/// same shard at once are serialized, so the epoch counts both changes of owner and the last
+/// taker owns it.
+pub fn cluster_takeovers_are_serialized<S: Store>(store: &S, root: &Subspace) {
+    use crate::{NodeRecord, ShardRecord};
+    let repos = Repos::new(root);
+    for name in ["b", "a"] {
+        let node = NodeRecord {
+            name: name.into(),
+            addr: format!("{name}:1"),
+            expires: 10,
+            started: 1,
+        };
+        store
+            .transact(|tx| repos.cluster.put_node(tx, &node))
+            .unwrap();
+    }
+    let nodes = store.transact(|tx| repos.cluster.nodes(tx)).unwrap();
+    assert_eq!(
+        nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let shards = store.transact(|tx| repos.cluster.shards(tx, 4)).unwrap();
+    assert_eq!(shards, vec![ShardRecord::default(); 4]);
+    let cluster = &repos.cluster;
+    let take = |me: &str| {
+        let me = me.to_string();
+        move || {
+            store.transact(|tx| {
+                let mut shard = cluster.shards_of(tx, &[2])?.remove(0);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                shard.owner = Some(me.clone());
+                shard.epoch += 1;
+                cluster.put_shard(tx, 2, &shard)
+            })
+        }
+    };
+    std::thread::scope(|scope| {
+        let one = scope.spawn(take("a"));
+        let two = scope.spawn(take("b"));
+        one.join().unwrap().unwrap();
+        two.join().unwrap().unwrap();
+    });
+    let shards = store.transact(|tx| repos.cluster.shards(tx, 4)).unwrap();
+    assert_eq!(shards[2].epoch, 2, "both takeovers counted: {shards:?}");
+    assert!(shards[2].owner.is_some());
+    assert_eq!(shards[3], ShardRecord::default());
+    store
+        .transact(|tx| repos.cluster.remove_node(tx, "a"))
+        .unwrap();
+    let nodes = store.transact(|tx| repos.cluster.nodes(tx)).unwrap();
+    assert_eq!(nodes.len(), 1);
+}
+
 fn run_case<S: Store>(store: &S, root: &Subspace, name: &str, case: fn(&S, &Subspace)) {
     let space = root.subspace(&name);
     let clear = || {
@@ -850,4 +935,6 @@ suite!($
     api_keys_are_stored_by_id,
     rules_state_deadlines_and_log,
     meta_records_round_trip,
+    get_many_reads_in_order_with_own_writes,
+    cluster_takeovers_are_serialized,
 );

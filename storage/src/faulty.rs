@@ -151,6 +151,9 @@ impl<T: Transaction> Transaction for FaultyTx<T> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get(key)
     }
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.inner.get_many(keys)
+    }
     fn get_range(
         &mut self,
         range: &KeyRange,

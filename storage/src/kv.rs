@@ -74,6 +74,11 @@ pub fn key_after(mut key: Vec<u8>) -> Vec<u8> {
 pub trait Transaction {
     /// The value under `key`.
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The values under `keys`, in the same order (backends that pay a round trip per read
+    /// answer in one).
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|key| self.get(key)).collect()
+    }
     /// The pairs in `range`, in key order (or reversed).
     fn get_range(
         &mut self,

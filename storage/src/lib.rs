@@ -31,5 +31,8 @@ pub use kv::{
 };
 #[cfg(feature = "postgres")]
 pub use pg::{PgStore, PgTx};
-pub use repo::{AuditEntry, KeyRecord, Repos, Role, RuleLogEntry, RuleRecord, ThingRecord};
+pub use repo::{
+    AuditEntry, KeyRecord, NodeRecord, Repos, Role, RuleLogEntry, RuleRecord, ShardRecord,
+    ThingRecord,
+};
 pub use url::StoreUrl;

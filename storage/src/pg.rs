@@ -178,6 +178,7 @@ impl Drop for Connections {
 /// The statements, with the table's name in them.
 struct Statements {
     get: String,
+    get_many: String,
     range: String,
     range_reverse: String,
     upsert: String,
@@ -223,6 +224,7 @@ impl PgStore {
         drop(conn);
         let sql = Statements {
             get: format!("SELECT value FROM {table} WHERE key = $1"),
+            get_many: format!("SELECT key, value FROM {table} WHERE key = ANY($1::bytea[])"),
             range: format!(
                 "SELECT key, value FROM {table} WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3"
             ),
@@ -381,6 +383,33 @@ impl Transaction for PgTx {
             .query_opt(sql.get.as_str(), &[&key])
             .map_err(|e| sql_error(&e))?;
         Ok(row.map(|row| row.get::<_, Vec<u8>>(0)))
+    }
+
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        // Buffered writes answer for themselves; the rest is one statement.
+        let unread: Vec<&[u8]> = keys
+            .iter()
+            .filter(|key| !self.pending.contains_key(key.as_slice()))
+            .map(Vec::as_slice)
+            .collect();
+        let mut found = std::collections::HashMap::new();
+        if !unread.is_empty() {
+            let sql = self.store.sql.clone();
+            let rows = self
+                .client()?
+                .query(sql.get_many.as_str(), &[&unread])
+                .map_err(|e| sql_error(&e))?;
+            for row in rows {
+                found.insert(row.get::<_, Vec<u8>>(0), row.get::<_, Vec<u8>>(1));
+            }
+        }
+        Ok(keys
+            .iter()
+            .map(|key| match self.pending.get(key.as_slice()) {
+                Some(value) => value.clone(),
+                None => found.remove(key.as_slice()),
+            })
+            .collect())
     }
 
     fn get_range(

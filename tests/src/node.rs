@@ -26,6 +26,8 @@ pub struct Options {
     pub no_admin_token: bool,
     /// Run on this store (`--store URL`) instead of an embedded store in the node's directory.
     pub store: Option<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `doppel serve`.
@@ -103,6 +105,7 @@ impl Node {
             cmd.args(["--mqtt-listen", "127.0.0.1:0"]);
         }
         cmd.args(&self.options.args);
+        cmd.envs(self.options.env.iter().map(|(k, v)| (k, v)));
         if let Some(config) = &self.options.config {
             let path = self.data_dir.with_file_name("doppel.toml");
             std::fs::write(&path, config).unwrap();
@@ -232,6 +235,21 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGSTOP: the process stops running (as a long GC pause or a frozen VM would).
+    pub fn pause(&self) {
+        signal::kill(self.pid(), signal::Signal::SIGSTOP).unwrap();
+    }
+
+    /// SIGCONT after [`Node::pause`].
+    pub fn resume(&self) {
+        signal::kill(self.pid(), signal::Signal::SIGCONT).unwrap();
+    }
+
+    /// Whether the process is running (not killed or stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Starts the node again on the same data directory (new ports).

@@ -98,7 +98,7 @@ pub struct Reply {
 }
 
 /// A change of a shadow, for apps watching the twin.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Change {
     /// The twin.
     pub thing: ThingName,

@@ -117,6 +117,11 @@ impl Outbox for BrokerOutbox {
         tracing::warn!(%thing, "decommissioned behind a broker: remove the device's broker account too");
         false
     }
+
+    fn holds(&self, _: &ThingName) -> bool {
+        // The broker delivers to the device wherever it is connected.
+        true
+    }
 }
 
 /// A connected (or connecting) bridge, before it runs.

@@ -161,4 +161,8 @@ impl Outbox for Sessions {
     fn disconnect(&self, thing: &ThingName) -> bool {
         self.close_session(thing)
     }
+
+    fn holds(&self, thing: &ThingName) -> bool {
+        self.handle(thing).is_some()
+    }
 }

@@ -12,13 +12,13 @@
 use crate::{
     shared::{HostHealth, Shared},
     twin::Resident,
-    work::{Deliver, Done, Route, ThingMeta, Writes},
+    work::{Deliver, Done, DropShards, Evict, Flush, Refresh, Route, ThingMeta, TraceOf, Writes},
 };
 use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, SpawnHandle, WrapFuture,
 };
 use bytes::Bytes;
-use rules_dsl::{Input, TraceEntry};
+use rules_dsl::Input;
 use std::{
     collections::{BTreeSet, HashMap, HashSet, VecDeque},
     sync::{Arc, atomic::Ordering},
@@ -26,7 +26,7 @@ use std::{
 };
 use storage::{Store, StoreError};
 use tokio::sync::oneshot;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 use twin_core::{Effect, ShadowError, ThingName, Twin};
 
 mod release;
@@ -34,13 +34,6 @@ mod window;
 
 use release::{audit_entry, log_entry};
 use window::{Batch, OfThing, Window};
-
-/// Answers once everything routed to this host before it is committed and released.
-pub(crate) struct Flush(pub oneshot::Sender<()>);
-
-impl Message for Flush {
-    type Result = ();
-}
 
 /// Counts of one host.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,28 +54,6 @@ pub(crate) struct Stats;
 
 impl Message for Stats {
     type Result = HostStats;
-}
-
-/// Stops a decommissioned thing's twin and drops its uncommitted record; answers once no
-/// commit holding an older record can still land.
-pub(crate) struct Evict(pub ThingName, pub oneshot::Sender<()>);
-
-impl Message for Evict {
-    type Result = ();
-}
-
-/// A thing's type or attributes changed.
-pub(crate) struct Refresh(pub ThingName, pub Arc<ThingMeta>);
-
-impl Message for Refresh {
-    type Result = ();
-}
-
-/// The latest rule evaluations of an active twin (none if it is not active).
-pub(crate) struct TraceOf(pub ThingName, pub oneshot::Sender<Vec<TraceEntry>>);
-
-impl Message for TraceOf {
-    type Result = ();
 }
 
 impl OfThing for Done {
@@ -213,7 +184,10 @@ impl ShardHost {
 
     fn activate(&mut self, rows: Loaded, ctx: &mut Context<Self>) {
         for (name, thing, record, rule_state) in rows {
-            let queued = self.loading.remove(&name).unwrap_or_default();
+            // No work waits for it any more: its shard was dropped while it loaded.
+            let Some(queued) = self.loading.remove(&name) else {
+                continue;
+            };
             // Decommissioned while loading: the load may have read the thing before it went.
             let thing = thing.filter(|_| !self.cancelled.remove(&name));
             let Some(thing) = thing else {
@@ -436,9 +410,22 @@ impl ShardHost {
     ) {
         let store = self.shared.directory.store().clone();
         let repos = self.shared.directory.repos().clone();
+        // In a cluster: the shards written and the epochs this node holds them at.
+        let fence = self.shared.fence(&batch.things());
+        let me = self.shared.cluster.as_ref().map(|c| c.name().to_owned());
         let job = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let result = store.transact(|tx| {
+                if let Some(fence) = &fence {
+                    let shards: Vec<u32> = fence.iter().map(|(shard, _)| *shard).collect();
+                    let records = repos.cluster.shards_of(tx, &shards)?;
+                    let ours = fence.iter().zip(&records).all(|((_, epoch), record)| {
+                        record.epoch == *epoch && record.owner.is_some() && record.owner == me
+                    });
+                    if !ours {
+                        return Ok(false);
+                    }
+                }
                 for (thing, bytes, _) in &batch.records {
                     repos.twins.save_encoded(tx, thing, bytes)?;
                 }
@@ -461,12 +448,21 @@ impl ShardHost {
                 for (kind, entry) in &batch.rule_log {
                     repos.rule_log.append(tx, *kind, entry)?;
                 }
-                Ok(())
+                Ok(true)
             });
             (batch, result, started.elapsed())
         });
         ctx.spawn(job.into_actor(self).map(move |joined, host, ctx| match joined {
-            Ok((batch, Ok(()), took)) => {
+            Ok((batch, Ok(false), _)) => {
+                // A shard of the batch is no longer this node's: nothing was written.
+                warn!(host = host.index, twins = batch.records.len(), "group commit fenced: a shard moved to another node; dropping its changes");
+                if let Some(cluster) = &host.shared.cluster {
+                    cluster.fenced();
+                }
+                host.abandon(&batch, released);
+                host.commit_ended(ctx);
+            }
+            Ok((batch, Ok(true), took)) => {
                 debug!(host = host.index, twins = batch.records.len(), samples = batch.telemetry.len(), ?took, "group commit");
                 metrics::histogram!("doppel_commit_seconds").record(took.as_secs_f64());
                 host.shared.stages.commit.record(took.as_secs_f64());
@@ -683,6 +679,47 @@ impl Handler<Evict> for ShardHost {
         } else {
             let _ = done.send(());
         }
+    }
+}
+
+impl Handler<DropShards> for ShardHost {
+    type Result = ();
+
+    fn handle(&mut self, DropShards(shards, done): DropShards, _: &mut Context<Self>) {
+        let shared = self.shared.clone();
+        let ours = |thing: &ThingName| shards.contains(&shared.shard_of(thing));
+        let gone: Vec<ThingName> = self.twins.keys().filter(|t| ours(t)).cloned().collect();
+        for thing in &gone {
+            self.remove_twin(thing);
+        }
+        // Work not yet run goes back to the router (to the shard's next owner); work done but
+        // not committed is dropped, and its senders learn of a failure.
+        let waiting: Vec<ThingName> = self.loading.keys().filter(|t| ours(t)).cloned().collect();
+        for thing in waiting {
+            for deliver in self.loading.remove(&thing).unwrap_or_default() {
+                shared.route(thing.clone(), deliver);
+            }
+        }
+        self.load_queue.retain(|t| !ours(t));
+        let dropped: HashSet<ThingName> = self
+            .overflow
+            .iter()
+            .map(|d| d.thing.clone())
+            .chain(self.window.things_held())
+            .filter(|t| ours(t))
+            .collect();
+        if !dropped.is_empty() {
+            self.window.drop_things(&dropped);
+            self.overflow.retain(|d| !dropped.contains(&d.thing));
+        }
+        debug!(
+            host = self.index,
+            twins = gone.len(),
+            dropped = dropped.len(),
+            "dropped shards"
+        );
+        self.metas.retain(|meta| Arc::strong_count(meta) > 1);
+        let _ = done.send(());
     }
 }
 

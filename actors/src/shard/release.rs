@@ -99,8 +99,7 @@ impl ShardHost {
                 }
                 Effect::Changed(change) => self
                     .shared
-                    .hub
-                    .publish(Arc::new(ChangeEvent::new(change, meta.clone()))),
+                    .publish_change(Arc::new(ChangeEvent::new(change, meta.clone()))),
                 Effect::Telemetry { .. } => {}
             }
         }
@@ -140,7 +139,7 @@ impl ShardHost {
         }
         metrics::counter!("doppel_rule_outputs_total", "kind" => output_kind(&output.kind))
             .increment(1);
-        self.shared.hub.publish_event(Arc::new(RuleEvent::new(
+        self.shared.publish_event(Arc::new(RuleEvent::new(
             thing.clone(),
             meta.clone(),
             output,

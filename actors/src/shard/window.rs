@@ -160,6 +160,16 @@ impl<R: OfThing> Window<R> {
         self.deadlines.remove(thing);
     }
 
+    /// Every thing with a write or an effect in the window.
+    pub fn things_held(&self) -> Vec<ThingName> {
+        let mut things: Vec<ThingName> = self.records.keys().cloned().collect();
+        things.extend(self.rule_states.keys().cloned());
+        things.extend(self.deadlines.keys().cloned());
+        things.extend(self.telemetry.iter().map(|(t, ..)| t.clone()));
+        things.extend(self.released.iter().map(|r| r.thing().clone()));
+        things
+    }
+
     /// Removes every write and effect of `things` (their acknowledgements fail).
     pub fn drop_things(&mut self, things: &HashSet<ThingName>) {
         self.records.retain(|thing, _| !things.contains(thing));

@@ -14,10 +14,13 @@
 //! | rule states | `(root, "rstate", thing, chunk)` | the twin's encoded rule state |
 //! | rule timers | `(root, "rtimer", thing)` | its next rule deadline, epoch ms, big-endian `u64` |
 //! | rule log | `(root, "rlog", kind, at_ms, seq)` | [`RuleLogEntry`] as JSON |
-//! | meta | `(root, "meta", name)` | single records: `admin` holds the bootstrap admin token's SHA-256 (hex) |
+//! | meta | `(root, "meta", name)` | single records: `admin` holds the bootstrap admin token's SHA-256 (hex); `registry` changes with every change of types, keys, rules and the admin token |
+//! | nodes | `(root, "node", name)` | [`NodeRecord`] as JSON: a cluster node's address and lease |
+//! | shards | `(root, "shard", n)` | [`ShardRecord`] as JSON: the shard's owner and epoch |
 
 mod audit;
 pub mod blob;
+mod cluster;
 mod history;
 mod meta;
 mod records;
@@ -26,6 +29,7 @@ mod timelog;
 mod twins;
 
 pub use audit::{Audit, AuditEntry};
+pub use cluster::{Cluster, NodeRecord, ShardRecord};
 pub use history::{DAY_MS, FieldAgg, HOUR_MS, History, HourAgg, RawSample, day_of};
 pub use meta::Meta;
 pub use records::{KeyRecord, Keyed, Records, Role, ThingRecord};
@@ -64,6 +68,8 @@ pub struct Repos {
     pub rule_log: RuleLog,
     /// Single named records.
     pub meta: Meta,
+    /// Cluster membership and shard ownership.
+    pub cluster: Cluster,
 }
 
 impl Repos {
@@ -80,6 +86,7 @@ impl Repos {
             rule_states: RuleStates::new(root.subspace(&"rstate"), root.subspace(&"rtimer")),
             rule_log: RuleLog::new(root.subspace(&"rlog")),
             meta: Meta::new(root.subspace(&"meta")),
+            cluster: Cluster::new(root.subspace(&"node"), root.subspace(&"shard")),
         }
     }
 }
