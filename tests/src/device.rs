@@ -53,6 +53,31 @@ pub async fn connect(
     connect_as(addr, thing, thing, token).await
 }
 
+/// Connects `thing` with `token`, or says why it could not (refused, unreachable, no CONNACK
+/// in time) — for devices that move to another node when theirs goes away.
+pub async fn try_connect(addr: SocketAddr, thing: &str, token: &str) -> Result<Device, String> {
+    let (client, mut eventloop) = AsyncClient::new(options(addr, thing, thing, token), 1024);
+    let first = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "no CONNACK in time".to_string())?;
+    first?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(drive(eventloop, tx));
+    Ok(Device {
+        client,
+        rx,
+        backlog: Default::default(),
+    })
+}
+
 /// Connects with an explicit client id and user name.
 pub async fn connect_as(
     addr: SocketAddr,

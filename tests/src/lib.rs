@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod broker;
+pub mod cluster;
 pub mod device;
 pub mod node;
 pub mod twins;
