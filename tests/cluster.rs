@@ -136,9 +136,11 @@ async fn any_node_serves_any_device_and_app() {
     assert_eq!(admin_a.delete(&format!("/v1/keys/{id}")).await.0, 204);
     for node in [b, c] {
         let viewer = Api::with(node, Some(&key));
-        until("the revoked key to fail", Duration::from_secs(1), async || {
-            viewer.get("/v1/things").await.0 == 401
-        })
+        until(
+            "the revoked key to fail",
+            Duration::from_secs(1),
+            async || viewer.get("/v1/things").await.0 == 401,
+        )
         .await;
     }
 
@@ -149,4 +151,323 @@ async fn any_node_serves_any_device_and_app() {
         .expect("the session on b closed within a second");
     assert!(!why.is_empty());
     assert_eq!(c.shadow(&thing, None).await.0, 404);
+}
+
+/// Registers `count` things `{prefix}-{i}` on `node`; their tokens.
+async fn register(node: &Node, prefix: &str, count: usize) -> Vec<(String, String)> {
+    let admin = Api::admin(node);
+    let mut things = Vec::new();
+    for i in 0..count {
+        let thing = format!("{prefix}-{i}");
+        let token = admin.register(&thing, None).await;
+        things.push((thing, token));
+    }
+    things
+}
+
+/// Devices publishing numbered updates over `endpoints`, device `i` starting on endpoint `i`.
+fn load(
+    things: &[(String, String)],
+    endpoints: &Endpoints,
+    stop: &Arc<AtomicBool>,
+) -> Vec<(String, Arc<Progress>, tokio::task::JoinHandle<()>)> {
+    things
+        .iter()
+        .enumerate()
+        .map(|(i, (thing, token))| {
+            let progress = Arc::new(Progress::default());
+            let task = tokio::spawn(cluster::numbered(
+                thing.clone(),
+                token.clone(),
+                endpoints.clone(),
+                i,
+                progress.clone(),
+                stop.clone(),
+            ));
+            (thing.clone(), progress, task)
+        })
+        .collect()
+}
+
+type Load = Vec<(String, Arc<Progress>, tokio::task::JoinHandle<()>)>;
+
+fn acked(load: &Load) -> Vec<u64> {
+    load.iter()
+        .map(|(_, p, _)| p.acked.load(Ordering::Relaxed))
+        .collect()
+}
+
+/// Waits until every device has `more` updates acknowledged beyond `from`.
+async fn progressed(load: &Load, from: &[u64], more: u64, within: Duration) {
+    until("every device to make progress", within, async || {
+        acked(load)
+            .iter()
+            .zip(from)
+            .all(|(now, then)| *now >= then + more)
+    })
+    .await;
+}
+
+/// Stops the devices; then every acknowledged update must be in its twin (read on `node`).
+async fn nothing_acknowledged_lost(node: &Node, load: Load, stop: &AtomicBool) {
+    stop.store(true, Ordering::Relaxed);
+    for (_, _, task) in &load {
+        while !task.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for (thing, progress, task) in load {
+        task.await.unwrap();
+        let acked = progress.acked.load(Ordering::Relaxed);
+        let stored = cluster::reported_seq(node, &thing).await;
+        assert!(
+            stored.is_some_and(|s| s >= acked),
+            "{thing}: acknowledged {acked}, stored {stored:?}"
+        );
+    }
+}
+
+fn mqtt_endpoints(nodes: &[&Node]) -> Endpoints {
+    Arc::new(Mutex::new(nodes.iter().map(|n| n.mqtt()).collect()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_of_a_node_under_load_moves_only_its_shards_and_loses_nothing_acknowledged() {
+    let server = server();
+    let mut nodes = three(&server, "kill9", None).await;
+    let things = register(&nodes[0], "meter", 30).await;
+    let endpoints = mqtt_endpoints(&nodes.iter().collect::<Vec<_>>());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load(&things, &endpoints, &stop);
+    progressed(&load, &vec![0; things.len()], 5, Duration::from_secs(30)).await;
+    let before = cluster::view(&nodes[0]).await["shards"].clone();
+
+    // c dies; its devices move to a and b.
+    let at_kill = acked(&load);
+    let killed = Instant::now();
+    nodes[2].kill9();
+    endpoints.lock().unwrap().truncate(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut answering = Vec::new();
+    until(
+        "every twin to answer on the survivors",
+        Duration::from_secs(10),
+        async || {
+            answering.clear();
+            for (thing, _) in &things {
+                if cluster::reported_seq(a, thing).await.is_none() {
+                    return false;
+                }
+                answering.push(thing.clone());
+            }
+            true
+        },
+    )
+    .await;
+    let served_after = killed.elapsed();
+    progressed(&load, &at_kill, 3, Duration::from_secs(20)).await;
+    println!("every twin served again {served_after:?} after kill -9");
+
+    // Only c's shards moved, each to a survivor with a higher epoch.
+    cluster::settled(&[a, b], Duration::from_secs(10)).await;
+    let after = cluster::view(a).await["shards"].clone();
+    for (shard, (was, now)) in before
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(after.as_array().unwrap())
+        .enumerate()
+    {
+        if was["owner"] == "c" {
+            assert_ne!(now["owner"], "c", "shard {shard}");
+            assert!(
+                now["epoch"].as_u64() > was["epoch"].as_u64(),
+                "shard {shard}"
+            );
+        } else {
+            assert_eq!(was, now, "shard {shard} moved though its owner lived");
+        }
+    }
+    let reconnected: u64 = load
+        .iter()
+        .map(|(_, p, _)| p.reconnects.load(Ordering::Relaxed))
+        .sum();
+    assert!(reconnected >= 10, "c's devices reconnected: {reconnected}");
+    nothing_acknowledged_lost(a, load, &stop).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_paused_past_its_lease_writes_nothing_for_the_shards_it_lost_and_rejoins() {
+    let server = server();
+    let config = "[cluster]\nlease = \"2s\"\nrenew = \"500ms\"\n";
+    let nodes = three(&server, "pause", Some(config)).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    // Twins owned by b; their devices on a (which keeps running) and on b (which stalls).
+    let mut things = Vec::new();
+    let admin = Api::admin(a);
+    for i in 0..6 {
+        let thing = cluster::name_owned_by(a, "b", &format!("valve{i}")).await;
+        let token = admin.register(&thing, None).await;
+        things.push((thing, token));
+    }
+    let mut watcher = ws::connect(c, Some(ADMIN_TOKEN)).await.unwrap();
+    let names: Vec<&str> = things.iter().map(|(t, _)| t.as_str()).collect();
+    watcher
+        .send(json!({"type": "subscribe", "id": "w", "things": names}))
+        .await;
+    let endpoints: Endpoints = Arc::new(Mutex::new(vec![a.mqtt(), b.mqtt()]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load(&things, &endpoints, &stop);
+    progressed(&load, &[0; 6], 5, Duration::from_secs(30)).await;
+    let shard = cluster::shard_of(&things[0].0);
+    let epoch = cluster::view(a).await["shards"][shard]["epoch"].as_u64();
+
+    b.pause();
+    let paused = Instant::now();
+    until("b's shards to move", Duration::from_secs(10), async || {
+        let view = cluster::view(a).await;
+        view["shards"][shard]["owner"] != "b" && view["shards"][shard]["epoch"].as_u64() > epoch
+    })
+    .await;
+    println!("b's shards moved {:?} after SIGSTOP", paused.elapsed());
+    let at_pause = acked(&load);
+    // The devices on a keep going against the new owners.
+    until(
+        "the devices on a to go on",
+        Duration::from_secs(20),
+        async || {
+            acked(&load)
+                .iter()
+                .zip(&at_pause)
+                .step_by(2)
+                .all(|(now, then)| *now >= then + 3)
+        },
+    )
+    .await;
+
+    b.resume();
+    cluster::settled(&[a, b, c], Duration::from_secs(20)).await;
+    progressed(&load, &acked(&load), 3, Duration::from_secs(30)).await;
+    nothing_acknowledged_lost(c, load, &stop).await;
+
+    // No change the watcher saw ever went back: versions rise, `seq` never falls.
+    let mut last: std::collections::HashMap<String, (u64, u64)> = Default::default();
+    while let Some(frame) = watcher.quiet_for(Duration::from_millis(300)).await {
+        if frame["type"] != "change" {
+            continue;
+        }
+        let thing = frame["thing"].as_str().unwrap().to_owned();
+        let version = frame["version"].as_u64().unwrap();
+        let seq = frame["changed"]["reported"]["seq"].as_u64().unwrap_or(0);
+        if let Some((v, s)) = last.get(&thing) {
+            assert!(version > *v, "{thing}: version {version} after {v}");
+            assert!(
+                seq >= *s,
+                "{thing}: seq {seq} after {s} (an old owner wrote)"
+            );
+        }
+        last.insert(thing, (version, seq));
+    }
+    assert_eq!(last.len(), 6, "the watcher saw every twin change");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_under_load_loses_nothing_acknowledged() {
+    let server = server();
+    let mut nodes = three(&server, "rolling", None).await;
+    let things = register(&nodes[0], "sensor", 30).await;
+    let endpoints = mqtt_endpoints(&nodes.iter().collect::<Vec<_>>());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load(&things, &endpoints, &stop);
+    progressed(&load, &[0; 30], 3, Duration::from_secs(30)).await;
+    for i in 0..3 {
+        let old = nodes[i].mqtt();
+        endpoints.lock().unwrap().retain(|e| *e != old);
+        let status = nodes[i].terminate();
+        assert!(
+            status.success(),
+            "node {i} stopped cleanly:\n{}",
+            nodes[i].log()
+        );
+        let at = acked(&load);
+        // The others carry on while it is away.
+        progressed(&load, &at, 2, Duration::from_secs(20)).await;
+        nodes[i].restart();
+        endpoints.lock().unwrap().push(nodes[i].mqtt());
+        cluster::settled(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(20)).await;
+    }
+    progressed(&load, &acked(&load), 2, Duration::from_secs(20)).await;
+    nothing_acknowledged_lost(&nodes[1], load, &stop).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stranger_cannot_speak_to_the_cluster_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = server();
+    let nodes = three(&server, "stranger", None).await;
+    let a = &nodes[0];
+    let thing = cluster::name_owned_by(a, "a", "door").await;
+    Api::admin(a).register(&thing, None).await;
+    let port = a
+        .announced
+        .iter()
+        .find_map(|l| l.strip_prefix("doppel: cluster node a listening on "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the cluster address is announced")
+        .to_owned();
+    // Forwarded work without a handshake, then a handshake with a made-up proof.
+    let work = actors::cluster::wire::encode(&actors::cluster::wire::Frame::Work {
+        id: 0,
+        thing: thing.clone(),
+        input: actors::cluster::wire::WireInput::Update {
+            shadow: twin_core::ShadowName::CLASSIC,
+            token: None,
+            version: None,
+            desired: actors::cluster::wire::WirePatch::Absent,
+            reported: actors::cluster::wire::WirePatch::Merge(
+                serde_json::from_value(json!({"forged": 1})).unwrap(),
+            ),
+            state: json!({"reported": {"forged": 1}}),
+        },
+        documents: false,
+        origin: actors::cluster::wire::WireOrigin::Node,
+        audit: None,
+        ack: false,
+    });
+    for attempt in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(&port).await.unwrap();
+        if attempt == 1 {
+            let hello = actors::cluster::wire::encode(&actors::cluster::wire::Hello {
+                version: actors::cluster::wire::VERSION,
+                node: "mallory".into(),
+                nonce: [7; 32],
+            });
+            stream.write_u32(hello.len() as u32).await.unwrap();
+            stream.write_all(&hello).await.unwrap();
+            let len = stream.read_u32().await.unwrap();
+            let mut challenge = vec![0; len as usize];
+            stream.read_exact(&mut challenge).await.unwrap();
+            let proof =
+                actors::cluster::wire::encode(&actors::cluster::wire::Proof { proof: vec![0; 32] });
+            stream.write_u32(proof.len() as u32).await.unwrap();
+            stream.write_all(&proof).await.unwrap();
+        }
+        let _ = stream.write_u32(work.len() as u32).await;
+        let _ = stream.write_all(&work).await;
+        // The node closes the connection.
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+            "the node closed the connection"
+        );
+    }
+    let (status, _) = a.shadow(&thing, None).await;
+    assert_eq!(status, 404, "no forged sample reached the twin");
+    let metrics = a.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("doppel_cluster_handshake_refused_total 2"),
+        "both attempts refused"
+    );
 }

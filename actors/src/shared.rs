@@ -62,8 +62,7 @@ pub(crate) struct HostHealth {
 impl Shared {
     /// The virtual shard of `thing`.
     pub fn shard_of(&self, thing: &ThingName) -> u32 {
-        let shards = u64::from(self.config.shards.max(1));
-        (xxhash_rust::xxh3::xxh3_64(thing.as_str().as_bytes()) % shards) as u32
+        crate::cluster::shard_of(thing, self.config.shards)
     }
 
     /// The host of `shard` on this node.
@@ -172,10 +171,6 @@ impl Local for Shared {
 
     fn request_timeout(&self) -> Duration {
         self.config.request_timeout
-    }
-
-    fn route(&self, thing: ThingName, deliver: Deliver) {
-        Shared::route(self, thing, deliver);
     }
 
     fn route_local(&self, shard: u32, thing: ThingName, deliver: Deliver) {

@@ -67,7 +67,11 @@ pub async fn settled(nodes: &[&Node], within: Duration) {
         assert!(
             Instant::now() < deadline,
             "the cluster did not settle in {within:?}: {}",
-            nodes.iter().map(|n| n.log()).collect::<Vec<_>>().join("\n----\n")
+            nodes
+                .iter()
+                .map(|n| n.log())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
         let mut names = None;
@@ -86,11 +90,11 @@ pub async fn settled(nodes: &[&Node], within: Duration) {
             if live.len() != nodes.len() || names.as_ref().is_some_and(|n| *n != live) {
                 continue 'wait;
             }
-            let owned = view["shards"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|s| s["owner"].as_str().is_some_and(|o| live.iter().any(|l| l == o)));
+            let owned = view["shards"].as_array().unwrap().iter().all(|s| {
+                s["owner"]
+                    .as_str()
+                    .is_some_and(|o| live.iter().any(|l| l == o))
+            });
             if !owned {
                 continue 'wait;
             }
@@ -165,8 +169,14 @@ pub async fn numbered(
             progress.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         'connected: while !stop.load(Ordering::Relaxed) {
-            d.publish(&topic, &json!({"state": {"reported": {"seq": seq}}}))
+            let payload = json!({"state": {"reported": {"seq": seq}}}).to_string();
+            let sent = d
+                .client
+                .publish(&topic, rumqttc::QoS::AtLeastOnce, false, payload)
                 .await;
+            if sent.is_err() {
+                break 'connected;
+            }
             let deadline = Instant::now() + Duration::from_secs(30);
             let mut pkid = None;
             loop {

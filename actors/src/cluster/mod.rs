@@ -52,8 +52,6 @@ pub(crate) trait Local: Send + Sync + 'static {
     fn hub(&self) -> &ChangeHub;
     /// How long a request may wait for its twin.
     fn request_timeout(&self) -> Duration;
-    /// Sends work to a twin wherever its shard is owned.
-    fn route(&self, thing: ThingName, deliver: Deliver);
     /// Sends work to a twin of a shard this node owns.
     fn route_local(&self, shard: u32, thing: ThingName, deliver: Deliver);
     /// A thing's type or attributes changed.
@@ -269,6 +267,27 @@ impl Cluster {
         }
     }
 
+    /// Runs work a peer forwarded as to this shard's owner. Work for a shard this node knows
+    /// another owns, or arriving while its lease lapsed, is refused, not passed on: its
+    /// sender gave up on it already (the connection to a node that lost its lease is dropped,
+    /// failing what waited on it) and the device has sent it again, so running it now would
+    /// apply an old message after newer ones.
+    fn run_forwarded(&self, shared: &dyn Local, thing: ThingName, deliver: Deliver) {
+        let shard = shard_of(&thing, self.shards);
+        let dest = self.table.load().dest[shard as usize].clone();
+        match dest {
+            Dest::Local if crate::now_ms() < self.lease_until.load(Ordering::Acquire) => {
+                shared.route_local(shard, thing, deliver);
+            }
+            Dest::Park => self.park(shard, thing, deliver),
+            Dest::Local | Dest::Peer(_) => {
+                metrics::counter!("doppel_cluster_refused_total").increment(1);
+                debug!(%thing, shard, "refused work forwarded for a shard this node does not own");
+                self.nudge.notify_one();
+            }
+        }
+    }
+
     fn park(&self, shard: u32, thing: ThingName, deliver: Deliver) {
         let Ok(mut parked) = self.parked.lock() else {
             return;
@@ -480,7 +499,7 @@ impl Cluster {
                 let deliver = Deliver::new(input.into_input(), origin, ack)
                     .with_documents(documents)
                     .audited(audit.as_deref());
-                shared.route(thing, deliver);
+                self.run_forwarded(shared.as_ref(), thing, deliver);
             }
             Frame::Publish {
                 thing,
@@ -1118,6 +1137,11 @@ impl Cluster {
             debug!("registry change announced");
         }
     }
+}
+
+/// The virtual shard of `thing` among `shards` (as [`crate::Node::shard_of`] computes it).
+pub(crate) fn shard_of(thing: &ThingName, shards: u32) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(thing.as_str().as_bytes()) % u64::from(shards.max(1))) as u32
 }
 
 /// The meta record that changes with every registry change.
