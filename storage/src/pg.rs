@@ -407,7 +407,7 @@ impl Transaction for PgTx {
             .iter()
             .map(|key| match self.pending.get(key.as_slice()) {
                 Some(value) => value.clone(),
-                None => found.remove(key.as_slice()),
+                None => found.get(key.as_slice()).cloned(),
             })
             .collect())
     }

@@ -14,7 +14,7 @@ fn weight(node: &str, shard: u32) -> u64 {
 
 /// The node among `nodes` that `shard` belongs to (ties, which need equal names, go to the
 /// first).
-pub fn owner<'a, S: AsRef<str>>(shard: u32, nodes: &'a [S]) -> Option<&'a str> {
+pub fn owner<S: AsRef<str>>(shard: u32, nodes: &[S]) -> Option<&str> {
     nodes
         .iter()
         .map(AsRef::as_ref)
