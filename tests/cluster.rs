@@ -471,3 +471,130 @@ async fn a_stranger_cannot_speak_to_the_cluster_port() {
         "both attempts refused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_aggregate_children_across_nodes_and_a_holding_condition_fires_on_time_after_its_owner_dies()
+ {
+    let server = server();
+    let config = "[cluster]\nlease = \"2s\"\nrenew = \"500ms\"\n";
+    let mut nodes = three(&server, "rules", Some(config)).await;
+    let admin = Api::admin(&nodes[0]);
+    admin.put_type("Room", json!({})).await;
+    admin.put_type("Sensor", json!({})).await;
+    admin
+        .put_type(
+            "Thermostat",
+            json!({"schemas": {"telemetry": {"type": "object", "properties": {"temp": {"type": "number"}}}}}),
+        )
+        .await;
+    let rules = [
+        (
+            "stuffy",
+            r#"
+rule stuffy for type Room {
+  children of type Sensor
+  when (max(children.reported.co2) ?? 0) > 1000
+  then { set desired.vent = "open"; set reported.worst = max(children.reported.co2) ?? 0 }
+}
+"#,
+        ),
+        (
+            "hot",
+            r#"
+rule hot for type Thermostat {
+  when exists(telemetry.temp) and telemetry.temp > 30 for 4s
+  then { alert Hot severity major "temp {telemetry.temp}" }
+}
+"#,
+        ),
+    ];
+    for (name, source) in rules {
+        let (status, body) = admin
+            .put(&format!("/v1/rules/{name}"), json!({ "source": source }))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // Rules and types stored on a hold on b and c within a second.
+    for node in &nodes[1..] {
+        let api = Api::admin(node);
+        until(
+            "the rules on every node",
+            Duration::from_secs(1),
+            async || {
+                let (_, rules) = api.get("/v1/rules").await;
+                let (_, types) = api.get("/v1/types").await;
+                rules.to_string().contains("stuffy")
+                    && rules.to_string().contains("hot")
+                    && types.to_string().contains("Thermostat")
+            },
+        )
+        .await;
+    }
+    // A room owned by a, its sensors owned by b and c, their devices on c and b.
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let room = cluster::name_owned_by(a, "a", "room").await;
+    admin.register(&room, Some("Room")).await;
+    for (owner, device_on, co2) in [("b", c, 600), ("c", b, 1400)] {
+        let sensor = cluster::name_owned_by(a, owner, &format!("co2-{owner}")).await;
+        let (status, body) = admin
+            .post(
+                "/v1/things",
+                json!({"name": sensor, "type": "Sensor", "attributes": {"parent": room}}),
+            )
+            .await;
+        assert_eq!(status, 201);
+        let token = body["token"].as_str().unwrap();
+        let mut d = device::connect(device_on.mqtt(), &sensor, token)
+            .await
+            .unwrap();
+        d.publish_acked(
+            &format!("$aws/things/{sensor}/shadow/update"),
+            &json!({"state": {"reported": {"co2": co2}}}),
+        )
+        .await;
+    }
+    until("the room's rule", Duration::from_secs(10), async || {
+        let (_, shadow) = Api::admin(b)
+            .get(&format!("/v1/things/{room}/shadow"))
+            .await;
+        shadow["state"]["desired"]["vent"] == "open" && shadow["state"]["reported"]["worst"] == 1400
+    })
+    .await;
+
+    // A thermostat owned by c starts holding its condition; c dies during the hold.
+    let thermostat = cluster::name_owned_by(a, "c", "thermo").await;
+    let token = admin.register(&thermostat, Some("Thermostat")).await;
+    let mut d = device::connect(a.mqtt(), &thermostat, &token)
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    d.publish_acked(
+        &format!("things/{thermostat}/telemetry"),
+        &json!({"temp": 40}),
+    )
+    .await;
+    nodes[2].kill9();
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let fired = loop {
+        let (_, history) = Api::admin(b)
+            .get(&format!("/v1/alerts?thing={thermostat}"))
+            .await;
+        let alerts = history["alerts"].as_array().cloned().unwrap_or_default();
+        if !alerts.is_empty() {
+            break alerts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alert; the survivors' logs:\n{}\n----\n{}",
+            a.log(),
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let elapsed = sent.elapsed();
+    println!("the 4 s hold fired {elapsed:?} after the sample, its owner killed meanwhile");
+    assert!(elapsed >= Duration::from_secs(4), "fired after {elapsed:?}");
+    assert_eq!(fired.len(), 1, "fired once: {fired:?}");
+    assert_ne!(cluster::owner_of(a, &thermostat).await, "c");
+}

@@ -638,7 +638,7 @@ impl Cluster {
     }
 
     /// One round: renew, read, drop what was lost, take what is ours, hand over the rest.
-    async fn tick(&self, shared: &Arc<dyn Local>, registry: &mut Option<Vec<u8>>) {
+    async fn tick(&self, shared: &Arc<dyn Local>, registry: &mut Option<Option<Vec<u8>>>) {
         let _changing = self.changing.lock().await;
         let directory = shared.directory().clone();
         let now = crate::now_ms();
@@ -696,11 +696,12 @@ impl Cluster {
                 return;
             }
         };
-        if *registry != seen {
+        if registry.as_ref() != Some(&seen) {
+            // Not on the first round: the directory was loaded at start.
             if registry.is_some() {
                 reload_registry(shared.clone());
             }
-            *registry = seen;
+            *registry = Some(seen);
         }
         let now = crate::now_ms();
         let live: Vec<NodeRecord> = nodes.into_iter().filter(|n| n.expires > now).collect();
@@ -865,6 +866,9 @@ impl Cluster {
                         continue;
                     };
                     let peer = Peer::start(&this, name.clone(), node.addr.clone());
+                    // A node that just joined (or came back): it looks at ownership now, and
+                    // hands over what is now this node's without waiting for its next round.
+                    peer.tell(Frame::Nudge);
                     if self.watching.load(Ordering::Acquire) {
                         drop(peer.ask_done(|id| Frame::Watching { id, on: true }));
                     }
