@@ -9,7 +9,7 @@ use actors::{
     hub::ChangeHub,
     mqtt::{
         Sessions,
-        bridge::{Bridge, BrokerUrl},
+        bridge::{self, Bridge, BrokerUrl, SwitchOutbox},
         endpoint,
     },
 };
@@ -130,6 +130,24 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 node.clone(),
                 sessions,
                 None,
+                shutdown.clone(),
+            ));
+            (node, task)
+        }
+        Devices::Broker(url) if config.cluster.is_some() && !url.contains("share=") => {
+            // One persistent session for the cluster, run by the owner of shard 0.
+            let url = BrokerUrl::parse(&url).map_err(anyhow::Error::msg)?;
+            let outbox = SwitchOutbox::default();
+            let node = start(directory, config.node, Arc::new(outbox.clone()), hub);
+            announce(format_args!(
+                "bridging the broker at {}:{} from whichever node owns shard 0",
+                url.host, url.port
+            ));
+            let task = tokio::spawn(bridge::follow_leader(
+                url,
+                node.config().mqtt.max_packet_size,
+                node.clone(),
+                outbox,
                 shutdown.clone(),
             ));
             (node, task)

@@ -598,3 +598,74 @@ rule hot for type Thermostat {
     assert_eq!(fired.len(), 1, "fired once: {fired:?}");
     assert_ne!(cluster::owner_of(a, &thermostat).await, "c");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_behind_mosquitto_share_one_session_that_moves_when_its_node_dies() {
+    use doppel_tests::broker::Mosquitto;
+    let server = server();
+    let broker = Mosquitto::start();
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut options = cluster::options(&server, "broker", name, None);
+        options
+            .args
+            .extend(["--mqtt-url".to_owned(), broker.doppel_url()]);
+        nodes.push(Node::start(BIN, options));
+    }
+    cluster::settled(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(30)).await;
+    let admin = Api::admin(&nodes[0]);
+    let mut devices = Vec::new();
+    for i in 0..12 {
+        let thing = format!("tank-{i}");
+        let token = admin.register(&thing, None).await;
+        broker.add_user(&thing, &token);
+        devices.push((thing, token));
+    }
+    // Each device updates its shadow through the broker and hears the answer of its twin's
+    // owner, whichever node that is.
+    let update = async |devices: &[(String, String)], level: usize| {
+        for (thing, token) in devices {
+            let mut d = doppel_tests::eventually(
+                Duration::from_secs(10),
+                "the broker to accept the device",
+                async || device::connect(broker.addr, thing, token).await.ok(),
+            )
+            .await;
+            d.subscribe(&format!("$aws/things/{thing}/shadow/update/accepted"))
+                .await;
+            let accepted = d
+                .request(
+                    &format!("$aws/things/{thing}/shadow/update"),
+                    &json!({"state": {"reported": {"level": level}}}),
+                    &format!("$aws/things/{thing}/shadow/update/accepted"),
+                )
+                .await;
+            assert_eq!(accepted["state"]["reported"]["level"], level, "{thing}");
+        }
+    };
+    update(&devices, 1).await;
+    let leader = cluster::view(&nodes[0]).await["shards"][0]["owner"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let index = ["a", "b", "c"].iter().position(|n| *n == leader).unwrap();
+    let metrics = nodes[index].get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("doppel_cluster_forwarded_total ") && !l.ends_with(" 0")),
+        "the node running the session forwarded to the owners:\n{metrics}"
+    );
+
+    // The node running the session dies: another takes shard 0 and resumes the session.
+    nodes[index].kill9();
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.is_running()).collect();
+    cluster::settled(&survivors, Duration::from_secs(20)).await;
+    update(&devices, 2).await;
+    for (thing, _) in &devices {
+        let (status, doc) = survivors[0].shadow(thing, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(doc["state"]["reported"]["level"], 2, "{thing}");
+        assert_eq!(doc["version"], 2, "{thing}: each update applied once");
+    }
+}

@@ -413,6 +413,16 @@ impl Node {
             .collect())
     }
 
+    /// Whether this node runs what a cluster runs once (the shared broker session): it owns
+    /// shard 0 and its lease holds. A node alone always does.
+    pub fn leads(&self) -> bool {
+        self.inner
+            .shared
+            .cluster
+            .as_ref()
+            .is_none_or(|cluster| cluster.serves(0))
+    }
+
     /// The cluster as this node sees it (`None`: the node runs alone).
     pub fn cluster(&self) -> Option<ClusterView> {
         self.inner.shared.cluster.as_ref().map(|c| c.view())

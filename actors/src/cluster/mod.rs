@@ -249,6 +249,13 @@ impl Cluster {
         (epoch != 0).then_some(epoch)
     }
 
+    /// Whether this node holds `shard` and its lease holds (it may act for the shard now).
+    pub fn serves(&self, shard: u32) -> bool {
+        self.epoch(shard).is_some()
+            && crate::now_ms() < self.lease_until.load(Ordering::Acquire)
+            && !self.leaving.load(Ordering::Acquire)
+    }
+
     // ---- routing ----------------------------------------------------------------------
 
     /// Sends work to the owner of `shard`.

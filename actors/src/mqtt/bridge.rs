@@ -4,6 +4,13 @@
 //! broker only after the commit that holds its effect, in the order the messages arrived. Replies,
 //! deltas and documents are published back through the broker.
 //!
+//! In a cluster, either every node keeps its own session and they share the device topics
+//! through `$share/GROUP/…` (`?share=GROUP`; brokers that deliver `$aws/…` topics to shared
+//! subscriptions), or — without `share` — the nodes share one persistent session, which
+//! [`follow_leader`] runs on whichever node owns shard 0; a new owner resumes the same session,
+//! so what the last one had not acknowledged is redelivered to it. Either way each message is
+//! forwarded to its twin's owner.
+//!
 //! The broker enforces who may publish where (see `deploy/mosquitto/`); a message is attributed to
 //! the thing named in its topic. What the broker itself loses when it crashes is the broker's to
 //! answer for: Mosquitto, for one, acknowledges QoS 1 messages before it persists them.
@@ -15,6 +22,7 @@ use crate::{
     node::Node,
     outbox::Outbox,
 };
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use futures::{StreamExt, stream::FuturesOrdered};
 use rumqttc::v5::{
@@ -24,7 +32,7 @@ use rumqttc::v5::{
         v5::{Filter, Packet, Publish},
     },
 };
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use twin_core::ThingName;
@@ -124,6 +132,79 @@ impl Outbox for BrokerOutbox {
     }
 }
 
+/// Messages for devices through the broker session of whichever node runs it now: while this
+/// node does not, it holds nothing, and a cluster sends its messages to the node that does.
+#[derive(Clone, Debug, Default)]
+pub struct SwitchOutbox {
+    current: Arc<ArcSwapOption<BrokerOutbox>>,
+}
+
+impl Outbox for SwitchOutbox {
+    fn publish(&self, thing: &ThingName, topic: String, payload: Bytes) {
+        if let Some(outbox) = self.current.load_full() {
+            outbox.publish(thing, topic, payload);
+        }
+    }
+
+    fn wants(&self, _: &ThingName, _: &str) -> bool {
+        true
+    }
+
+    fn disconnect(&self, thing: &ThingName) -> bool {
+        match self.current.load_full() {
+            Some(outbox) => outbox.disconnect(thing),
+            None => false,
+        }
+    }
+
+    fn holds(&self, _: &ThingName) -> bool {
+        self.current.load().is_some()
+    }
+}
+
+/// Runs the broker session on this node whenever it owns shard 0 (see [`Node::leads`]), until
+/// `shutdown`: the session starts when the node takes the shard and stops — acknowledging what
+/// was committed, leaving the rest to be redelivered — when it loses or hands it over.
+pub async fn follow_leader(
+    url: BrokerUrl,
+    max_packet_size: usize,
+    node: Node,
+    outbox: SwitchOutbox,
+    shutdown: CancellationToken,
+) {
+    let poll = Duration::from_millis(100);
+    loop {
+        while !node.leads() {
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+        info!(host = %url.host, port = url.port, "this node runs the broker session now");
+        let (bridge, broker, _) = Bridge::new(url.clone(), max_packet_size);
+        outbox.current.store(Some(Arc::new(broker)));
+        let stop = shutdown.child_token();
+        let mut run = tokio::spawn(bridge.run(node.clone(), stop.clone()));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {
+                    if !node.leads() {
+                        break;
+                    }
+                }
+                _ = &mut run => break,
+            }
+        }
+        outbox.current.store(None);
+        stop.cancel();
+        let _ = run.await;
+        info!("this node no longer runs the broker session");
+        if shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
 /// A connected (or connecting) bridge, before it runs.
 pub struct Bridge {
     url: BrokerUrl,
@@ -213,7 +294,9 @@ impl Bridge {
                     Ok(_) => {}
                     Err(ConnectionError::RequestsDone) => return,
                     Err(error) => {
-                        if draining {
+                        // A node that no longer leads its cluster must not take the shared
+                        // session back from the one that does.
+                        if draining || !node.leads() {
                             return;
                         }
                         warn!(%error, ?backoff, "broker connection lost; reconnecting");
@@ -222,6 +305,9 @@ impl Bridge {
                             () = shutdown.cancelled() => return,
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(5));
+                        if !node.leads() {
+                            return;
+                        }
                     }
                 },
                 Some(acked) = acks.next(), if !acks.is_empty() => {
