@@ -40,9 +40,10 @@ pub struct SimArgs {
     /// Entries per gateway batch, at most.
     #[arg(long, default_value_t = 100)]
     batch: usize,
-    /// The node's MQTT endpoint.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    mqtt: String,
+    /// The nodes' MQTT endpoints, comma-separated (`A,B,C`): devices spread over them and move
+    /// to the next when theirs goes away.
+    #[arg(long, default_value = "127.0.0.1:1883", value_delimiter = ',')]
+    mqtt: Vec<String>,
     /// The node's HTTP API.
     #[arg(long, env = "DOPPEL_URL", default_value = "http://127.0.0.1:8080")]
     api: String,
@@ -85,10 +86,15 @@ fn duration(text: &str) -> Result<Duration, String> {
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let mqtt = args
         .mqtt
-        .to_socket_addrs()
-        .with_context(|| format!("--mqtt {}", args.mqtt))?
-        .next()
-        .with_context(|| format!("--mqtt {} names no address", args.mqtt))?;
+        .iter()
+        .map(|endpoint| {
+            endpoint
+                .to_socket_addrs()
+                .with_context(|| format!("--mqtt {endpoint}"))?
+                .next()
+                .with_context(|| format!("--mqtt {endpoint} names no address"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let prefix = args
         .prefix
         .unwrap_or_else(|| format!("sim-{:06x}", rand_id()));

@@ -669,3 +669,64 @@ async fn nodes_behind_mosquitto_share_one_session_that_moves_when_its_node_dies(
         assert_eq!(doc["version"], 2, "{thing}: each update applied once");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_simulator_spreads_its_fleet_over_the_nodes_and_moves_devices_when_one_dies() {
+    let server = server();
+    let mut nodes = three(&server, "sim", None).await;
+    let endpoints: Vec<String> = nodes.iter().map(|n| n.mqtt().to_string()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let sim = std::process::Command::new(BIN)
+        .arg("sim")
+        .args(["--mqtt", &endpoints.join(",")])
+        .args(["--api", nodes[0].url("").trim_end_matches('/')])
+        .args(["--token", ADMIN_TOKEN])
+        .args(["--devices", "300", "--rate", "600", "--duration", "12s"])
+        .args(["--prefix", "fleet", "--sample", "10", "--quiet"])
+        .arg("--report")
+        .arg(&report)
+        .env_remove("DOPPEL_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the fleet sends, c dies; its hundred devices move to a and b.
+    let c = &nodes[2];
+    until(
+        "c to forward its devices' messages",
+        Duration::from_secs(30),
+        async || {
+            let metrics = c.get("/metrics").await.text().await.unwrap_or_default();
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("doppel_cluster_forwarded_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .is_some_and(|n| n >= 500.0)
+        },
+    )
+    .await;
+    nodes[2].kill9();
+    let output = tokio::task::spawn_blocking(move || sim.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let reconnects = r["reconnects"].as_u64().unwrap();
+    assert!(
+        reconnects >= 100,
+        "c's devices reconnected: {reconnects}\n{stdout}"
+    );
+    assert!(stdout.contains("reconnects"), "{stdout}");
+    // Most of what was sent was acknowledged; what was in flight on c when it died was not.
+    let (sent, acked) = (r["sent"].as_u64().unwrap(), r["acked"].as_u64().unwrap());
+    assert!(
+        acked * 10 >= sent * 8,
+        "sent {sent}, acked {acked}\n{stdout}"
+    );
+    let lost = r["errors"]["unacknowledged_at_loss"].as_u64().unwrap_or(0);
+    assert!(
+        acked + lost + 600 >= sent,
+        "sent {sent}, acked {acked}, lost {lost}"
+    );
+}

@@ -51,8 +51,9 @@ pub struct SimConfig {
     pub gateways: usize,
     /// Entries per gateway batch, at most.
     pub batch: usize,
-    /// The node's MQTT endpoint.
-    pub mqtt: SocketAddr,
+    /// The nodes' MQTT endpoints: device `i` connects to endpoint `i mod n`, and when its
+    /// connection is lost it reconnects (with backoff) to the next one.
+    pub mqtt: Vec<SocketAddr>,
     /// The node's HTTP API, e.g. `http://127.0.0.1:8080`.
     pub api: String,
     /// An API key allowed to register things (admin).
@@ -83,6 +84,13 @@ mod secs {
         s: S,
     ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+impl SimConfig {
+    /// The endpoint device (or gateway) `i` uses first, and on its `attempt`-th reconnect.
+    pub fn endpoint(&self, i: usize, attempt: usize) -> SocketAddr {
+        self.mqtt[(i + attempt) % self.mqtt.len().max(1)]
     }
 }
 

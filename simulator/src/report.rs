@@ -22,6 +22,8 @@ pub(crate) struct Stats {
     pub ws_changes: AtomicU64,
     pub ws_resyncs: AtomicU64,
     pub converged: AtomicU64,
+    /// Connections opened again after one was lost.
+    pub reconnects: AtomicU64,
     puback: Mutex<Histogram<u64>>,
     e2e: Mutex<Histogram<u64>>,
     /// End-to-end latencies since the last timeline point.
@@ -42,6 +44,7 @@ impl Stats {
             ws_changes: AtomicU64::new(0),
             ws_resyncs: AtomicU64::new(0),
             converged: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
             puback: Mutex::new(histogram()),
             e2e: Mutex::new(histogram()),
             e2e_window: Mutex::new(histogram()),
@@ -70,8 +73,15 @@ impl Stats {
 
     /// Counts an error of `kind`.
     pub fn error(&self, kind: &str) {
-        if let Ok(mut errors) = self.errors.lock() {
-            *errors.entry(kind.to_owned()).or_default() += 1;
+        self.errors_of(kind, 1);
+    }
+
+    /// Counts `n` errors of one kind.
+    pub fn errors_of(&self, kind: &str, n: u64) {
+        if n > 0
+            && let Ok(mut errors) = self.errors.lock()
+        {
+            *errors.entry(kind.to_owned()).or_default() += n;
         }
     }
 
@@ -191,6 +201,8 @@ pub struct Report {
     /// Actuators, and how many reported the desired state they were given.
     pub actuators: usize,
     pub actuators_converged: u64,
+    /// Device connections opened again after one was lost (a node went away).
+    pub reconnects: u64,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
     /// The node's memory, the acknowledged rate and the latency over time.
@@ -253,6 +265,9 @@ impl fmt::Display for Report {
             "  end to end   p50 {:.1} ms  p99 {:.1} ms  p99.9 {:.1} ms  max {:.1} ms ({seen})",
             e.p50, e.p99, e.p999, e.max
         )?;
+        if self.reconnects > 0 {
+            writeln!(f, "  reconnects   {}", self.reconnects)?;
+        }
         if self.actuators > 0 {
             writeln!(
                 f,

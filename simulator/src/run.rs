@@ -144,9 +144,12 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
                 let spread = i as f64 / n;
                 let first = start + config.ramp.mul_f64(spread) + period.mul_f64(spread);
                 let device = DirectDevice {
+                    index: i,
                     name: fleet.devices[i].clone(),
+                    token: fleet.device_tokens[i].clone(),
                     actuator: is_actuator(&config, i),
                     seed: i as u64,
+                    config: config.clone(),
                 };
                 tasks.push(tokio::spawn(device.run(
                     connection,
@@ -244,6 +247,7 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
         observed_rate: stats.ws_changes.load(Ordering::Relaxed) as f64 / duration_s.max(0.001),
         ws_changes: stats.ws_changes.load(Ordering::Relaxed),
         ws_resyncs: stats.ws_resyncs.load(Ordering::Relaxed),
+        reconnects: stats.reconnects.load(Ordering::Relaxed),
         actuators: actuators.len(),
         actuators_converged: converged,
         errors: stats.errors(),
@@ -321,7 +325,7 @@ async fn connect_devices(
             let name = fleet.devices[i].clone();
             let token = fleet.device_tokens[i].clone();
             let actuator = is_actuator(config, i);
-            let server = config.mqtt;
+            let server = config.endpoint(i, 0);
             async move {
                 let connection = open(server, i, &name, &token, actuator).await;
                 bar.inc(1);
@@ -381,9 +385,10 @@ async fn connect_gateways(
     let mut connections = Vec::with_capacity(fleet.gateways.len());
     for (k, gateway) in fleet.gateways.iter().enumerate() {
         let opened = async {
+            let server = config.endpoint(k, 0);
             let mut c = Connection::open(
-                config.mqtt,
-                source_for(config.mqtt, k),
+                server,
+                source_for(server, k),
                 &gateway.name,
                 &gateway.token,
                 KEEP_ALIVE,
@@ -412,9 +417,12 @@ async fn connect_gateways(
 
 /// A device with its own connection.
 struct DirectDevice {
+    index: usize,
     name: String,
+    token: String,
     actuator: bool,
     seed: u64,
+    config: SimConfig,
 }
 
 impl DirectDevice {
@@ -433,6 +441,7 @@ impl DirectDevice {
         let update = format!("$aws/things/{}/shadow/update", self.name);
         let mut next = first;
         let mut payload = String::with_capacity(128);
+        let mut attempt = 0;
         loop {
             tokio::select! {
                 _ = sleep_until(next.into()), if next < end => {
@@ -471,15 +480,58 @@ impl DirectDevice {
                     Err(error) => {
                         tracing::debug!(device = %self.name, %error, "connection lost");
                         stats.error("connection_lost");
-                        return;
+                        stats.errors_of("unacknowledged_at_loss", connection.inflight() as u64);
+                        match self.reconnect(&mut attempt, end, &stats).await {
+                            Some(again) => {
+                                connection = again;
+                                continue;
+                            }
+                            None => return,
+                        }
                     }
                 }
             }
             if !settle(&mut connection, next, end, &stats).await {
+                if next < end {
+                    // Lost while sending: go on through another node.
+                    stats.errors_of("unacknowledged_at_loss", connection.inflight() as u64);
+                    if let Some(again) = self.reconnect(&mut attempt, end, &stats).await {
+                        connection = again;
+                        continue;
+                    }
+                }
                 break;
             }
         }
         connection.close().await;
+    }
+
+    /// Connects again after a lost connection, to the next endpoint each time, backing off
+    /// (100 ms doubling to 2 s) until one answers or the run is over. Messages in flight on the
+    /// lost connection stay unacknowledged (counted in `unacknowledged_at_loss`).
+    async fn reconnect(
+        &self,
+        attempt: &mut usize,
+        end: Instant,
+        stats: &Stats,
+    ) -> Option<Connection> {
+        let mut backoff = Duration::from_millis(100);
+        while Instant::now() < end {
+            *attempt += 1;
+            let server = self.config.endpoint(self.index, *attempt);
+            match open(server, self.index, &self.name, &self.token, self.actuator).await {
+                Ok(connection) => {
+                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    return Some(connection);
+                }
+                Err(error) => {
+                    tracing::debug!(device = %self.name, %server, %error, "reconnecting failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        None
     }
 }
 

@@ -146,7 +146,8 @@ pub(crate) async fn watch_broker(
     mut stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, SimError> {
     let name = format!("{}-observer", config.prefix);
-    let mut connection = Connection::open(config.mqtt, None, &name, "", KEEP_ALIVE).await?;
+    let mut connection =
+        Connection::open(config.endpoint(0, 0), None, &name, "", KEEP_ALIVE).await?;
     connection.subscribe("things/+/telemetry")?;
     connection.flush().await?;
     connection.next().await?;
