@@ -730,3 +730,24 @@ async fn the_simulator_spreads_its_fleet_over_the_nodes_and_moves_devices_when_o
         "sent {sent}, acked {acked}, lost {lost}"
     );
 }
+
+#[test]
+fn the_cluster_doc_runs_as_written() {
+    for (program, package) in [("curl", "curl"), ("python3", "python3")] {
+        doppel_tests::doc::need(program, package);
+    }
+    let server = server();
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/cluster.md"),
+    )
+    .unwrap();
+    let store = format!("{}?schema=doc", server.url());
+    let steps = doppel_tests::doc::run_section(
+        &doc,
+        "## Three nodes on one machine",
+        BIN,
+        &[("STORE", store.as_str())],
+        Duration::from_secs(120),
+    );
+    assert!(steps >= 4, "the section has its steps");
+}

@@ -6,6 +6,7 @@ pub mod api;
 pub mod broker;
 pub mod cluster;
 pub mod device;
+pub mod doc;
 pub mod node;
 pub mod twins;
 pub mod ws;
