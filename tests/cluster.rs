@@ -8,7 +8,7 @@ use doppel_tests::{
     cluster::{self, Endpoints, Progress},
     device,
     node::{ADMIN_TOKEN, Node},
-    ws,
+    until, ws,
 };
 use serde_json::json;
 use std::{
@@ -37,15 +37,6 @@ async fn three(server: &LocalServer, schema: &str, config: Option<&str>) -> Vec<
     }
     cluster::settled(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(30)).await;
     nodes
-}
-
-/// Waits for `check` to hold, at most `within`.
-async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,7 @@ use doppel_tests::{
     api::Api,
     device::{self, Device, Seen},
     node::{ADMIN_TOKEN, Node, Options},
-    ws,
+    until, ws,
 };
 use serde_json::json;
 use std::{
@@ -31,15 +31,6 @@ fn on(server: &LocalServer, schema: &str) -> Options {
     Options {
         store: Some(format!("{}?schema={schema}", server.url())),
         ..Options::default()
-    }
-}
-
-/// Waits for `check` to hold, at most `within`.
-async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -160,6 +160,25 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Sends every host a message carrying a reply channel; the replies' receivers.
+    fn ask_every_host(
+        &self,
+        send: impl Fn(&HostHandle, oneshot::Sender<()>),
+    ) -> Vec<oneshot::Receiver<()>> {
+        self.hosts
+            .get()
+            .into_iter()
+            .flatten()
+            .map(|host| {
+                let (tx, rx) = oneshot::channel();
+                send(host, tx);
+                rx
+            })
+            .collect()
+    }
+}
+
 impl Local for Shared {
     fn directory(&self) -> &Arc<Directory> {
         &self.directory
@@ -200,29 +219,11 @@ impl Local for Shared {
     }
 
     fn drop_shards(&self, shards: Arc<HashSet<u32>>) -> Vec<oneshot::Receiver<()>> {
-        self.hosts
-            .get()
-            .into_iter()
-            .flatten()
-            .map(|host| {
-                let (tx, rx) = oneshot::channel();
-                host.drop_shards.do_send(DropShards(shards.clone(), tx));
-                rx
-            })
-            .collect()
+        self.ask_every_host(|host, tx| host.drop_shards.do_send(DropShards(shards.clone(), tx)))
     }
 
     fn flush_local(&self) -> Vec<oneshot::Receiver<()>> {
-        self.hosts
-            .get()
-            .into_iter()
-            .flatten()
-            .map(|host| {
-                let (tx, rx) = oneshot::channel();
-                host.flush.do_send(Flush(tx));
-                rx
-            })
-            .collect()
+        self.ask_every_host(|host, tx| host.flush.do_send(Flush(tx)))
     }
 
     fn resume_deadlines(self: Arc<Self>, shards: Arc<HashSet<u32>>) {

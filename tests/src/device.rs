@@ -57,25 +57,20 @@ pub async fn connect(
 /// in time) — for devices that move to another node when theirs goes away.
 pub async fn try_connect(addr: SocketAddr, thing: &str, token: &str) -> Result<Device, String> {
     let (client, mut eventloop) = AsyncClient::new(options(addr, thing, thing, token), 1024);
-    let first = tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                Ok(_) => continue,
-                Err(e) => return Err(e.to_string()),
-            }
+    tokio::time::timeout(Duration::from_secs(3), connack(&mut eventloop))
+        .await
+        .map_err(|_| "no CONNACK in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(Device::driven(client, eventloop))
+}
+
+/// Polls until the CONNACK, or the connection's first error.
+async fn connack(eventloop: &mut EventLoop) -> Result<(), rumqttc::ConnectionError> {
+    loop {
+        if let Event::Incoming(Packet::ConnAck(_)) = eventloop.poll().await? {
+            return Ok(());
         }
-    })
-    .await
-    .map_err(|_| "no CONNACK in time".to_string())?;
-    first?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(drive(eventloop, tx));
-    Ok(Device {
-        client,
-        rx,
-        backlog: Default::default(),
-    })
+    }
 }
 
 /// Connects with an explicit client id and user name.
@@ -86,26 +81,14 @@ pub async fn connect_as(
     token: &str,
 ) -> Result<Device, ConnectReturnCode> {
     let (client, mut eventloop) = AsyncClient::new(options(addr, client_id, user, token), 1024);
-    let first = tokio::time::timeout(WAIT, async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                Ok(_) => continue,
-                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return Err(code),
-                Err(e) => panic!("connecting {client_id}: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("a CONNACK");
-    first?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(drive(eventloop, tx));
-    Ok(Device {
-        client,
-        rx,
-        backlog: Default::default(),
-    })
+    match tokio::time::timeout(WAIT, connack(&mut eventloop))
+        .await
+        .expect("a CONNACK")
+    {
+        Ok(()) => Ok(Device::driven(client, eventloop)),
+        Err(rumqttc::ConnectionError::ConnectionRefused(code)) => Err(code),
+        Err(e) => panic!("connecting {client_id}: {e}"),
+    }
 }
 
 async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Seen>) {
@@ -136,6 +119,17 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Seen>) {
 }
 
 impl Device {
+    /// A connected client whose event loop runs on its own task, reporting what it sees.
+    fn driven(client: AsyncClient, eventloop: EventLoop) -> Device {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(drive(eventloop, tx));
+        Device {
+            client,
+            rx,
+            backlog: Default::default(),
+        }
+    }
+
     /// The next thing seen, within [`WAIT`].
     pub async fn next(&mut self) -> Seen {
         if let Some(seen) = self.backlog.pop_front() {
