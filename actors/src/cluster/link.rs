@@ -19,7 +19,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -84,6 +84,8 @@ pub(crate) struct Peer {
     queue: mpsc::Sender<Out>,
     pending: Mutex<HashMap<u64, (Pending, Instant)>>,
     next: AtomicU64,
+    /// Whether the connection is up (work for the peer parks while it is not).
+    up: AtomicBool,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -114,6 +116,7 @@ impl Peer {
                 queue,
                 pending: Mutex::new(HashMap::new()),
                 next: AtomicU64::new(1),
+                up: AtomicBool::new(false),
                 task,
             }
         })
@@ -139,6 +142,11 @@ impl Peer {
                 false
             }
         }
+    }
+
+    /// Whether the connection to the peer is up.
+    pub fn connected(&self) -> bool {
+        self.up.load(Ordering::Acquire)
     }
 
     /// Sends one-way news.
@@ -268,6 +276,11 @@ async fn run(peer: std::sync::Weak<Peer>, cluster: Arc<Cluster>, mut rx: mpsc::R
             Ok(conn) => {
                 info!(peer = %name, %addr, "connected to peer");
                 backoff = Duration::from_millis(50);
+                if let Some(me) = peer.upgrade() {
+                    me.up.store(true, Ordering::Release);
+                }
+                // Work that waited for this connection goes now.
+                cluster.drain();
                 pump(&peer, conn, &mut rx).await;
             }
             Err(error) => {
@@ -277,6 +290,7 @@ async fn run(peer: std::sync::Weak<Peer>, cluster: Arc<Cluster>, mut rx: mpsc::R
         let Some(me) = peer.upgrade() else {
             return;
         };
+        me.up.store(false, Ordering::Release);
         me.fail_all();
         // What was queued while there was no connection fails at once (its senders resend).
         while let Ok(out) = rx.try_recv() {

@@ -32,7 +32,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, OnceLock, Weak,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -121,12 +121,21 @@ struct Table {
     peers: HashMap<Arc<str>, Arc<Peer>>,
 }
 
-/// Work waiting for its shard to have an owner.
+/// Work waiting for its shard's owner.
 struct Parked {
-    shard: u32,
     thing: ThingName,
     deliver: Deliver,
     since: Instant,
+}
+
+impl Parked {
+    fn new(thing: ThingName, deliver: Deliver) -> Self {
+        Self {
+            thing,
+            deliver,
+            since: Instant::now(),
+        }
+    }
 }
 
 /// Parked work held at most (beyond: refused, its sender sees a failure).
@@ -143,7 +152,10 @@ pub(crate) struct Cluster {
     table: ArcSwap<Table>,
     /// Serializes the changes of ownership (the lease loop, a release, a loss).
     changing: tokio::sync::Mutex<()>,
-    parked: Mutex<VecDeque<Parked>>,
+    /// Work waiting for its shard's owner, by shard, in arrival order.
+    parked: Mutex<HashMap<u32, VecDeque<Parked>>>,
+    /// How many items wait in `parked` (read without the lock on every route).
+    parked_count: AtomicUsize,
     /// Peers with WebSocket watchers: committed changes are sent to them.
     watchers: ArcSwap<Vec<Arc<str>>>,
     /// Whether this node told its peers it has watchers.
@@ -199,7 +211,8 @@ impl Cluster {
                 peers: HashMap::new(),
             }),
             changing: tokio::sync::Mutex::new(()),
-            parked: Mutex::new(VecDeque::new()),
+            parked: Mutex::new(HashMap::new()),
+            parked_count: AtomicUsize::new(0),
             watchers: ArcSwap::from_pointee(Vec::new()),
             watching: AtomicBool::new(false),
             sessions: Mutex::new(HashMap::new()),
@@ -258,20 +271,35 @@ impl Cluster {
 
     // ---- routing ----------------------------------------------------------------------
 
-    /// Sends work to the owner of `shard`.
+    /// Sends work to the owner of `shard`: to a local host, or to the peer that owns it. Work
+    /// waits in the shard's parking queue while the shard has no owner, while its owner's
+    /// connection is down, while this node's lease lapsed, and while earlier work of the shard
+    /// waits there (so a device's messages keep their order).
     pub fn route(&self, shared: &dyn Local, shard: u32, thing: ThingName, deliver: Deliver) {
+        if self.parked_count.load(Ordering::Acquire) > 0
+            && let Ok(mut parked) = self.parked.lock()
+            && let Some(queue) = parked.get_mut(&shard)
+        {
+            queue.push_back(Parked::new(thing, deliver));
+            self.parked_count.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
         let dest = self.table.load().dest[shard as usize].clone();
         match dest {
-            // A node whose lease lapsed (it was paused, or cut off from the store) serves
-            // nothing until it has looked at ownership again.
-            Dest::Local if crate::now_ms() >= self.lease_until.load(Ordering::Acquire) => {
+            Dest::Local if self.lease_lapsed() => {
+                // A node whose lease lapsed (it was paused, or cut off from the store) serves
+                // nothing until it has looked at ownership again.
                 self.nudge.notify_one();
                 self.park(shard, thing, deliver);
             }
             Dest::Local => shared.route_local(shard, thing, deliver),
-            Dest::Peer(peer) => peer.forward(&thing, deliver),
-            Dest::Park => self.park(shard, thing, deliver),
+            Dest::Peer(peer) if peer.connected() => peer.forward(&thing, deliver),
+            Dest::Peer(_) | Dest::Park => self.park(shard, thing, deliver),
         }
+    }
+
+    fn lease_lapsed(&self) -> bool {
+        crate::now_ms() >= self.lease_until.load(Ordering::Acquire)
     }
 
     /// Runs work a peer forwarded as to this shard's owner. Work for a shard this node knows
@@ -283,9 +311,7 @@ impl Cluster {
         let shard = shard_of(&thing, self.shards);
         let dest = self.table.load().dest[shard as usize].clone();
         match dest {
-            Dest::Local if crate::now_ms() < self.lease_until.load(Ordering::Acquire) => {
-                shared.route_local(shard, thing, deliver);
-            }
+            Dest::Local if !self.lease_lapsed() => self.route(shared, shard, thing, deliver),
             Dest::Park => self.park(shard, thing, deliver),
             Dest::Local | Dest::Peer(_) => {
                 metrics::counter!("doppel_cluster_refused_total").increment(1);
@@ -299,41 +325,58 @@ impl Cluster {
         let Ok(mut parked) = self.parked.lock() else {
             return;
         };
-        if parked.len() >= MAX_PARKED {
+        if self.parked_count.load(Ordering::Acquire) >= MAX_PARKED {
+            // Dropped: its sender learns of a failure.
             metrics::counter!("doppel_cluster_refused_total").increment(1);
             return;
         }
-        parked.push_back(Parked {
-            shard,
-            thing,
-            deliver,
-            since: Instant::now(),
+        parked
+            .entry(shard)
+            .or_default()
+            .push_back(Parked::new(thing, deliver));
+        self.parked_count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Sends the parked work of every shard that can be reached now, in order; drops work
+    /// parked longer than the request timeout (its sender learns of a failure).
+    pub(crate) fn drain_parked(&self, shared: &dyn Local) {
+        if self.parked_count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let Ok(mut parked) = self.parked.lock() else {
+            return;
+        };
+        let table = self.table.load();
+        let limit = shared.request_timeout();
+        let lapsed = self.lease_lapsed();
+        parked.retain(|shard, queue| {
+            let before = queue.len();
+            let open = match &table.dest[*shard as usize] {
+                Dest::Local => !lapsed,
+                Dest::Peer(peer) => peer.connected(),
+                Dest::Park => false,
+            };
+            if open {
+                // Held under the lock: work routed meanwhile queues behind this.
+                for item in queue.drain(..) {
+                    match &table.dest[*shard as usize] {
+                        Dest::Peer(peer) => peer.forward(&item.thing, item.deliver),
+                        _ => shared.route_local(*shard, item.thing, item.deliver),
+                    }
+                }
+            } else {
+                queue.retain(|item| item.since.elapsed() < limit);
+            }
+            self.parked_count
+                .fetch_sub(before - queue.len(), Ordering::AcqRel);
+            !queue.is_empty()
         });
     }
 
-    /// Sends parked work whose shard has an owner now; drops work parked too long.
-    fn drain_parked(&self, shared: &dyn Local) {
-        let waiting: VecDeque<Parked> = match self.parked.lock() {
-            Ok(mut parked) => std::mem::take(&mut *parked),
-            Err(_) => return,
-        };
-        if waiting.is_empty() {
-            return;
-        }
-        let table = self.table.load();
-        let limit = shared.request_timeout();
-        let mut still = VecDeque::new();
-        for item in waiting {
-            match &table.dest[item.shard as usize] {
-                Dest::Park if item.since.elapsed() < limit => still.push_back(item),
-                Dest::Park => {} // dropped: its sender learns of a failure
-                Dest::Local => shared.route_local(item.shard, item.thing, item.deliver),
-                Dest::Peer(peer) => peer.forward(&item.thing, item.deliver),
-            }
-        }
-        if let Ok(mut parked) = self.parked.lock() {
-            still.extend(parked.drain(..));
-            *parked = still;
+    /// Sends parked work that can go now (a peer's connection came up).
+    fn drain(&self) {
+        if let Some(shared) = self.shared() {
+            self.drain_parked(shared.as_ref());
         }
     }
 
@@ -1220,5 +1263,157 @@ impl Outbox for ClusterOutbox {
 
     fn holds(&self, thing: &ThingName) -> bool {
         self.local.holds(thing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Routing and parking of one node's cluster part, against a recording stand-in for the
+    //! node (no store, no peers).
+    use super::*;
+    use rules_dsl::Input;
+
+    #[derive(Default)]
+    struct Recorder {
+        routed: Mutex<Vec<String>>,
+        timeout: Mutex<Duration>,
+    }
+
+    impl Local for Recorder {
+        fn directory(&self) -> &Arc<Directory> {
+            unreachable!("routing does not use the directory")
+        }
+        fn hub(&self) -> &ChangeHub {
+            unreachable!("routing does not use the hub")
+        }
+        fn request_timeout(&self) -> Duration {
+            *self.timeout.lock().unwrap()
+        }
+        fn route_local(&self, _: u32, thing: ThingName, _: Deliver) {
+            self.routed.lock().unwrap().push(thing.to_string());
+        }
+        fn refresh_local(&self, _: ThingName, _: Arc<ThingMeta>) {}
+        fn evict_local(&self, _: ThingName) -> tokio::sync::oneshot::Receiver<()> {
+            tokio::sync::oneshot::channel().1
+        }
+        fn trace_local(
+            &self,
+            _: ThingName,
+        ) -> tokio::sync::oneshot::Receiver<Vec<rules_dsl::TraceEntry>> {
+            tokio::sync::oneshot::channel().1
+        }
+        fn drop_shards(&self, _: Arc<HashSet<u32>>) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+            Vec::new()
+        }
+        fn flush_local(&self) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+            Vec::new()
+        }
+        fn resume_deadlines(self: Arc<Self>, _: Arc<HashSet<u32>>) {}
+    }
+
+    struct NoDevices;
+
+    impl Outbox for NoDevices {
+        fn publish(&self, _: &ThingName, _: String, _: bytes::Bytes) {}
+        fn wants(&self, _: &ThingName, _: &str) -> bool {
+            false
+        }
+        fn disconnect(&self, _: &ThingName) -> bool {
+            false
+        }
+        fn holds(&self, _: &ThingName) -> bool {
+            false
+        }
+    }
+
+    fn cluster() -> Arc<Cluster> {
+        let config = ClusterConfig {
+            name: "me".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: "127.0.0.1:0".into(),
+            secret: b"secret".to_vec(),
+            lease: Duration::from_secs(5),
+            renew: Duration::from_secs(1),
+        };
+        // One shard: every thing is in shard 0.
+        Cluster::new(config, 1, Arc::new(NoDevices))
+    }
+
+    fn send(cluster: &Cluster, local: &Recorder, name: &str) {
+        let thing = ThingName::new(name).unwrap();
+        cluster.route(local, 0, thing, Deliver::internal(Input::Timer));
+    }
+
+    fn own(cluster: &Cluster, lease_ok: bool) {
+        let until = if lease_ok {
+            crate::now_ms() + 10_000
+        } else {
+            0
+        };
+        cluster.lease_until.store(until, Ordering::Release);
+        cluster.redirect(&[0], Dest::Local);
+    }
+
+    #[test]
+    fn work_parks_until_its_shard_is_owned_and_then_keeps_its_order() {
+        let (cluster, local) = (cluster(), Recorder::default());
+        *local.timeout.lock().unwrap() = Duration::from_secs(10);
+        send(&cluster, &local, "t1");
+        send(&cluster, &local, "t2");
+        assert!(local.routed.lock().unwrap().is_empty(), "no owner: parked");
+        // Owned, but parked work goes first: new work queues behind it until it is drained.
+        own(&cluster, true);
+        send(&cluster, &local, "t3");
+        assert!(local.routed.lock().unwrap().is_empty());
+        cluster.drain_parked(&local);
+        send(&cluster, &local, "t4");
+        assert_eq!(*local.routed.lock().unwrap(), ["t1", "t2", "t3", "t4"]);
+        assert_eq!(cluster.parked_count.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_lapsed_lease_parks_local_work_and_old_work_is_dropped() {
+        let (cluster, local) = (cluster(), Recorder::default());
+        *local.timeout.lock().unwrap() = Duration::from_secs(10);
+        own(&cluster, false);
+        send(&cluster, &local, "t1");
+        assert!(
+            local.routed.lock().unwrap().is_empty(),
+            "lease lapsed: parked"
+        );
+        own(&cluster, true);
+        cluster.drain_parked(&local);
+        assert_eq!(*local.routed.lock().unwrap(), ["t1"]);
+        // Parked past the request timeout: dropped (its sender sees a failure).
+        cluster.redirect(&[0], Dest::Park);
+        *local.timeout.lock().unwrap() = Duration::ZERO;
+        send(&cluster, &local, "t2");
+        cluster.drain_parked(&local);
+        assert_eq!(cluster.parked_count.load(Ordering::Acquire), 0);
+        own(&cluster, true);
+        cluster.drain_parked(&local);
+        assert_eq!(*local.routed.lock().unwrap(), ["t1"]);
+    }
+
+    #[test]
+    fn forwarded_work_for_a_shard_elsewhere_or_with_a_lapsed_lease_is_refused() {
+        let (cluster, local) = (cluster(), Recorder::default());
+        *local.timeout.lock().unwrap() = Duration::from_secs(10);
+        own(&cluster, false);
+        let thing = ThingName::new("t1").unwrap();
+        cluster.run_forwarded(&local, thing.clone(), Deliver::internal(Input::Timer));
+        assert_eq!(
+            cluster.parked_count.load(Ordering::Acquire),
+            0,
+            "not parked"
+        );
+        own(&cluster, true);
+        cluster.drain_parked(&local);
+        assert!(
+            local.routed.lock().unwrap().is_empty(),
+            "refused, not run late"
+        );
+        cluster.run_forwarded(&local, thing, Deliver::internal(Input::Timer));
+        assert_eq!(*local.routed.lock().unwrap(), ["t1"]);
     }
 }
