@@ -68,6 +68,20 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Some(tls) => Some(actors::tls::server_config(&tls.cert, &tls.key)?),
         None => None,
     };
+    // The MQTT TLS listener also asks devices for certificates of the deployment's CA.
+    let mqtt_tls = match &config.tls {
+        Some(tls) => {
+            let clients = match config.node.mqtt.tls_auth {
+                actors::TlsAuth::Token => None,
+                actors::TlsAuth::Either => Some(directory.pki().client_verifier(false)?),
+                actors::TlsAuth::Certificate => Some(directory.pki().client_verifier(true)?),
+            };
+            Some(actors::tls::server_config_with(
+                &tls.cert, &tls.key, clients,
+            )?)
+        }
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     if config.node.mqtt.dev {
         warn!(
@@ -109,7 +123,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 "mqtt endpoint listening on {}",
                 listener.local_addr()?
             ));
-            if let (Some(tls), Some(tls_config)) = (&config.tls, &tls) {
+            if let (Some(tls), Some(tls_config)) = (&config.tls, &mqtt_tls) {
                 let tls_listener = TcpListener::bind(tls.mqtt_listen)
                     .await
                     .with_context(|| format!("binding the MQTT TLS port to {}", tls.mqtt_listen))?;

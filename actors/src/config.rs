@@ -78,6 +78,23 @@ pub struct MqttConfig {
     pub outbound_queue: usize,
     /// Register unknown devices on first connect, without credentials. Never for production.
     pub dev: bool,
+    /// How devices authenticate on the TLS listener: `either` (a certificate of the
+    /// deployment's CA, or a token), `certificate` (only), `token` (only; no client
+    /// certificate is asked for). The plain listener takes tokens.
+    pub tls_auth: TlsAuth,
+}
+
+/// Device authentication on the MQTT TLS listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsAuth {
+    /// A client certificate of the deployment's CA, or a token.
+    #[default]
+    Either,
+    /// A client certificate only (required at the handshake).
+    Certificate,
+    /// A token only.
+    Token,
 }
 
 impl Default for MqttConfig {
@@ -88,6 +105,7 @@ impl Default for MqttConfig {
             connect_timeout: Duration::from_secs(10),
             outbound_queue: 1_024,
             dev: false,
+            tls_auth: TlsAuth::Either,
         }
     }
 }

@@ -137,6 +137,8 @@ pub struct Directory {
     /// Woken after every change of types, keys, rules or the admin token (other nodes of a
     /// cluster are told to reload them).
     registry: tokio::sync::Notify,
+    /// The deployment's certificate authority.
+    pki: Arc<crate::pki::Pki>,
 }
 
 /// The meta record holding the bootstrap admin token's hash.
@@ -146,6 +148,27 @@ impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Directory").finish_non_exhaustive()
     }
+}
+
+/// The deployment's CA: the stored one, or (first start) a new one stored now. Two nodes
+/// starting at once agree: the transaction that finds none writes one, the other reads it.
+fn load_ca(store: &AnyStore, repos: &Repos) -> Result<crate::pki::Pki, NodeError> {
+    const CA_RECORD: &str = "ca";
+    let fresh = crate::pki::Pki::generate(crate::now_ms())?;
+    let (stored, denied) = store.transact(|tx| {
+        let stored = match repos.meta.get(tx, CA_RECORD)? {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = serde_json::to_vec(&fresh).unwrap_or_default();
+                repos.meta.set(tx, CA_RECORD, &bytes)?;
+                bytes
+            }
+        };
+        Ok((stored, repos.certs.denied(tx)?))
+    })?;
+    let stored: crate::pki::StoredCa = serde_json::from_slice(&stored)
+        .map_err(|e| NodeError::Io(format!("the stored CA does not decode: {e}")))?;
+    crate::pki::Pki::load(&stored, denied)
 }
 
 impl Directory {
@@ -158,6 +181,7 @@ impl Directory {
                 repos.rules.list(tx, None, usize::MAX)?,
             ))
         })?;
+        let pki = Arc::new(load_ca(&store, &repos)?);
         let mut types = HashMap::new();
         for def in defs {
             let name = def.name.clone();
@@ -171,6 +195,7 @@ impl Directory {
             admin_hash: RwLock::new(None),
             rules: crate::rules::RuleBook::default(),
             registry: tokio::sync::Notify::new(),
+            pki,
         };
         directory.rules = crate::rules::RuleBook::load(rules, &directory);
         Ok(directory)
@@ -206,7 +231,116 @@ impl Directory {
         }
         self.rules
             .replace(crate::rules::RuleBook::load(rules, self));
+        let denied = self.store.transact(|tx| self.repos.certs.denied(tx))?;
+        self.pki.set_denied(denied);
         Ok(())
+    }
+
+    // ---- certificates --------------------------------------------------------------------
+
+    /// The deployment's certificate authority.
+    pub fn pki(&self) -> &Arc<crate::pki::Pki> {
+        &self.pki
+    }
+
+    /// Issues a certificate to a registered thing (from its CSR, or with a new key, returned
+    /// once), stored active, audited.
+    pub fn issue_certificate(
+        &self,
+        thing: &ThingName,
+        csr: Option<&str>,
+        validity: std::time::Duration,
+        actor: &str,
+        now: u64,
+    ) -> Result<(storage::CertRecord, Option<String>), NodeError> {
+        if self.thing(thing)?.is_none() {
+            return Err(NodeError::ThingNotFound(thing.to_string()));
+        }
+        let (record, key) = self.pki.issue(thing.as_str(), csr, validity, now, actor)?;
+        self.store.transact(|tx| {
+            self.repos.certs.put(tx, &record)?;
+            self.repos.audit.append(
+                tx,
+                &AuditEntry::new(
+                    actor,
+                    "cert.create",
+                    thing.as_str(),
+                    None,
+                    None,
+                    Some(json!({ "id": record.id, "expires": record.not_after })),
+                    now,
+                ),
+            )
+        })?;
+        Ok((record, key))
+    }
+
+    /// A thing's certificates.
+    pub fn certificates(&self, thing: &ThingName) -> Result<Vec<storage::CertRecord>, NodeError> {
+        Ok(self
+            .store
+            .transact(|tx| self.repos.certs.of_thing(tx, thing.as_str()))?)
+    }
+
+    /// A certificate by id.
+    pub fn certificate(&self, id: &str) -> Result<Option<storage::CertRecord>, NodeError> {
+        Ok(self.store.transact(|tx| self.repos.certs.get(tx, id))?)
+    }
+
+    /// Activates, deactivates or revokes one of a thing's certificates (revoked is final); the
+    /// next handshake with it is refused at once on this node, and on every node of a cluster
+    /// once told.
+    pub fn set_certificate_status(
+        &self,
+        thing: &ThingName,
+        id: &str,
+        status: storage::CertStatus,
+        actor: &str,
+        now: u64,
+    ) -> Result<storage::CertRecord, NodeError> {
+        use storage::CertStatus;
+        let updated = self.store.transact(|tx| {
+            let Some(mut record) = self.repos.certs.get(tx, id)? else {
+                return Ok(None);
+            };
+            if record.thing != thing.as_str() {
+                return Ok(None);
+            }
+            if record.status == CertStatus::Revoked && status != CertStatus::Revoked {
+                return Ok(Some(Err(record)));
+            }
+            if record.status != status {
+                record.status = status;
+                self.repos.certs.put(tx, &record)?;
+                let action = match status {
+                    CertStatus::Active => "cert.activate",
+                    CertStatus::Inactive => "cert.deactivate",
+                    CertStatus::Revoked => "cert.revoke",
+                };
+                self.repos.audit.append(
+                    tx,
+                    &AuditEntry::new(
+                        actor,
+                        action,
+                        thing.as_str(),
+                        None,
+                        None,
+                        Some(json!({ "id": id })),
+                        now,
+                    ),
+                )?;
+            }
+            Ok(Some(Ok(record)))
+        })?;
+        match updated {
+            None => Err(NodeError::CertificateNotFound(id.to_owned())),
+            Some(Err(_)) => Err(NodeError::CertificateRevoked(id.to_owned())),
+            Some(Ok(record)) => {
+                self.pki.set_status(id, record.status);
+                self.changed();
+                Ok(record)
+            }
+        }
     }
 
     /// Woken after every change of types, keys, rules or the admin token made here.
@@ -472,6 +606,13 @@ impl Directory {
                 return Ok(false);
             }
             self.repos.twins.remove(tx, name)?;
+            // Its certificates go with it: revoked, so no handshake with them succeeds.
+            for mut cert in self.repos.certs.of_thing(tx, name.as_str())? {
+                if cert.status != storage::CertStatus::Revoked {
+                    cert.status = storage::CertStatus::Revoked;
+                    self.repos.certs.put(tx, &cert)?;
+                }
+            }
             self.repos.audit.append(
                 tx,
                 &AuditEntry::new(
@@ -486,6 +627,11 @@ impl Directory {
             )?;
             Ok(true)
         })?;
+        if existed {
+            let denied = self.store.transact(|tx| self.repos.certs.denied(tx))?;
+            self.pki.set_denied(denied);
+            self.changed();
+        }
         existed
             .then_some(())
             .ok_or_else(|| NodeError::ThingNotFound(name.to_string()))

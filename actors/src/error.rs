@@ -17,6 +17,12 @@ pub enum NodeError {
     /// A device type named by a request is not registered.
     #[error("device type \"{0}\" not found")]
     TypeNotFound(String),
+    /// No certificate with this id belongs to the thing.
+    #[error("certificate \"{0}\" not found")]
+    CertificateNotFound(String),
+    /// A revoked certificate cannot be made active or inactive again.
+    #[error("certificate \"{0}\" is revoked, and stays revoked")]
+    CertificateRevoked(String),
     /// No rule with this name is stored.
     #[error("rule \"{0}\" not found")]
     RuleNotFound(String),

@@ -16,6 +16,7 @@ pub mod hub;
 pub mod mqtt;
 mod node;
 pub mod outbox;
+pub mod pki;
 mod pool;
 pub mod rules;
 mod shard;
@@ -26,7 +27,7 @@ mod twin;
 mod work;
 
 pub use cluster::{ClusterConfig, ClusterView};
-pub use config::{HistoryConfig, MqttConfig, NodeConfig};
+pub use config::{HistoryConfig, MqttConfig, NodeConfig, TlsAuth};
 pub use error::NodeError;
 pub use node::Node;
 pub use shard::{HostStats, resident_sizes};

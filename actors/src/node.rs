@@ -395,6 +395,28 @@ impl Node {
         Ok(())
     }
 
+    /// Changes a certificate's status (see [`Directory::set_certificate_status`]); when it no
+    /// longer authenticates, the thing's live session is closed wherever it is (the device
+    /// may come back with another credential).
+    pub async fn set_certificate_status(
+        &self,
+        thing: ThingName,
+        id: String,
+        status: storage::CertStatus,
+        actor: &str,
+    ) -> Result<storage::CertRecord, NodeError> {
+        let (name, actor) = (thing.clone(), actor.to_owned());
+        let record = self
+            .with_directory(move |d| {
+                d.set_certificate_status(&name, &id, status, &actor, crate::now_ms())
+            })
+            .await?;
+        if status != storage::CertStatus::Active {
+            self.inner.shared.outbox.disconnect(&thing);
+        }
+        Ok(record)
+    }
+
     /// The latest rule evaluations of `thing`'s twin, if it is active (newest last), as JSON
     /// objects.
     pub async fn rule_trace(&self, thing: ThingName) -> Result<Vec<Value>, NodeError> {

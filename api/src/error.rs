@@ -134,6 +134,16 @@ impl From<NodeError> for ApiError {
             NodeError::RuleNotFound(_) => {
                 Self::new(StatusCode::NOT_FOUND, "rule_not_found", error.to_string())
             }
+            NodeError::CertificateNotFound(_) => Self::new(
+                StatusCode::NOT_FOUND,
+                "certificate_not_found",
+                error.to_string(),
+            ),
+            NodeError::CertificateRevoked(_) => Self::new(
+                StatusCode::CONFLICT,
+                "certificate_revoked",
+                error.to_string(),
+            ),
             NodeError::RulesInvalid(diagnostics) => {
                 Self::new(StatusCode::BAD_REQUEST, "rule_invalid", error.to_string())
                     .with_details(serde_json::json!({ "diagnostics": diagnostics }))

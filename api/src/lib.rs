@@ -3,6 +3,7 @@
 //! errors, bearer tokens, frames.
 
 mod auth;
+mod certs;
 mod cluster;
 mod error;
 mod extract;
@@ -165,6 +166,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(keys::audit))
         .route("/v1/admin/rotate-key", post(keys::rotate_admin))
         .route("/v1/cluster", get(cluster::get))
+        .route("/v1/ca", get(certs::ca))
+        .route(
+            "/v1/things/{name}/certificates",
+            post(certs::issue).get(certs::list),
+        )
+        .route(
+            "/v1/things/{name}/certificates/{id}",
+            axum::routing::patch(certs::set_status),
+        )
         .route("/v1/rules", get(rules::list))
         .route("/v1/rules/check", post(rules::check))
         .route(

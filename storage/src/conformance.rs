@@ -872,6 +872,58 @@ pub fn cluster_takeovers_are_serialized<S: Store>(store: &S, root: &Subspace) {
     assert_eq!(nodes.len(), 1);
 }
 
+/// Certificates: listed per thing, found by id; the deny list holds exactly those not active.
+pub fn certificates_are_indexed_by_thing_and_denied_when_not_active<S: Store>(
+    store: &S,
+    root: &Subspace,
+) {
+    use crate::{CertRecord, CertStatus};
+    let repos = Repos::new(root);
+    let cert = |id: &str, thing: &str, status| CertRecord {
+        id: id.into(),
+        thing: thing.into(),
+        serial: "01".into(),
+        pem: "-----".into(),
+        not_before: 1,
+        not_after: 2,
+        status,
+        created_at: 1,
+        created_by: "admin".into(),
+    };
+    for c in [
+        cert("bb", "pump-1", CertStatus::Active),
+        cert("aa", "pump-1", CertStatus::Inactive),
+        cert("cc", "pump-2", CertStatus::Revoked),
+    ] {
+        store.transact(|tx| repos.certs.put(tx, &c)).unwrap();
+    }
+    let mine = store
+        .transact(|tx| repos.certs.of_thing(tx, "pump-1"))
+        .unwrap();
+    assert_eq!(
+        mine.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["aa", "bb"]
+    );
+    assert_eq!(
+        store.transact(|tx| repos.certs.denied(tx)).unwrap(),
+        ["aa", "cc"]
+    );
+    store
+        .transact(|tx| {
+            repos
+                .certs
+                .put(tx, &cert("aa", "pump-1", CertStatus::Active))
+        })
+        .unwrap();
+    assert_eq!(store.transact(|tx| repos.certs.denied(tx)).unwrap(), ["cc"]);
+    let got = store.transact(|tx| repos.certs.get(tx, "aa")).unwrap();
+    assert_eq!(got.map(|c| c.status), Some(CertStatus::Active));
+    assert_eq!(
+        store.transact(|tx| repos.certs.get(tx, "zz")).unwrap(),
+        None
+    );
+}
+
 fn run_case<S: Store>(store: &S, root: &Subspace, name: &str, case: fn(&S, &Subspace)) {
     let space = root.subspace(&name);
     let clear = || {
@@ -937,4 +989,5 @@ suite!($
     meta_records_round_trip,
     get_many_reads_in_order_with_own_writes,
     cluster_takeovers_are_serialized,
+    certificates_are_indexed_by_thing_and_denied_when_not_active,
 );

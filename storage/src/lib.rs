@@ -32,7 +32,7 @@ pub use kv::{
 #[cfg(feature = "postgres")]
 pub use pg::{PgStore, PgTx};
 pub use repo::{
-    AuditEntry, KeyRecord, NodeRecord, Repos, Role, RuleLogEntry, RuleRecord, ShardRecord,
-    ThingRecord,
+    AuditEntry, CertRecord, CertStatus, KeyRecord, NodeRecord, Repos, Role, RuleLogEntry,
+    RuleRecord, ShardRecord, ThingRecord,
 };
 pub use url::StoreUrl;

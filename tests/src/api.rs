@@ -27,6 +27,33 @@ impl Api {
         }
     }
 
+    /// Over HTTPS (a node started with `--tls-cert`), trusting `server_pem` for `localhost`.
+    pub fn over_tls(node: &Node, token: Option<&str>, server_pem: &str) -> Api {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(server_pem.as_bytes()).unwrap())
+            .resolve("localhost", node.http)
+            .build()
+            .unwrap();
+        Api {
+            base: format!("https://localhost:{}", node.http.port()),
+            token: token.map(str::to_owned),
+            client,
+        }
+    }
+
+    /// `GET` of a text document: status and body.
+    pub async fn text(&self, path: &str) -> (u16, String) {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        (
+            response.status().as_u16(),
+            response.text().await.unwrap_or_default(),
+        )
+    }
+
     /// Sends a request; returns the status, the JSON body (`null` if none) and the headers.
     pub async fn send(
         &self,

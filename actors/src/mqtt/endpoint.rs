@@ -64,11 +64,20 @@ pub async fn serve(
                     let (acceptor, throttle) = (acceptor.clone(), throttle.clone());
                     tokio::spawn(async move {
                         let Some(acceptor) = acceptor else {
-                            return connection(stream, peer, node, sessions, throttle, shutdown).await;
+                            return connection(stream, peer, None, node, sessions, throttle, shutdown).await;
                         };
                         let timeout = node.config().mqtt.connect_timeout;
                         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => connection(tls, peer, node, sessions, throttle, shutdown).await,
+                            Ok(Ok(tls)) => {
+                                // The client certificate the handshake verified, if any.
+                                let cert = tls
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|chain| chain.first())
+                                    .map(|c| c.clone().into_owned());
+                                connection(tls, peer, cert, node, sessions, throttle, shutdown).await
+                            }
                             Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
                             Err(_) => debug!(%peer, "TLS handshake timed out"),
                         }
@@ -120,10 +129,13 @@ fn settle(qos: u8, pkid: u16, done: tokio::sync::oneshot::Receiver<Settled>) -> 
     })
 }
 
-/// Serves one connection (plain TCP or TLS).
+/// Serves one connection (plain TCP or TLS; `cert`: the client certificate its handshake
+/// verified).
+#[allow(clippy::too_many_arguments)]
 pub async fn connection<S>(
     stream: S,
     peer: SocketAddr,
+    cert: Option<rustls_pki_types::CertificateDer<'static>>,
     node: Node,
     sessions: Arc<Sessions>,
     throttle: Arc<AuthThrottle>,
@@ -162,7 +174,11 @@ pub async fn connection<S>(
     let version = connect.version;
     let mut output = BytesMut::new();
     let checked = if throttle.allows(peer.ip(), &connect.client_id) {
-        authenticate(&node, &connect, config.dev).await
+        // With `tls_auth = "certificate"` the handshake already required a certificate.
+        match &cert {
+            Some(cert) => authenticate_certificate(&node, &connect, cert).await,
+            None => authenticate(&node, &connect, config.dev).await,
+        }
     } else {
         Err(Refusal::Throttled)
     };
@@ -228,6 +244,38 @@ pub async fn connection<S>(
     metrics::gauge!("doppel_mqtt_connections").decrement(1.0);
     let _ = writer.shutdown().await;
     debug!(%peer, %thing, %outcome, "device disconnected");
+}
+
+/// A device with a client certificate of the deployment's CA (the handshake checked the chain
+/// and that it is not denied): the certificate must be on record, active, and issued to the
+/// thing named by the client id (AWS IoT ignores the user name then; so does the endpoint).
+async fn authenticate_certificate(
+    node: &Node,
+    connect: &Connect,
+    cert: &rustls_pki_types::CertificateDer<'static>,
+) -> Result<ThingName, Refusal> {
+    let thing = ThingName::new(&connect.client_id).map_err(|_| Refusal::BadClientId)?;
+    let id = crate::pki::certificate_id(cert);
+    let record = node
+        .with_directory(move |d| d.certificate(&id))
+        .await
+        .map_err(|_| Refusal::Unavailable)?;
+    match record {
+        Some(record) if record.status == storage::CertStatus::Active => {
+            if record.thing != thing.as_str() {
+                return Err(Refusal::BadClientId);
+            }
+            if crate::now_ms() > record.not_after {
+                return Err(Refusal::BadCredentials);
+            }
+            let registered = node
+                .thing(thing.clone())
+                .await
+                .map_err(|_| Refusal::Unavailable)?;
+            registered.map(|_| thing).ok_or(Refusal::BadCredentials)
+        }
+        _ => Err(Refusal::BadCredentials),
+    }
 }
 
 async fn authenticate(node: &Node, connect: &Connect, dev: bool) -> Result<ThingName, Refusal> {

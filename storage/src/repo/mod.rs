@@ -15,11 +15,13 @@
 //! | rule timers | `(root, "rtimer", thing)` | its next rule deadline, epoch ms, big-endian `u64` |
 //! | rule log | `(root, "rlog", kind, at_ms, seq)` | [`RuleLogEntry`] as JSON |
 //! | meta | `(root, "meta", name)` | single records: `admin` holds the bootstrap admin token's SHA-256 (hex); `registry` changes with every change of types, keys, rules and the admin token |
+//! | certificates | `(root, "cert", id)`, `(root, "thingcert", thing, id)`, `(root, "certdeny", id)` | [`CertRecord`] as JSON; a thing's certificates; the ids of those not active |
 //! | nodes | `(root, "node", name)` | [`NodeRecord`] as JSON: a cluster node's address and lease |
 //! | shards | `(root, "shard", n)` | [`ShardRecord`] as JSON: the shard's owner and epoch |
 
 mod audit;
 pub mod blob;
+mod certs;
 mod cluster;
 mod history;
 mod meta;
@@ -29,6 +31,7 @@ mod timelog;
 mod twins;
 
 pub use audit::{Audit, AuditEntry};
+pub use certs::{CertRecord, CertStatus, Certs};
 pub use cluster::{Cluster, NodeRecord, ShardRecord};
 pub use history::{DAY_MS, FieldAgg, HOUR_MS, History, HourAgg, RawSample, day_of};
 pub use meta::Meta;
@@ -70,6 +73,8 @@ pub struct Repos {
     pub meta: Meta,
     /// Cluster membership and shard ownership.
     pub cluster: Cluster,
+    /// Device certificates.
+    pub certs: Certs,
 }
 
 impl Repos {
@@ -87,6 +92,11 @@ impl Repos {
             rule_log: RuleLog::new(root.subspace(&"rlog")),
             meta: Meta::new(root.subspace(&"meta")),
             cluster: Cluster::new(root.subspace(&"node"), root.subspace(&"shard")),
+            certs: Certs::new(
+                root.subspace(&"cert"),
+                root.subspace(&"thingcert"),
+                root.subspace(&"certdeny"),
+            ),
         }
     }
 }

@@ -1,0 +1,353 @@
+//! Device certificates end to end: the deployment's CA issues a certificate from a CSR or with
+//! a new key; `mosquitto_pub` connects with it over TLS (client id = the thing) and updates the
+//! twin; a certificate of thing A with client id B is refused; revoking a certificate closes
+//! the device's live session and refuses its next handshake; revoked stays revoked; a
+//! decommissioned thing's certificates stop working; a listener set to certificates only
+//! refuses tokens at the handshake.
+
+use doppel_tests::{
+    api::Api,
+    node::{ADMIN_TOKEN, Node, Options},
+    until,
+};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, TlsConfiguration, Transport};
+use rustls::{
+    ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+};
+use serde_json::{Value, json};
+use std::{process::Command, sync::Arc, time::Duration};
+
+const BIN: &str = env!("CARGO_BIN_EXE_doppel");
+
+struct Secure {
+    dir: tempfile::TempDir,
+    server_pem: String,
+    node: Node,
+}
+
+/// A node serving MQTT over TLS with a certificate made for `localhost`.
+fn start(config: Option<&str>) -> Secure {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("server.key"), signing_key.serialize_pem()).unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let node = Node::start(
+        BIN,
+        Options {
+            args: vec![
+                "--tls-cert".into(),
+                path("server.pem"),
+                "--tls-key".into(),
+                path("server.key"),
+                "--mqtt-tls-listen".into(),
+                "127.0.0.1:0".into(),
+            ],
+            config: config.map(str::to_owned),
+            ..Options::default()
+        },
+    );
+    Secure {
+        dir,
+        server_pem: cert.pem(),
+        node,
+    }
+}
+
+fn need_mosquitto_clients() {
+    doppel_tests::doc::need("mosquitto_pub", "mosquitto-clients");
+}
+
+impl Secure {
+    fn admin(&self) -> Api {
+        Api::over_tls(&self.node, Some(ADMIN_TOKEN), &self.server_pem)
+    }
+
+    fn file(&self, name: &str, content: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    }
+
+    fn port(&self) -> u16 {
+        self.node.mqtt_tls.expect("the MQTT TLS port").port()
+    }
+
+    /// `mosquitto_pub` over TLS with a client certificate; whether it succeeded, and stderr.
+    fn publish(
+        &self,
+        client_id: &str,
+        cert: &str,
+        key: &str,
+        topic: &str,
+        payload: &Value,
+    ) -> (bool, String) {
+        let output = Command::new("mosquitto_pub")
+            .args(["-h", "localhost", "-p", &self.port().to_string()])
+            .args(["--cafile", &self.file("server-ca.pem", &self.server_pem)])
+            .args(["--cert", cert, "--key", key])
+            .args(["-i", client_id, "-q", "1", "-t", topic])
+            .args(["-m", &payload.to_string()])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// A TLS client configuration presenting `cert`/`key` (or no certificate).
+    fn client(&self, auth: Option<(&str, &str)>) -> ClientConfig {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.server_pem.as_bytes()).unwrap())
+            .unwrap();
+        let builder = ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+        match auth {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        }
+    }
+
+    /// Connects over TLS with rumqttc; the event loop after the CONNACK, or the first error.
+    async fn connect(
+        &self,
+        client_id: &str,
+        tls: ClientConfig,
+        token: Option<&str>,
+    ) -> Result<(AsyncClient, rumqttc::EventLoop), String> {
+        let mut options = MqttOptions::new(client_id, "localhost", self.port());
+        if let Some(token) = token {
+            options.set_credentials(client_id, token);
+        }
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls),
+        )));
+        let (client, mut eventloop) = AsyncClient::new(options, 16);
+        let connected = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await
+        .map_err(|_| "no CONNACK".to_string())?;
+        connected.map(|()| (client, eventloop))
+    }
+}
+
+async fn issue(admin: &Api, thing: &str, body: Value) -> Value {
+    let (status, issued) = admin
+        .post(&format!("/v1/things/{thing}/certificates"), body)
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    issued
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_connect_with_issued_certificates_and_revocation_takes_effect_at_once() {
+    need_mosquitto_clients();
+    let secure = start(None);
+    let admin = secure.admin();
+    admin.register("pump-1", None).await;
+    admin.register("pump-2", None).await;
+
+    // The CA, and a certificate with a key made by the node.
+    let (status, ca) = admin.text("/v1/ca").await;
+    assert_eq!(status, 200);
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    let issued = issue(&admin, "pump-1", json!({"generate": true})).await;
+    let cert1 = secure.file("pump-1.pem", issued["certificate"].as_str().unwrap());
+    let key1 = secure.file("pump-1.key", issued["private_key"].as_str().unwrap());
+    let id1 = issued["id"].as_str().unwrap().to_owned();
+    assert_eq!(issued["status"], "active");
+
+    // A certificate from the device's own CSR: its key never leaves it.
+    let device_key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec!["pump-2".to_owned()])
+        .unwrap()
+        .serialize_request(&device_key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let issued2 = issue(&admin, "pump-2", json!({"csr": csr})).await;
+    assert!(issued2.get("private_key").is_none(), "{issued2}");
+    let cert2_pem = issued2["certificate"].as_str().unwrap().to_owned();
+    let key2_pem = device_key.serialize_pem();
+    let (status, listed) = admin.get("/v1/things/pump-2/certificates").await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["certificates"][0]["id"], issued2["id"]);
+
+    // mosquitto_pub, with pump-1's certificate and client id: the twin changes.
+    let (ok, stderr) = secure.publish(
+        "pump-1",
+        &cert1,
+        &key1,
+        "$aws/things/pump-1/shadow/update",
+        &json!({"state": {"reported": {"rpm": 1200}}}),
+    );
+    assert!(ok, "{stderr}");
+    until("the update", Duration::from_secs(5), async || {
+        admin.get("/v1/things/pump-1/shadow").await.1["state"]["reported"]["rpm"] == 1200
+    })
+    .await;
+    // pump-1's certificate with client id pump-2: refused.
+    let (ok, _) = secure.publish(
+        "pump-2",
+        &cert1,
+        &key1,
+        "$aws/things/pump-2/shadow/update",
+        &json!({"state": {"reported": {"rpm": 1}}}),
+    );
+    assert!(!ok, "a certificate of pump-1 does not authenticate pump-2");
+    assert_eq!(admin.get("/v1/things/pump-2/shadow").await.0, 404);
+
+    // pump-2 connected with its certificate; revoking it closes the session at once.
+    let (_client, mut eventloop) = secure
+        .connect("pump-2", secure.client(Some((&cert2_pem, &key2_pem))), None)
+        .await
+        .unwrap();
+    let id2 = issued2["id"].as_str().unwrap();
+    let (status, body) = admin
+        .patch(
+            &format!("/v1/things/pump-2/certificates/{id2}"),
+            json!({"status": "revoked"}),
+        )
+        .await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("revoked")));
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if eventloop.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the live session closed");
+    // The next handshake with it is refused, and revoked stays revoked.
+    let again = secure
+        .connect("pump-2", secure.client(Some((&cert2_pem, &key2_pem))), None)
+        .await;
+    assert!(again.is_err(), "a revoked certificate is refused");
+    let (status, body) = admin
+        .patch(
+            &format!("/v1/things/pump-2/certificates/{id2}"),
+            json!({"status": "active"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("certificate_revoked"))
+    );
+
+    // Inactive, then active again: refused, then accepted.
+    let path = format!("/v1/things/pump-1/certificates/{id1}");
+    assert_eq!(
+        admin.patch(&path, json!({"status": "inactive"})).await.0,
+        200
+    );
+    let topic = "$aws/things/pump-1/shadow/update";
+    let report = json!({"state": {"reported": {"rpm": 1300}}});
+    assert!(!secure.publish("pump-1", &cert1, &key1, topic, &report).0);
+    assert_eq!(admin.patch(&path, json!({"status": "active"})).await.0, 200);
+    assert!(secure.publish("pump-1", &cert1, &key1, topic, &report).0);
+
+    // Decommissioned: its certificates stop working.
+    assert_eq!(admin.delete("/v1/things/pump-1").await.0, 204);
+    assert!(!secure.publish("pump-1", &cert1, &key1, topic, &report).0);
+
+    // Every step is in the audit log.
+    let (_, audit) = admin.get("/v1/audit?limit=100").await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for action in [
+        "cert.create",
+        "cert.revoke",
+        "cert.deactivate",
+        "cert.activate",
+    ] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_are_refused_clearly() {
+    let secure = start(None);
+    let admin = secure.admin();
+    admin.register("valve-1", None).await;
+    for (body, why) in [
+        (json!({}), "neither"),
+        (json!({"csr": "x", "generate": true}), "both"),
+        (json!({"csr": "not a csr"}), "garbage"),
+        (json!({"generate": true, "validity_days": 0}), "zero days"),
+    ] {
+        let (status, body) = admin.post("/v1/things/valve-1/certificates", body).await;
+        assert_eq!(status, 400, "{why}: {body}");
+    }
+    let (status, _) = admin
+        .post("/v1/things/nobody/certificates", json!({"generate": true}))
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = admin
+        .patch(
+            "/v1/things/valve-1/certificates/abc",
+            json!({"status": "revoked"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    // A viewer lists but does not issue.
+    let key = admin.create_key("viewer", None).await;
+    let viewer = Api::over_tls(&secure.node, Some(&key), &secure.server_pem);
+    assert_eq!(viewer.get("/v1/things/valve-1/certificates").await.0, 200);
+    let (status, _) = viewer
+        .post("/v1/things/valve-1/certificates", json!({"generate": true}))
+        .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_for_certificates_only_refuses_tokens_at_the_handshake() {
+    let secure = start(Some("[node.mqtt]\ntls_auth = \"certificate\"\n"));
+    let admin = secure.admin();
+    let token = admin.register("gate-1", None).await;
+    let refused = secure
+        .connect("gate-1", secure.client(None), Some(&token))
+        .await;
+    assert!(refused.is_err(), "a token without a certificate is refused");
+    let issued = issue(&admin, "gate-1", json!({"generate": true})).await;
+    let (cert, key) = (
+        issued["certificate"].as_str().unwrap(),
+        issued["private_key"].as_str().unwrap(),
+    );
+    assert!(
+        secure
+            .connect("gate-1", secure.client(Some((cert, key))), None)
+            .await
+            .is_ok()
+    );
+    // The plain listener still takes the token.
+    assert!(
+        doppel_tests::device::connect(secure.node.mqtt(), "gate-1", &token)
+            .await
+            .is_ok()
+    );
+}
