@@ -94,7 +94,7 @@ pub(crate) struct Issued {
 #[utoipa::path(post, path = "/v1/things/{name}/certificates", tag = "certificates", request_body = IssueBody,
     params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$")), security(("bearer" = [])),
     responses((status = 201, body = Issued), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
-        (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+        (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 415, body = crate::error::ErrorBody)))]
 pub(crate) async fn issue(
     State(state): State<AppState>,
     caller: Caller,
@@ -177,7 +177,7 @@ pub(crate) struct StatusBody {
 #[utoipa::path(patch, path = "/v1/things/{name}/certificates/{id}", tag = "certificates", request_body = StatusBody,
     params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$"), ("id" = String, Path)), security(("bearer" = [])),
     responses((status = 200, body = CertView), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
-        (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+        (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody), (status = 415, body = crate::error::ErrorBody)))]
 pub(crate) async fn set_status(
     State(state): State<AppState>,
     caller: Caller,
