@@ -351,3 +351,123 @@ async fn a_listener_for_certificates_only_refuses_tokens_at_the_handshake() {
             .is_ok()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_rotates_its_certificate_over_its_own_connection() {
+    need_mosquitto_clients();
+    let secure = start(None);
+    let admin = secure.admin();
+    admin.register("meter-1", None).await;
+    let issued = issue(&admin, "meter-1", json!({"generate": true})).await;
+    let (old_cert, old_key) = (
+        issued["certificate"].as_str().unwrap().to_owned(),
+        issued["private_key"].as_str().unwrap().to_owned(),
+    );
+    let (client, mut eventloop) = secure
+        .connect("meter-1", secure.client(Some((&old_cert, &old_key))), None)
+        .await
+        .unwrap();
+    // AWS IoT's CreateCertificateFromCsr over MQTT, as the AWS SDKs send it.
+    let new_key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec!["meter-1".to_owned()])
+        .unwrap()
+        .serialize_request(&new_key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let base = "$aws/certificates/create-from-csr/json";
+    client
+        .subscribe(format!("{base}/+"), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    client
+        .publish(
+            base,
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            json!({"certificateSigningRequest": csr}).to_string(),
+        )
+        .await
+        .unwrap();
+    let (topic, answer) = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(p))) = eventloop.poll().await {
+                return (
+                    p.topic,
+                    serde_json::from_slice::<Value>(&p.payload).unwrap(),
+                );
+            }
+        }
+    })
+    .await
+    .expect("an answer");
+    assert_eq!(topic, format!("{base}/accepted"), "{answer}");
+    let new_cert = answer["certificatePem"].as_str().unwrap().to_owned();
+    assert_eq!(answer["certificateId"].as_str().unwrap().len(), 64);
+    assert!(answer["certificateOwnershipToken"].is_string());
+    // A malformed request is answered on …/rejected with AWS's shape.
+    client
+        .publish(base, rumqttc::QoS::AtLeastOnce, false, "{}")
+        .await
+        .unwrap();
+    let (topic, answer) = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(p))) = eventloop.poll().await {
+                return (
+                    p.topic,
+                    serde_json::from_slice::<Value>(&p.payload).unwrap(),
+                );
+            }
+        }
+    })
+    .await
+    .expect("an answer");
+    assert_eq!(topic, format!("{base}/rejected"));
+    assert_eq!(answer["statusCode"], 400);
+    assert_eq!(answer["errorCode"], "InvalidPayload");
+
+    // Old and new work side by side; the old one is then deactivated.
+    let new_key_pem = new_key.serialize_pem();
+    assert!(
+        secure
+            .connect(
+                "meter-1",
+                secure.client(Some((&new_cert, &new_key_pem))),
+                None
+            )
+            .await
+            .is_ok()
+    );
+    let (_, listed) = admin.get("/v1/things/meter-1/certificates").await;
+    assert_eq!(listed["certificates"].as_array().unwrap().len(), 2);
+    let old_id = issued["id"].as_str().unwrap();
+    let path = format!("/v1/things/meter-1/certificates/{old_id}");
+    assert_eq!(
+        admin.patch(&path, json!({"status": "inactive"})).await.0,
+        200
+    );
+    assert!(
+        secure
+            .connect("meter-1", secure.client(Some((&old_cert, &old_key))), None)
+            .await
+            .is_err()
+    );
+    assert!(
+        secure
+            .connect(
+                "meter-1",
+                secure.client(Some((&new_cert, &new_key_pem))),
+                None
+            )
+            .await
+            .is_ok()
+    );
+    // A device cannot pile up certificates: at most 10 that are not revoked.
+    for _ in 0..8 {
+        issue(&admin, "meter-1", json!({"generate": true})).await;
+    }
+    let (status, body) = admin
+        .post("/v1/things/meter-1/certificates", json!({"generate": true}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+}

@@ -141,6 +141,9 @@ pub struct Directory {
     pki: Arc<crate::pki::Pki>,
 }
 
+/// Certificates a thing may hold that are not revoked.
+pub const MAX_CERTIFICATES: usize = 10;
+
 /// The meta record holding the bootstrap admin token's hash.
 const ADMIN_RECORD: &str = "admin";
 
@@ -255,6 +258,17 @@ impl Directory {
     ) -> Result<(storage::CertRecord, Option<String>), NodeError> {
         if self.thing(thing)?.is_none() {
             return Err(NodeError::ThingNotFound(thing.to_string()));
+        }
+        // Bounded: a device rotating in a loop cannot fill the store.
+        let held = self
+            .certificates(thing)?
+            .iter()
+            .filter(|c| c.status != storage::CertStatus::Revoked)
+            .count();
+        if held >= MAX_CERTIFICATES {
+            return Err(NodeError::InvalidRequest(format!(
+                "thing {thing} already has {MAX_CERTIFICATES} certificates that are not revoked; revoke one first"
+            )));
         }
         let (record, key) = self.pki.issue(thing.as_str(), csr, validity, now, actor)?;
         self.store.transact(|tx| {

@@ -534,6 +534,13 @@ impl Session {
                     self.write(Out::Disconnect(Reason::TopicAliasInvalid));
                     return Err(End::Closed(Reason::TopicAliasInvalid));
                 }
+                if let Some(request) = topics::certificate_request(&topic) {
+                    self.on_certificate_request(request, payload);
+                    if qos == 1 {
+                        self.acks.push_back(ready(pkid, Reason::Success));
+                    }
+                    return Ok(());
+                }
                 match topics::parse(&topic) {
                     Some(target) if target.owner() == &self.thing => {
                         self.on_publish(target, qos, pkid, payload)
@@ -595,6 +602,70 @@ impl Session {
                 Err(End::Closed(Reason::ProtocolError))
             }
         }
+    }
+
+    /// A device asks for a new certificate of its own (rotation): issued by the deployment's
+    /// CA for the session's thing, answered in AWS IoT's shapes on this session only.
+    fn on_certificate_request(&self, request: topics::CertificateRequest, payload: bytes::Bytes) {
+        let (node, handle, thing) = (self.node.clone(), self.handle.clone(), self.thing.clone());
+        tokio::spawn(async move {
+            let csr = match request {
+                topics::CertificateRequest::Create => Ok(None),
+                topics::CertificateRequest::FromCsr => {
+                    serde_json::from_slice::<serde_json::Value>(&payload)
+                        .ok()
+                        .and_then(|v| v["certificateSigningRequest"].as_str().map(str::to_owned))
+                        .map(Some)
+                        .ok_or("the payload needs certificateSigningRequest (a PEM CSR)")
+                }
+            };
+            let issued = match csr {
+                Ok(csr) => {
+                    let actor = format!("device:{thing}");
+                    let name = thing.clone();
+                    node.with_directory(move |d| {
+                        d.issue_certificate(
+                            &name,
+                            csr.as_deref(),
+                            crate::pki::DEFAULT_VALIDITY,
+                            &actor,
+                            crate::now_ms(),
+                        )
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                }
+                Err(why) => Err(why.to_owned()),
+            };
+            let (topic, body) = match issued {
+                Ok((record, key)) => {
+                    let mut body = serde_json::json!({
+                        "certificateId": record.id,
+                        "certificatePem": record.pem,
+                        "certificateOwnershipToken": crate::directory::new_token(),
+                    });
+                    if let Some(key) = key {
+                        body["privateKey"] = key.into();
+                    }
+                    (request.reply(true), body)
+                }
+                Err(message) => (
+                    request.reply(false),
+                    serde_json::json!({
+                        "statusCode": 400,
+                        "errorCode": "InvalidPayload",
+                        "errorMessage": message,
+                    }),
+                ),
+            };
+            if let Some(qos) = handle.qos_for(&topic) {
+                let _ = handle.tx.try_send(Outgoing::Publish {
+                    topic,
+                    payload: bytes::Bytes::from(body.to_string()),
+                    qos,
+                });
+            }
+        });
     }
 
     fn on_publish(

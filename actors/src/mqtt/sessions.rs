@@ -39,7 +39,7 @@ pub(crate) struct SessionHandle {
 
 impl SessionHandle {
     /// The QoS a message on `topic` is delivered with, or `None` if no filter matches.
-    fn qos_for(&self, topic: &str) -> Option<u8> {
+    pub(crate) fn qos_for(&self, topic: &str) -> Option<u8> {
         let subscriptions = self.subscriptions.read().ok()?;
         subscriptions
             .iter()

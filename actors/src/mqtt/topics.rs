@@ -6,6 +6,8 @@
 //! - `things/{thing}/telemetry`
 //! - `things/{thing}/commands/{name}` and the device's answer `…/commands/{name}/reply`
 //! - `gateways/{gateway}/telemetry` (batches)
+//! - `$aws/certificates/create/json` and `$aws/certificates/create-from-csr/json` (a device
+//!   obtains a new certificate for itself: rotation), answered on `…/accepted`, `…/rejected`
 
 use twin_core::{Op, ShadowName, ThingName};
 
@@ -49,6 +51,40 @@ impl DeviceTopic {
             | DeviceTopic::CommandReply { thing, .. } => thing,
             DeviceTopic::GatewayTelemetry { gateway } => gateway,
         }
+    }
+}
+
+/// A device asking for a certificate of its own (AWS IoT's certificate-creation topics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateRequest {
+    /// `$aws/certificates/create/json`: a key made by the node, returned once.
+    Create,
+    /// `$aws/certificates/create-from-csr/json`: from the device's CSR.
+    FromCsr,
+}
+
+impl CertificateRequest {
+    /// The request's topic, which its answers extend.
+    pub fn topic(self) -> &'static str {
+        match self {
+            CertificateRequest::Create => "$aws/certificates/create/json",
+            CertificateRequest::FromCsr => "$aws/certificates/create-from-csr/json",
+        }
+    }
+
+    /// `…/accepted` or `…/rejected`.
+    pub fn reply(self, accepted: bool) -> String {
+        let outcome = if accepted { "accepted" } else { "rejected" };
+        format!("{}/{outcome}", self.topic())
+    }
+}
+
+/// Whether `topic` asks for a certificate.
+pub fn certificate_request(topic: &str) -> Option<CertificateRequest> {
+    match topic {
+        "$aws/certificates/create/json" => Some(CertificateRequest::Create),
+        "$aws/certificates/create-from-csr/json" => Some(CertificateRequest::FromCsr),
+        _ => None,
     }
 }
 
@@ -157,6 +193,16 @@ pub fn may_subscribe(thing: &ThingName, filter: &str) -> bool {
         ["$aws", "things", t, "shadow", ..] => own(t),
         ["things", t, _, ..] => own(t),
         ["gateways", t, _, ..] => own(t),
+        // The answers to its own certificate requests reach only the session that asked.
+        [
+            "$aws",
+            "certificates",
+            "create" | "create-from-csr",
+            "json",
+            rest @ ..,
+        ] => {
+            matches!(rest, ["accepted" | "rejected" | "+" | "#"])
+        }
         _ => false,
     }
 }
