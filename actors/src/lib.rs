@@ -31,6 +31,7 @@ pub use config::{HistoryConfig, MqttConfig, NodeConfig, TlsAuth};
 pub use error::NodeError;
 pub use node::Node;
 pub use shard::{HostStats, resident_sizes};
+pub use storage::Presence;
 pub use work::{Deliver, Origin, ThingMeta, Ticket};
 
 /// Server time, epoch milliseconds.

@@ -381,6 +381,7 @@ impl Node {
             Ok(d.store().transact(|tx| {
                 d.repos().twins.remove(tx, &name)?;
                 d.repos().rule_states.remove(tx, &name)?;
+                d.repos().presence.remove(tx, name.as_str())?;
                 d.repos().history.remove_thing(tx, &name, last_day)
             })?)
         })
@@ -443,6 +444,79 @@ impl Node {
             .cluster
             .as_ref()
             .is_none_or(|cluster| cluster.serves(0))
+    }
+
+    /// A device connected (`reason: None`) or disconnected: its connectivity is recorded and
+    /// apps watching the thing get an `event` frame of kind `connected`/`disconnected` shaped
+    /// like AWS IoT's presence events.
+    pub fn presence(&self, thing: &ThingName, meta: Arc<ThingMeta>, disconnected: Option<&str>) {
+        let now = crate::now_ms();
+        let connected = disconnected.is_none();
+        let mut payload = serde_json::json!({
+            "clientId": thing.as_str(),
+            "timestamp": now,
+            "eventType": if connected { "connected" } else { "disconnected" },
+            "principalIdentifier": thing.as_str(),
+            "versionNumber": now,
+        });
+        if let Some(reason) = disconnected {
+            payload["clientInitiatedDisconnect"] = (reason == "CLIENT_INITIATED_DISCONNECT").into();
+            payload["disconnectReason"] = reason.into();
+        }
+        let output = rules_dsl::Output {
+            rule: Arc::from("presence"),
+            at: now,
+            kind: rules_dsl::OutputKind::Event {
+                event: Arc::from(if connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                }),
+                payload,
+            },
+        };
+        self.inner
+            .shared
+            .publish_event(Arc::new(crate::hub::RuleEvent::new(
+                thing.clone(),
+                meta,
+                output,
+            )));
+        metrics::counter!("doppel_presence_events_total", "event" => if connected { "connected" } else { "disconnected" })
+            .increment(1);
+        let presence = storage::Presence {
+            connected,
+            since: now,
+            last_seen: now,
+            disconnect_reason: disconnected.map(str::to_owned),
+        };
+        let (directory, name) = (self.directory().clone(), thing.to_string());
+        tokio::task::spawn_blocking(move || {
+            let repos = directory.repos();
+            // A later event already recorded wins (the writes run on the blocking pool).
+            if let Err(error) =
+                directory
+                    .store()
+                    .transact(|tx| match repos.presence.get(tx, &name)? {
+                        Some(newer) if newer.since > presence.since => Ok(()),
+                        _ => repos.presence.put(tx, &name, &presence),
+                    })
+            {
+                tracing::warn!(thing = %name, %error, "recording connectivity failed");
+            }
+        });
+    }
+
+    /// A thing's connectivity, if it ever connected.
+    pub async fn connectivity(
+        &self,
+        thing: ThingName,
+    ) -> Result<Option<storage::Presence>, NodeError> {
+        self.with_directory(move |d| {
+            Ok(d.store()
+                .transact(|tx| d.repos().presence.get(tx, thing.as_str()))?)
+        })
+        .await
     }
 
     /// The cluster as this node sees it (`None`: the node runs alone).

@@ -73,6 +73,12 @@ pub(crate) struct ThingView {
     attributes: BTreeMap<String, String>,
     /// Registration time, epoch ms.
     created_at: u64,
+    /// Whether the device is connected: `{connected, since, last_seen, disconnect_reason?}`
+    /// (times epoch ms; the reason in AWS IoT's vocabulary, e.g. `MQTT_KEEP_ALIVE_TIMEOUT`).
+    /// Only on `GET /v1/things/{name}`, once the device has connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    connectivity: Option<actors::Presence>,
 }
 
 impl From<ThingRecord> for ThingView {
@@ -82,6 +88,7 @@ impl From<ThingRecord> for ThingView {
             device_type: r.device_type.map(|t| t.to_string()),
             attributes: r.attributes,
             created_at: r.created_at,
+            connectivity: None,
         }
     }
 }
@@ -272,7 +279,11 @@ pub(crate) async fn get(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<ThingView>, ApiError> {
-    Ok(Json(visible_thing(&state, &caller, &name).await?.into()))
+    let record = visible_thing(&state, &caller, &name).await?;
+    let connectivity = state.node.connectivity(record.name.clone()).await?;
+    let mut view = ThingView::from(record);
+    view.connectivity = connectivity;
+    Ok(Json(view))
 }
 
 /// Attribute changes: a string sets the attribute, `null` removes it.

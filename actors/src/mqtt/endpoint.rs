@@ -17,6 +17,7 @@ use crate::{
     },
     node::Node,
     outbox::Outbox,
+    work::ThingMeta,
 };
 use bytes::BytesMut;
 use futures::{FutureExt, StreamExt, stream::FuturesOrdered};
@@ -182,8 +183,8 @@ pub async fn connection<S>(
     } else {
         Err(Refusal::Throttled)
     };
-    let thing = match checked {
-        Ok(thing) => thing,
+    let (thing, meta) = match checked {
+        Ok(found) => found,
         Err(refusal) => {
             if matches!(refusal, Refusal::BadCredentials | Refusal::BadClientId) {
                 throttle.failed(peer.ip(), &connect.client_id);
@@ -216,6 +217,8 @@ pub async fn connection<S>(
     }
     debug!(%peer, %thing, ?version, "device connected");
     metrics::gauge!("doppel_mqtt_connections").increment(1.0);
+    node.presence(&thing, meta.clone(), None);
+    let session_node = node.clone();
     let mut session = Session {
         thing: thing.clone(),
         version,
@@ -242,6 +245,7 @@ pub async fn connection<S>(
         .await;
     sessions.remove(&thing, handle.id);
     metrics::gauge!("doppel_mqtt_connections").decrement(1.0);
+    session_node.presence(&thing, meta, Some(outcome.disconnect_reason()));
     let _ = writer.shutdown().await;
     debug!(%peer, %thing, %outcome, "device disconnected");
 }
@@ -253,7 +257,7 @@ async fn authenticate_certificate(
     node: &Node,
     connect: &Connect,
     cert: &rustls_pki_types::CertificateDer<'static>,
-) -> Result<ThingName, Refusal> {
+) -> Result<(ThingName, Arc<ThingMeta>), Refusal> {
     let thing = ThingName::new(&connect.client_id).map_err(|_| Refusal::BadClientId)?;
     let id = crate::pki::certificate_id(cert);
     let record = node
@@ -272,13 +276,27 @@ async fn authenticate_certificate(
                 .thing(thing.clone())
                 .await
                 .map_err(|_| Refusal::Unavailable)?;
-            registered.map(|_| thing).ok_or(Refusal::BadCredentials)
+            registered
+                .map(|record| (thing, meta_of(record)))
+                .ok_or(Refusal::BadCredentials)
         }
         _ => Err(Refusal::BadCredentials),
     }
 }
 
-async fn authenticate(node: &Node, connect: &Connect, dev: bool) -> Result<ThingName, Refusal> {
+/// What watchers filter a thing's events on.
+fn meta_of(record: storage::ThingRecord) -> Arc<ThingMeta> {
+    Arc::new(ThingMeta {
+        device_type: record.device_type,
+        attributes: record.attributes,
+    })
+}
+
+async fn authenticate(
+    node: &Node,
+    connect: &Connect,
+    dev: bool,
+) -> Result<(ThingName, Arc<ThingMeta>), Refusal> {
     let thing = ThingName::new(&connect.client_id).map_err(|_| Refusal::BadClientId)?;
     if dev {
         let existing = node
@@ -296,13 +314,19 @@ async fn authenticate(node: &Node, connect: &Connect, dev: bool) -> Result<Thing
                         "true".to_owned(),
                     )]),
                 };
+                let meta = Arc::new(ThingMeta {
+                    device_type: None,
+                    attributes: new.attributes.clone(),
+                });
                 node.register(new, "dev-mode")
                     .await
                     .map_err(|_| Refusal::Unavailable)?;
-                return Ok(thing);
+                return Ok((thing, meta));
             }
             // Registered by dev mode itself: it has no credentials the device could know.
-            Some(record) if record.attributes.contains_key(DEV_MODE_ATTRIBUTE) => return Ok(thing),
+            Some(record) if record.attributes.contains_key(DEV_MODE_ATTRIBUTE) => {
+                return Ok((thing, meta_of(record)));
+            }
             // Registered by an operator: its token is checked, dev mode or not.
             Some(_) => {}
         }
@@ -321,7 +345,7 @@ async fn authenticate(node: &Node, connect: &Connect, dev: bool) -> Result<Thing
     let password = connect.password.clone().ok_or(Refusal::BadCredentials)?;
     node.authenticate(thing.clone(), password)
         .await
-        .map(|_| thing)
+        .map(|record| (thing, meta_of(record)))
         .map_err(|failure| match failure {
             crate::directory::AuthFailure::BadCredentials => Refusal::BadCredentials,
             crate::directory::AuthFailure::Unavailable => Refusal::Unavailable,
@@ -334,6 +358,24 @@ enum End {
     Closed(Reason),
     Io(std::io::Error),
     Packet(PacketError),
+}
+
+impl End {
+    /// Why the session ended, in AWS IoT's `disconnectReason` vocabulary.
+    fn disconnect_reason(&self) -> &'static str {
+        match self {
+            End::ClientClosed => "CLIENT_INITIATED_DISCONNECT",
+            End::Closed(Reason::SessionTakenOver) => "DUPLICATE_CLIENTID",
+            End::Closed(Reason::KeepAliveTimeout) => "MQTT_KEEP_ALIVE_TIMEOUT",
+            End::Closed(Reason::ShuttingDown) => "SERVER_INITIATED_DISCONNECT",
+            End::Closed(Reason::AdministrativeAction | Reason::NotAuthorized) => {
+                "AUTHORIZATION_FAILURE"
+            }
+            End::Closed(Reason::ServerBusy | Reason::QuotaExceeded) => "THROTTLED",
+            End::Closed(_) | End::Packet(_) => "CLIENT_ERROR",
+            End::Io(_) => "CONNECTION_LOST",
+        }
+    }
 }
 
 impl std::fmt::Display for End {

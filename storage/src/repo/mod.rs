@@ -16,6 +16,7 @@
 //! | rule log | `(root, "rlog", kind, at_ms, seq)` | [`RuleLogEntry`] as JSON |
 //! | meta | `(root, "meta", name)` | single records: `admin` holds the bootstrap admin token's SHA-256 (hex); `registry` changes with every change of types, keys, rules and the admin token |
 //! | certificates | `(root, "cert", id)`, `(root, "thingcert", thing, id)`, `(root, "certdeny", id)` | [`CertRecord`] as JSON; a thing's certificates; the ids of those not active |
+//! | presence | `(root, "presence", thing)` | [`Presence`] as JSON: connected or not, since, last seen, why it disconnected |
 //! | nodes | `(root, "node", name)` | [`NodeRecord`] as JSON: a cluster node's address and lease |
 //! | shards | `(root, "shard", n)` | [`ShardRecord`] as JSON: the shard's owner and epoch |
 
@@ -25,6 +26,7 @@ mod certs;
 mod cluster;
 mod history;
 mod meta;
+mod presence;
 mod records;
 mod rules;
 mod timelog;
@@ -35,6 +37,7 @@ pub use certs::{CertRecord, CertStatus, Certs};
 pub use cluster::{Cluster, NodeRecord, ShardRecord};
 pub use history::{DAY_MS, FieldAgg, HOUR_MS, History, HourAgg, RawSample, day_of};
 pub use meta::Meta;
+pub use presence::{Presence, Presences};
 pub use records::{KeyRecord, Keyed, Records, Role, ThingRecord};
 pub use rules::{LogKind, RuleLog, RuleLogEntry, RuleRecord, RuleStates};
 pub use timelog::Cursor;
@@ -75,6 +78,8 @@ pub struct Repos {
     pub cluster: Cluster,
     /// Device certificates.
     pub certs: Certs,
+    /// Device connectivity.
+    pub presence: Presences,
 }
 
 impl Repos {
@@ -97,6 +102,7 @@ impl Repos {
                 root.subspace(&"thingcert"),
                 root.subspace(&"certdeny"),
             ),
+            presence: Presences::new(root.subspace(&"presence")),
         }
     }
 }

@@ -1,0 +1,100 @@
+//! Presence: a device's connect and disconnect reach apps as WebSocket `event` frames shaped
+//! like AWS IoT's presence events (with the disconnect reason), and its connectivity shows on
+//! `GET /v1/things/{name}`.
+
+use doppel_tests::{
+    api::Api,
+    device,
+    node::{ADMIN_TOKEN, Node, Options},
+    until, ws,
+};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_doppel");
+
+async fn presence(app: &mut ws::WsClient) -> Value {
+    loop {
+        let frame = app.next_of("event").await;
+        if frame["rule"] == "presence" {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connects_and_disconnects_reach_apps_with_their_reason() {
+    let node = Node::start(BIN, Options::default());
+    let admin = Api::admin(&node);
+    let token = admin.register("door-1", None).await;
+    let mut app = ws::connect(&node, Some(ADMIN_TOKEN)).await.unwrap();
+    app.send(json!({"type": "subscribe", "id": "s", "things": ["door-1"]}))
+        .await;
+    app.send(json!({"type": "get", "id": "g", "thing": "door-1"}))
+        .await;
+    app.next().await; // subscribed once the get is answered
+
+    let d = device::connect(node.mqtt(), "door-1", &token)
+        .await
+        .unwrap();
+    let event = presence(&mut app).await;
+    assert_eq!(event["kind"], "connected");
+    assert_eq!(event["thing"], "door-1");
+    assert_eq!(event["payload"]["eventType"], "connected");
+    assert_eq!(event["payload"]["clientId"], "door-1");
+    let (_, thing) = admin.get("/v1/things/door-1").await;
+    until(
+        "connectivity recorded",
+        Duration::from_secs(5),
+        async || admin.get("/v1/things/door-1").await.1["connectivity"]["connected"] == true,
+    )
+    .await;
+    assert!(thing["connectivity"].is_object() || thing["connectivity"].is_null());
+
+    // The same client id again: the new session connects, the first is taken over.
+    let mut second = device::connect(node.mqtt(), "door-1", &token)
+        .await
+        .unwrap();
+    let (one, two) = (presence(&mut app).await, presence(&mut app).await);
+    let (connected, taken) = if one["kind"] == "connected" {
+        (one, two)
+    } else {
+        (two, one)
+    };
+    assert_eq!(connected["kind"], "connected");
+    assert_eq!(taken["kind"], "disconnected");
+    assert_eq!(taken["payload"]["disconnectReason"], "DUPLICATE_CLIENTID");
+    assert_eq!(taken["payload"]["clientInitiatedDisconnect"], false);
+    drop(d);
+
+    // A clean DISCONNECT.
+    second.client.disconnect().await.unwrap();
+    let event = presence(&mut app).await;
+    assert_eq!(
+        event["payload"]["disconnectReason"],
+        "CLIENT_INITIATED_DISCONNECT"
+    );
+    assert_eq!(event["payload"]["clientInitiatedDisconnect"], true);
+    until(
+        "disconnection recorded",
+        Duration::from_secs(5),
+        async || {
+            let c = admin.get("/v1/things/door-1").await.1["connectivity"].clone();
+            c["connected"] == false && c["disconnect_reason"] == "CLIENT_INITIATED_DISCONNECT"
+        },
+    )
+    .await;
+    let _ = second.drain();
+
+    // Decommissioned while connected: closed for authorization.
+    let _third = device::connect(node.mqtt(), "door-1", &token)
+        .await
+        .unwrap();
+    assert_eq!(presence(&mut app).await["kind"], "connected");
+    assert_eq!(admin.delete("/v1/things/door-1").await.0, 204);
+    let event = presence(&mut app).await;
+    assert_eq!(
+        event["payload"]["disconnectReason"],
+        "AUTHORIZATION_FAILURE"
+    );
+}
