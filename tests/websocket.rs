@@ -457,7 +457,10 @@ async fn a_client_that_stops_reading_stays_bounded_and_gets_a_resync_without_a_s
     let node = Node::start(
         BIN,
         Options {
-            config: Some(format!("[ws]\nmax_queue = {MAX_QUEUE}\n")),
+            // The device sends as fast as its window allows (no 429s past 10 in flight).
+            config: Some(format!(
+                "[ws]\nmax_queue = {MAX_QUEUE}\n[node.mqtt]\nmax_shadow_inflight = 1000\n"
+            )),
             ..Options::default()
         },
     );

@@ -78,6 +78,17 @@ pub struct MqttConfig {
     pub outbound_queue: usize,
     /// Register unknown devices on first connect, without credentials. Never for production.
     pub dev: bool,
+    /// Shadow requests (get, update, delete) of one connection waiting for their twin at most;
+    /// beyond, AWS IoT's `429` on `…/rejected`.
+    pub max_shadow_inflight: usize,
+    /// Publishes per second one device may send (a burst of one second's worth); beyond, the
+    /// PUBACK says quota exceeded (MQTT 5) or the connection closes (3.1.1). 0: no limit.
+    pub max_publish_rate: f64,
+    /// Connections per second one client id may open after a burst of `connect_burst`;
+    /// beyond, the CONNACK refuses it (server unavailable).
+    pub max_connect_rate: f64,
+    /// Connections one client id may open at once before `max_connect_rate` applies.
+    pub connect_burst: f64,
     /// How devices authenticate on the TLS listener: `either` (a certificate of the
     /// deployment's CA, or a token), `certificate` (only), `token` (only; no client
     /// certificate is asked for). The plain listener takes tokens.
@@ -105,6 +116,10 @@ impl Default for MqttConfig {
             connect_timeout: Duration::from_secs(10),
             outbound_queue: 1_024,
             dev: false,
+            max_shadow_inflight: 10,
+            max_publish_rate: 2_000.0,
+            max_connect_rate: 5.0,
+            connect_burst: 20.0,
             tls_auth: TlsAuth::Either,
         }
     }

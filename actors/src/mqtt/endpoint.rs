@@ -12,7 +12,7 @@ use crate::{
             Connect, In, Out, PacketError, Reason, Refusal, Settings, Version, read_connect,
         },
         sessions::{Outgoing, SessionHandle, Sessions},
-        throttle::AuthThrottle,
+        throttle::{AuthThrottle, Bucket, ConnectThrottle},
         topics::{self, DeviceTopic},
     },
     node::Node,
@@ -26,7 +26,10 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 use tokio::{
@@ -37,7 +40,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use twin_core::ThingName;
+use twin_core::{ShadowError, ThingName};
 
 /// The attribute marking things that dev mode registered on first connect.
 pub const DEV_MODE_ATTRIBUTE: &str = "dev_mode";
@@ -56,13 +59,18 @@ pub async fn serve(
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let throttle = Arc::new(AuthThrottle::default());
+    let config = &node.config().mqtt;
+    let connects = Arc::new(ConnectThrottle::new(
+        config.connect_burst,
+        config.max_connect_rate,
+    ));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let (node, sessions, shutdown) = (node.clone(), sessions.clone(), shutdown.clone());
-                    let (acceptor, throttle) = (acceptor.clone(), throttle.clone());
+                    let (acceptor, throttle) = (acceptor.clone(), (throttle.clone(), connects.clone()));
                     tokio::spawn(async move {
                         let Some(acceptor) = acceptor else {
                             return connection(stream, peer, None, node, sessions, throttle, shutdown).await;
@@ -139,7 +147,7 @@ pub async fn connection<S>(
     cert: Option<rustls_pki_types::CertificateDer<'static>>,
     node: Node,
     sessions: Arc<Sessions>,
-    throttle: Arc<AuthThrottle>,
+    throttle: (Arc<AuthThrottle>, Arc<ConnectThrottle>),
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -174,7 +182,11 @@ pub async fn connection<S>(
     };
     let version = connect.version;
     let mut output = BytesMut::new();
-    let checked = if throttle.allows(peer.ip(), &connect.client_id) {
+    let (throttle, connects) = throttle;
+    let checked = if !connects.allows(&connect.client_id) {
+        metrics::counter!("doppel_mqtt_throttled_total", "kind" => "connect").increment(1);
+        Err(Refusal::Throttled)
+    } else if throttle.allows(peer.ip(), &connect.client_id) {
         // With `tls_auth = "certificate"` the handshake already required a certificate.
         match &cert {
             Some(cert) => authenticate_certificate(&node, &connect, cert).await,
@@ -232,6 +244,10 @@ pub async fn connection<S>(
         outbound_inflight: HashSet::new(),
         max_inflight: config.max_inflight.max(1),
         max_packet_size: config.max_packet_size,
+        shadow_inflight: Arc::new(AtomicUsize::new(0)),
+        max_shadow_inflight: config.max_shadow_inflight.max(1),
+        publishes: Bucket::full(config.max_publish_rate),
+        max_publish_rate: config.max_publish_rate,
     };
     let outcome = session
         .run(
@@ -402,6 +418,12 @@ struct Session {
     outbound_inflight: HashSet<u16>,
     max_inflight: usize,
     max_packet_size: usize,
+    /// Shadow requests waiting for their twin, and how many may.
+    shadow_inflight: Arc<AtomicUsize>,
+    max_shadow_inflight: usize,
+    /// The device's publish rate (0: unlimited).
+    publishes: Bucket,
+    max_publish_rate: f64,
 }
 
 impl Session {
@@ -576,6 +598,15 @@ impl Session {
                     self.write(Out::Disconnect(Reason::TopicAliasInvalid));
                     return Err(End::Closed(Reason::TopicAliasInvalid));
                 }
+                if self.max_publish_rate > 0.0
+                    && !self
+                        .publishes
+                        .take(self.max_publish_rate, self.max_publish_rate)
+                {
+                    metrics::counter!("doppel_mqtt_throttled_total", "kind" => "publish")
+                        .increment(1);
+                    return self.refuse(qos, pkid, Reason::QuotaExceeded);
+                }
                 if let Some(request) = topics::certificate_request(&topic) {
                     self.on_certificate_request(request, payload);
                     if qos == 1 {
@@ -719,9 +750,40 @@ impl Session {
     ) -> Result<(), End> {
         match inbound::interpret(target, &payload, &self.node.config().limits) {
             Inbound::Command(thing, command) => {
+                let shadow_request = matches!(
+                    &command,
+                    rules_dsl::Input::Command(c) if c.target().1 != twin_core::Op::Telemetry
+                );
+                if !shadow_request {
+                    let (ack, done) = Ack::new();
+                    self.node.deliver_from_device(thing, command, Some(ack));
+                    self.acks.push_back(settle(qos, pkid, done));
+                    return Ok(());
+                }
+                if self.shadow_inflight.load(Ordering::Acquire) >= self.max_shadow_inflight {
+                    // AWS IoT's answer to a device with too many requests in flight.
+                    metrics::counter!("doppel_mqtt_throttled_total", "kind" => "shadow_inflight")
+                        .increment(1);
+                    if let rules_dsl::Input::Command(c) = &command {
+                        let reply = c.refuse(ShadowError::too_many_requests(), crate::now_ms());
+                        let topic = topics::reply(&thing, &reply.shadow, reply.op, false);
+                        self.sessions.publish(&thing, topic, reply.payload);
+                    }
+                    if qos == 1 {
+                        self.acks.push_back(ready(pkid, Reason::QuotaExceeded));
+                    }
+                    return Ok(());
+                }
+                let inflight = self.shadow_inflight.clone();
+                inflight.fetch_add(1, Ordering::AcqRel);
                 let (ack, done) = Ack::new();
                 self.node.deliver_from_device(thing, command, Some(ack));
-                self.acks.push_back(settle(qos, pkid, done));
+                let settled = settle(qos, pkid, done);
+                self.acks.push_back(Box::pin(async move {
+                    let settle = settled.await;
+                    inflight.fetch_sub(1, Ordering::AcqRel);
+                    settle
+                }));
                 Ok(())
             }
             Inbound::Batch { gateway, entries } => {

@@ -81,6 +81,70 @@ impl AuthThrottle {
     }
 }
 
+/// A token bucket: `burst` tokens, refilled at `per_second`.
+#[derive(Clone, Copy, Debug)]
+pub struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// A full bucket of `burst` tokens.
+    pub fn full(burst: f64) -> Self {
+        Self {
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn take(&mut self, burst: f64, per_second: f64) -> bool {
+        let mut bucket = (self.tokens, self.at);
+        let tokens = refill(&mut bucket, (burst, per_second), Instant::now());
+        (self.tokens, self.at) = bucket;
+        if tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Connections per client id (successful or not): a reconnect storm of one device is refused
+/// before it costs a credential check. At most [`MAX_KEYS`] client ids are remembered.
+#[derive(Debug)]
+pub struct ConnectThrottle {
+    burst: f64,
+    per_second: f64,
+    buckets: Mutex<HashMap<u64, Bucket>>,
+}
+
+impl ConnectThrottle {
+    /// `burst` connections at once, then `per_second`.
+    pub fn new(burst: f64, per_second: f64) -> Self {
+        Self {
+            burst,
+            per_second,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `client_id` may connect now (and counts it).
+    pub fn allows(&self, client_id: &str) -> bool {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return true;
+        };
+        if buckets.len() >= MAX_KEYS {
+            buckets.clear();
+        }
+        buckets
+            .entry(xxhash_rust::xxh3::xxh3_64(client_id.as_bytes()))
+            .or_insert_with(|| Bucket::full(self.burst))
+            .take(self.burst, self.per_second)
+    }
+}
+
 fn client(ip: IpAddr, client_id: &str) -> Key {
     Key::Client(ip, xxhash_rust::xxh3::xxh3_64(client_id.as_bytes()))
 }
@@ -110,6 +174,17 @@ mod tests {
             "another device behind the same address"
         );
         assert!(throttle.allows(b, "pump-1"), "the same name from elsewhere");
+    }
+
+    #[test]
+    fn buckets_allow_a_burst_then_their_rate() {
+        let mut bucket = Bucket::full(3.0);
+        assert!((0..3).all(|_| bucket.take(3.0, 0.001)));
+        assert!(!bucket.take(3.0, 0.001), "the burst is spent");
+        let connects = ConnectThrottle::new(2.0, 0.001);
+        assert!(connects.allows("a") && connects.allows("a"));
+        assert!(!connects.allows("a"));
+        assert!(connects.allows("b"), "another client id");
     }
 
     #[test]

@@ -1,0 +1,123 @@
+//! Per-device limits on the MQTT endpoint: at most `max_shadow_inflight` shadow requests of a
+//! connection wait for their twin (beyond: AWS IoT's 429 on `…/rejected`), a device's publish
+//! rate (beyond: the connection closes, 3.1.1), and connections per client id (a reconnect
+//! storm is refused at the CONNACK) — each refusal counted in `/metrics`.
+
+use doppel_tests::{
+    api::Api,
+    device::{self, Seen},
+    node::{Node, Options},
+};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_doppel");
+
+fn node(config: &str) -> Node {
+    Node::start(
+        BIN,
+        Options {
+            config: Some(config.to_owned()),
+            ..Options::default()
+        },
+    )
+}
+
+async fn throttled(node: &Node, kind: &str) -> f64 {
+    let metrics = node.get("/metrics").await.text().await.unwrap();
+    let prefix = format!("doppel_mqtt_throttled_total{{kind=\"{kind}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_than_ten_shadow_requests_in_flight_get_429() {
+    // A long commit window keeps the requests waiting for their twin.
+    let node = node("[node]\ncommit_window = \"500ms\"\n");
+    let token = Api::admin(&node).register("pump-1", None).await;
+    let mut d = device::connect(node.mqtt(), "pump-1", &token)
+        .await
+        .unwrap();
+    d.subscribe("$aws/things/pump-1/shadow/update/+").await;
+    for i in 0..15 {
+        d.publish(
+            "$aws/things/pump-1/shadow/update",
+            &json!({"state": {"reported": {"n": i}}, "clientToken": format!("t{i}")}),
+        )
+        .await;
+    }
+    let (mut accepted, mut refused) = (0, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while accepted + refused.len() < 15 {
+        assert!(
+            Instant::now() < deadline,
+            "{accepted} accepted, {refused:?}"
+        );
+        if let Seen::Message(topic, payload) = d.next().await {
+            let body: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            if topic.ends_with("/accepted") {
+                accepted += 1;
+            } else if topic.ends_with("/rejected") {
+                refused.push(body["code"].as_u64().unwrap());
+            }
+        }
+    }
+    assert_eq!(accepted, 10, "refused: {refused:?}");
+    assert_eq!(refused, vec![429; 5]);
+    assert_eq!(throttled(&node, "shadow_inflight").await, 5.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_over_its_publish_rate_is_disconnected() {
+    let node = node("[node.mqtt]\nmax_publish_rate = 5.0\n");
+    let token = Api::admin(&node).register("chatty-1", None).await;
+    let mut d = device::connect(node.mqtt(), "chatty-1", &token)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let _ = d
+            .client
+            .publish(
+                "things/chatty-1/telemetry",
+                rumqttc::QoS::AtMostOnce,
+                false,
+                json!({"n": i}).to_string(),
+            )
+            .await;
+    }
+    let why = tokio::time::timeout(Duration::from_secs(10), d.closed())
+        .await
+        .expect("the node closes the connection");
+    assert!(!why.is_empty());
+    assert!(throttled(&node, "publish").await >= 1.0);
+    // Within its rate, the same device is fine.
+    let mut d = device::connect(node.mqtt(), "chatty-1", &token)
+        .await
+        .unwrap();
+    d.publish_acked("things/chatty-1/telemetry", &json!({"n": 1}))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reconnect_storm_is_refused_at_the_connack() {
+    let node = node("[node.mqtt]\nconnect_burst = 3.0\nmax_connect_rate = 0.01\n");
+    let admin = Api::admin(&node);
+    let token = admin.register("storm-1", None).await;
+    let other = admin.register("calm-1", None).await;
+    for _ in 0..3 {
+        let d = device::connect(node.mqtt(), "storm-1", &token)
+            .await
+            .unwrap();
+        drop(d);
+    }
+    let refused = device::connect(node.mqtt(), "storm-1", &token).await;
+    assert!(
+        refused.is_err(),
+        "the fourth connection in a burst is refused"
+    );
+    assert_eq!(throttled(&node, "connect").await, 1.0);
+    // Another device is not affected.
+    assert!(device::connect(node.mqtt(), "calm-1", &other).await.is_ok());
+}
