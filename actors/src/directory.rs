@@ -296,6 +296,19 @@ impl Directory {
             .transact(|tx| self.repos.certs.of_thing(tx, thing.as_str()))?)
     }
 
+    /// The certificate revocation list (PEM) of every revoked certificate.
+    pub fn crl(&self, now: u64) -> Result<String, NodeError> {
+        let revoked = self.store.transact(|tx| {
+            let denied = self.repos.certs.denied(tx)?;
+            self.repos.certs.get_many(tx, &denied)
+        })?;
+        let revoked: Vec<storage::CertRecord> = revoked
+            .into_iter()
+            .filter(|c| c.status == storage::CertStatus::Revoked)
+            .collect();
+        self.pki.crl(&revoked, now)
+    }
+
     /// A certificate by id.
     pub fn certificate(&self, id: &str) -> Result<Option<storage::CertRecord>, NodeError> {
         Ok(self.store.transact(|tx| self.repos.certs.get(tx, id))?)
@@ -325,6 +338,9 @@ impl Directory {
             }
             if record.status != status {
                 record.status = status;
+                if status == CertStatus::Revoked {
+                    record.revoked_at = Some(now);
+                }
                 self.repos.certs.put(tx, &record)?;
                 let action = match status {
                     CertStatus::Active => "cert.activate",
@@ -624,6 +640,7 @@ impl Directory {
             for mut cert in self.repos.certs.of_thing(tx, name.as_str())? {
                 if cert.status != storage::CertStatus::Revoked {
                     cert.status = storage::CertStatus::Revoked;
+                    cert.revoked_at = Some(now);
                     self.repos.certs.put(tx, &cert)?;
                 }
             }

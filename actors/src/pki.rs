@@ -171,10 +171,38 @@ impl Pki {
             not_before,
             not_after,
             status: CertStatus::Active,
+            revoked_at: None,
             created_at: now,
             created_by: actor.to_owned(),
         };
         Ok((record, key))
+    }
+
+    /// The certificate revocation list (PEM) naming `revoked`, valid for a day.
+    pub fn crl(&self, revoked: &[CertRecord], now: u64) -> Result<String, NodeError> {
+        let revoked_certs = revoked
+            .iter()
+            .filter_map(|cert| {
+                Some(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&hex::decode(&cert.serial).ok()?),
+                    revocation_time: offset(cert.revoked_at.unwrap_or(now)),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: offset(now),
+            next_update: offset(now + 24 * 3_600_000),
+            crl_number: SerialNumber::from(now),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .and_then(|crl| crl.pem())
+            .map_err(|e| pki_error("signing the CRL", e))
     }
 
     /// Records a certificate's status for the handshake check.

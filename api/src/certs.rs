@@ -32,6 +32,24 @@ pub(crate) async fn ca(
     ))
 }
 
+/// The certificate revocation list (PEM) of the deployment's CA: every revoked certificate.
+#[utoipa::path(get, path = "/v1/ca/crl", tag = "certificates", security(("bearer" = [])),
+    responses((status = 200, body = String, content_type = "application/x-pem-file"), (status = 401, body = crate::error::ErrorBody)))]
+pub(crate) async fn crl(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let pem = state
+        .node
+        .with_directory(|d| d.crl(actors::now_ms()))
+        .await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-pem-file")],
+        pem,
+    ))
+}
+
 /// How to issue a certificate: from the device's CSR (its key never leaves it), or with a key
 /// made here and returned once.
 #[derive(Deserialize, ToSchema)]

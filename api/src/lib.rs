@@ -167,6 +167,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/rotate-key", post(keys::rotate_admin))
         .route("/v1/cluster", get(cluster::get))
         .route("/v1/ca", get(certs::ca))
+        .route("/v1/ca/crl", get(certs::crl))
         .route(
             "/v1/things/{name}/certificates",
             post(certs::issue).get(certs::list),

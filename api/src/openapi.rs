@@ -15,7 +15,7 @@ use utoipa::{
         crate::things::put_type, crate::things::get_type, crate::things::list_types,
         crate::keys::create, crate::keys::list, crate::keys::revoke, crate::keys::audit, crate::keys::rotate_admin,
         crate::telemetry::get, crate::metrics::metrics, crate::cluster::get,
-        crate::certs::ca, crate::certs::issue, crate::certs::list, crate::certs::set_status,
+        crate::certs::ca, crate::certs::crl, crate::certs::issue, crate::certs::list, crate::certs::set_status,
         crate::rules::put, crate::rules::list, crate::rules::get, crate::rules::delete, crate::rules::check,
         crate::rules::test, crate::rules::dry_run, crate::rules::trace, crate::rules::alerts,
     ),

@@ -887,6 +887,7 @@ pub fn certificates_are_indexed_by_thing_and_denied_when_not_active<S: Store>(
         not_before: 1,
         not_after: 2,
         status,
+        revoked_at: None,
         created_at: 1,
         created_by: "admin".into(),
     };

@@ -37,6 +37,9 @@ pub struct CertRecord {
     pub not_before: u64,
     pub not_after: u64,
     pub status: CertStatus,
+    /// When it was revoked, epoch ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
     /// Issued when and by whom (an API key id, or the device itself when it rotated).
     pub created_at: u64,
     pub created_by: String,
@@ -108,6 +111,23 @@ impl Certs {
             })
             .collect::<Result<_, StoreError>>()?;
         tx.get_many(&ids)?
+            .into_iter()
+            .flatten()
+            .map(|bytes| decode(&bytes))
+            .collect()
+    }
+
+    /// Certificates by id, those that exist, in the order asked.
+    pub fn get_many(
+        &self,
+        tx: &mut impl Transaction,
+        ids: &[String],
+    ) -> Result<Vec<CertRecord>, StoreError> {
+        let keys: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|id| self.records.pack(&id.as_str()))
+            .collect();
+        tx.get_many(&keys)?
             .into_iter()
             .flatten()
             .map(|bytes| decode(&bytes))
