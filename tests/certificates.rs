@@ -471,3 +471,36 @@ async fn a_device_rotates_its_certificate_over_its_own_connection() {
         .await;
     assert_eq!(status, 400, "{body}");
 }
+
+#[test]
+fn the_security_doc_runs_as_written() {
+    need_mosquitto_clients();
+    for (program, package) in [("curl", "curl"), ("python3", "python3")] {
+        doppel_tests::doc::need(program, package);
+    }
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/security.md"),
+    )
+    .unwrap();
+    let (cert_path, key_path) = (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    );
+    let steps = doppel_tests::doc::run_section(
+        &doc,
+        "## A device with a certificate, step by step",
+        BIN,
+        &[
+            ("TLS_CERT", cert_path.as_str()),
+            ("TLS_KEY", key_path.as_str()),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(steps, 3);
+}
