@@ -144,7 +144,7 @@ async fn main() {
     );
     let server_pem = cert.pem();
     let tls_port = node.mqtt_tls.unwrap().port();
-    let admin = Api::admin(&node);
+    let admin = Api::over_tls(&node, Some(doppel_tests::node::ADMIN_TOKEN), &server_pem);
     let mut things = Vec::new();
     for i in 0..devices {
         let thing = format!("tls-{i}");
