@@ -504,3 +504,46 @@ fn the_security_doc_runs_as_written() {
     );
     assert_eq!(steps, 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_close_to_expiry_are_counted_and_announced() {
+    // Every certificate of 180 days is "close" to a 400-day horizon.
+    let node = Node::start(
+        BIN,
+        Options {
+            config: Some(
+                "[node]\ncertificate_warning = \"400days\"\ncertificate_check_every = \"200ms\"\n"
+                    .into(),
+            ),
+            ..Options::default()
+        },
+    );
+    let admin = Api::admin(&node);
+    admin.register("old-1", None).await;
+    let mut app = doppel_tests::ws::connect(&node, Some(ADMIN_TOKEN))
+        .await
+        .unwrap();
+    app.send(json!({"type": "subscribe", "id": "s", "things": ["old-1"]}))
+        .await;
+    app.send(json!({"type": "get", "id": "g", "thing": "old-1"}))
+        .await;
+    app.next().await;
+    let issued = issue(&admin, "old-1", json!({"generate": true})).await;
+    let event = loop {
+        let frame = app.next_of("event").await;
+        if frame["kind"] == "certificate_expiring" {
+            break frame;
+        }
+    };
+    assert_eq!(event["payload"]["id"], issued["id"]);
+    assert_eq!(event["payload"]["expired"], false);
+    until("the gauge", Duration::from_secs(5), async || {
+        node.get("/metrics")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("doppel_certificates_expiring 1")
+    })
+    .await;
+}

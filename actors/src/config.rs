@@ -33,6 +33,12 @@ pub struct NodeConfig {
     /// whose commit has been in flight or failing this long reports the node not ready.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Device certificates expiring within this time are counted and announced.
+    #[serde(with = "humantime_serde")]
+    pub certificate_warning: Duration,
+    /// How often certificates are checked for expiry.
+    #[serde(with = "humantime_serde")]
+    pub certificate_check_every: Duration,
 }
 
 impl Default for NodeConfig {
@@ -48,6 +54,8 @@ impl Default for NodeConfig {
             history: HistoryConfig::default(),
             mqtt: MqttConfig::default(),
             request_timeout: Duration::from_secs(10),
+            certificate_warning: Duration::from_secs(30 * 86_400),
+            certificate_check_every: Duration::from_secs(3_600),
         }
     }
 }

@@ -134,6 +134,7 @@ impl Node {
         if shared.config.history.enabled {
             tokio::spawn(maintain_history(shared.clone()));
         }
+        tokio::spawn(watch_certificate_expiry(shared.clone()));
         match (&shared.cluster, listener) {
             (Some(cluster), Some(listener)) => {
                 let local: Arc<dyn Local> = shared.clone();
@@ -591,6 +592,83 @@ impl Node {
                 arbiter.stop();
                 let _ = arbiter.join();
             }
+        }
+    }
+}
+
+/// Counts the active device certificates that expire within `certificate_warning`
+/// (`doppel_certificates_expiring`), and announces each once per run to the apps watching its
+/// thing (an `event` frame of kind `certificate_expiring`), now and every
+/// `certificate_check_every`; in a cluster, on the owner of shard 0.
+async fn watch_certificate_expiry(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(
+        shared
+            .config
+            .certificate_check_every
+            .max(std::time::Duration::from_millis(10)),
+    );
+    loop {
+        every.tick().await;
+        if let Some(cluster) = &shared.cluster
+            && cluster.epoch(0).is_none()
+        {
+            continue;
+        }
+        let now = crate::now_ms();
+        let horizon = now + shared.config.certificate_warning.as_millis() as u64;
+        let mut after: Option<String> = None;
+        let mut expiring = Vec::new();
+        loop {
+            let (for_job, from) = (shared.clone(), after.clone());
+            let page = crate::pool::store_call(move || {
+                let d = &for_job.directory;
+                d.store()
+                    .transact(|tx| d.repos().certs.page(tx, from.as_deref(), 1_000))
+            })
+            .await;
+            let page = match page {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, "checking certificate expiry failed");
+                    break;
+                }
+            };
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(last.id.clone());
+            let full = page.len() == 1_000;
+            expiring.extend(
+                page.into_iter()
+                    .filter(|c| c.status == storage::CertStatus::Active && c.not_after <= horizon),
+            );
+            if !full {
+                break;
+            }
+        }
+        metrics::gauge!("doppel_certificates_expiring").set(expiring.len() as f64);
+        for cert in expiring {
+            let Ok(thing) = ThingName::new(&cert.thing) else {
+                continue;
+            };
+            tracing::warn!(%thing, id = %cert.id, expires = cert.not_after, "device certificate expires soon");
+            let output = rules_dsl::Output {
+                rule: Arc::from("certificates"),
+                at: now,
+                kind: rules_dsl::OutputKind::Event {
+                    event: Arc::from("certificate_expiring"),
+                    payload: serde_json::json!({
+                        "id": cert.id,
+                        "expires": cert.not_after,
+                        "expired": cert.not_after <= now,
+                    }),
+                },
+            };
+            shared.publish_event(Arc::new(crate::hub::RuleEvent::new(
+                thing,
+                Arc::default(),
+                output,
+            )));
         }
     }
 }

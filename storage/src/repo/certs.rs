@@ -134,6 +134,24 @@ impl Certs {
             .collect()
     }
 
+    /// Certificates in id order after `after` (exclusive), at most `limit`.
+    pub fn page(
+        &self,
+        tx: &mut impl Transaction,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CertRecord>, StoreError> {
+        let (begin, end) = self.records.range();
+        let begin = match after {
+            Some(id) => crate::kv::key_after(self.records.pack(&id)),
+            None => begin,
+        };
+        tx.get_range(&KeyRange::new(begin, end), RangeOptions::first(limit))?
+            .into_iter()
+            .map(|(_, value)| decode(&value))
+            .collect()
+    }
+
     /// The ids of every certificate that is not active.
     pub fn denied(&self, tx: &mut impl Transaction) -> Result<Vec<String>, StoreError> {
         let (begin, end) = self.denied.range();
