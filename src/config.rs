@@ -54,6 +54,13 @@ pub struct ServeArgs {
     /// only, never production.
     #[arg(long)]
     dev: bool,
+    /// The operator's CA for device certificates (PEM; an intermediate with its chain up to the
+    /// root, the intermediate first) instead of the deployment's own.
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The private key (PEM) of --ca-cert.
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
     /// Run as a node of a cluster, accepting peers here (host:port); needs a store the nodes
     /// share (--store postgres://… or fdb:…) and the cluster secret.
     #[arg(long)]
@@ -135,6 +142,8 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     mqtt_tls_listen: SocketAddr,
+    ca_cert: Option<PathBuf>,
+    ca_key: Option<PathBuf>,
     node: NodeConfig,
     ws: api::WsConfig,
     http: api::ServeLimits,
@@ -152,6 +161,8 @@ impl Default for FileConfig {
             tls_cert: None,
             tls_key: None,
             mqtt_tls_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            ca_cert: None,
+            ca_key: None,
             node: NodeConfig::default(),
             ws: api::WsConfig::default(),
             http: api::ServeLimits::default(),
@@ -192,6 +203,8 @@ pub struct ServeConfig {
     pub http: api::ServeLimits,
     /// Cluster membership, if the node is part of one.
     pub cluster: Option<ClusterSettings>,
+    /// The operator's CA for device certificates (certificate chain, key).
+    pub ca: Option<(PathBuf, PathBuf)>,
 }
 
 /// Shortest cluster secret accepted.
@@ -284,7 +297,15 @@ impl ServeConfig {
                 })
             }
         };
+        let ca = match (args.ca_cert.or(file.ca_cert), args.ca_key.or(file.ca_key)) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "an operator CA needs both its certificate (ca_cert) and its key (ca_key)"
+            ),
+        };
         Ok(Self {
+            ca,
             cluster,
             store,
             devices,

@@ -43,6 +43,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // The store, the directory and the admin token are reached through blocking calls: off the
     // async threads (a database client runs its own runtime).
     let store_url = config.store.clone();
+    let operator_ca = config.ca.clone();
     let chosen = std::env::var("DOPPEL_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
@@ -50,7 +51,16 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let store = store_url
             .open()
             .with_context(|| format!("opening the store {store_url}"))?;
-        let directory = Arc::new(Directory::load(store, Repos::default())?);
+        let ca = match &operator_ca {
+            Some((cert, key)) => Some(actors::pki::StoredCa {
+                cert_pem: std::fs::read_to_string(cert)
+                    .with_context(|| format!("reading the CA certificate {}", cert.display()))?,
+                key_pem: std::fs::read_to_string(key)
+                    .with_context(|| format!("reading the CA key {}", key.display()))?,
+            }),
+            None => None,
+        };
+        let directory = Arc::new(Directory::load_with_ca(store, Repos::default(), ca)?);
         // The bootstrap admin token: DOPPEL_ADMIN_TOKEN, else the one stored at the first
         // start, else (first start) a new one, printed this once.
         let generated = directory.bootstrap_admin(chosen.as_deref(), actors::now_ms())?;

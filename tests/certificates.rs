@@ -547,3 +547,86 @@ async fn certificates_close_to_expiry_are_counted_and_announced() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_intermediate_issues_the_device_certificates() {
+    need_mosquitto_clients();
+    // The operator's root, and an intermediate under it for this deployment.
+    let ca = |name: &str| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        params
+    };
+    let root_key = rcgen::KeyPair::generate().unwrap();
+    let root_params = ca("Operator Root");
+    let root = root_params.self_signed(&root_key).unwrap();
+    let root_issuer = rcgen::Issuer::new(root_params, &root_key);
+    let inter_key = rcgen::KeyPair::generate().unwrap();
+    let inter = ca("Operator Devices")
+        .signed_by(&inter_key, &root_issuer)
+        .unwrap();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, content: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    };
+    let chain = format!("{}{}", inter.pem(), root.pem());
+    let node = Node::start(
+        BIN,
+        Options {
+            args: vec![
+                "--tls-cert".into(),
+                write("server.pem", &cert.pem()),
+                "--tls-key".into(),
+                write("server.key", &signing_key.serialize_pem()),
+                "--mqtt-tls-listen".into(),
+                "127.0.0.1:0".into(),
+                "--ca-cert".into(),
+                write("ca-chain.pem", &chain),
+                "--ca-key".into(),
+                write("ca.key", &inter_key.serialize_pem()),
+            ],
+            ..Options::default()
+        },
+    );
+    let secure = Secure {
+        dir: tempfile::tempdir().unwrap(),
+        server_pem: cert.pem(),
+        node,
+    };
+    let admin = secure.admin();
+    let (status, served) = admin.text("/v1/ca").await;
+    assert_eq!(
+        (status, served.as_str()),
+        (200, chain.as_str()),
+        "the chain is served"
+    );
+    admin.register("sensor-3", None).await;
+    let issued = issue(&admin, "sensor-3", json!({"generate": true})).await;
+    let pem = issued["certificate"].as_str().unwrap();
+    let (_, leaf) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let leaf = leaf.parse_x509().unwrap();
+    assert_eq!(leaf.issuer().to_string(), "CN=Operator Devices");
+    let (cert_file, key_file) = (
+        secure.file("sensor-3.pem", pem),
+        secure.file("sensor-3.key", issued["private_key"].as_str().unwrap()),
+    );
+    let (ok, stderr) = secure.publish(
+        "sensor-3",
+        &cert_file,
+        &key_file,
+        "$aws/things/sensor-3/shadow/update",
+        &json!({"state": {"reported": {"ok": true}}}),
+    );
+    assert!(ok, "{stderr}");
+}

@@ -177,6 +177,16 @@ fn load_ca(store: &AnyStore, repos: &Repos) -> Result<crate::pki::Pki, NodeError
 impl Directory {
     /// Opens the directory: compiles every device type and loads the API keys.
     pub fn load(store: AnyStore, repos: Repos) -> Result<Self, NodeError> {
+        Self::load_with_ca(store, repos, None)
+    }
+
+    /// Opens the directory with the operator's CA (`None`: the deployment's own, made at the
+    /// first start and kept in the store).
+    pub fn load_with_ca(
+        store: AnyStore,
+        repos: Repos,
+        ca: Option<crate::pki::StoredCa>,
+    ) -> Result<Self, NodeError> {
         let (defs, keys, rules) = store.transact(|tx| {
             Ok((
                 repos.types.list(tx, None, usize::MAX)?,
@@ -184,7 +194,13 @@ impl Directory {
                 repos.rules.list(tx, None, usize::MAX)?,
             ))
         })?;
-        let pki = Arc::new(load_ca(&store, &repos)?);
+        let pki = Arc::new(match ca {
+            Some(ca) => {
+                let denied = store.transact(|tx| repos.certs.denied(tx))?;
+                crate::pki::Pki::load(&ca, denied)?
+            }
+            None => load_ca(&store, &repos)?,
+        });
         let mut types = HashMap::new();
         for def in defs {
             let name = def.name.clone();

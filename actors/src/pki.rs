@@ -26,11 +26,19 @@ use std::{
 };
 pub use storage::{CertRecord, CertStatus};
 
-/// The CA as stored (`meta` record `ca`).
+/// A CA: its certificate (PEM; for an intermediate, the chain from it up to the root, the
+/// issuing certificate first) and its private key (PEM). Kept in the store (`meta` record
+/// `ca`) when the deployment made it, or read from the operator's files.
 #[derive(Serialize, Deserialize)]
-pub(crate) struct StoredCa {
+pub struct StoredCa {
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for StoredCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredCa").finish_non_exhaustive()
+    }
 }
 
 /// Default validity of a device certificate.
@@ -92,7 +100,8 @@ impl Pki {
         })
     }
 
-    /// The CA from its stored form; `denied` are the certificates not active.
+    /// The CA from its stored form (the first certificate of `cert_pem` issues); `denied` are
+    /// the certificates not active.
     pub(crate) fn load(stored: &StoredCa, denied: Vec<String>) -> Result<Pki, NodeError> {
         let key = KeyPair::from_pem(&stored.key_pem).map_err(|e| pki_error("the CA key", e))?;
         let issuer = Issuer::from_ca_cert_pem(&stored.cert_pem, key)
@@ -109,7 +118,7 @@ impl Pki {
         })
     }
 
-    /// The CA certificate, PEM.
+    /// The CA certificate (or chain), PEM.
     pub fn certificate_pem(&self) -> &str {
         &self.cert_pem
     }
