@@ -117,20 +117,16 @@ async fn main() {
     let devices = env("DOPPEL_BENCH_DEVICES", 50) as usize;
     let seconds = env("DOPPEL_BENCH_SECONDS", 10);
     let concurrency = env("DOPPEL_BENCH_CONCURRENCY", 32) as usize;
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.path().join("server.key"), signing_key.serialize_pem()).unwrap();
-    let path = |name: &str| dir.path().join(name).display().to_string();
+    let server = doppel_tests::tls::server_certificate(dir.path());
     let node = Node::start(
         env!("CARGO_BIN_EXE_doppel"),
         Options {
             args: vec![
                 "--tls-cert".into(),
-                path("server.pem"),
+                server.cert_path.clone(),
                 "--tls-key".into(),
-                path("server.key"),
+                server.key_path.clone(),
                 "--mqtt-tls-listen".into(),
                 "127.0.0.1:0".into(),
             ],
@@ -142,7 +138,7 @@ async fn main() {
             ..Options::default()
         },
     );
-    let server_pem = cert.pem();
+    let server_pem = server.pem.clone();
     let tls_port = node.mqtt_tls.unwrap().port();
     let admin = Api::over_tls(&node, Some(doppel_tests::node::ADMIN_TOKEN), &server_pem);
     let mut things = Vec::new();

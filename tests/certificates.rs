@@ -28,20 +28,16 @@ struct Secure {
 
 /// A node serving MQTT over TLS with a certificate made for `localhost`.
 fn start(config: Option<&str>) -> Secure {
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.path().join("server.key"), signing_key.serialize_pem()).unwrap();
-    let path = |name: &str| dir.path().join(name).display().to_string();
+    let server = doppel_tests::tls::server_certificate(dir.path());
     let node = Node::start(
         BIN,
         Options {
             args: vec![
                 "--tls-cert".into(),
-                path("server.pem"),
+                server.cert_path,
                 "--tls-key".into(),
-                path("server.key"),
+                server.key_path,
                 "--mqtt-tls-listen".into(),
                 "127.0.0.1:0".into(),
             ],
@@ -51,7 +47,7 @@ fn start(config: Option<&str>) -> Secure {
     );
     Secure {
         dir,
-        server_pem: cert.pem(),
+        server_pem: server.pem,
         node,
     }
 }
@@ -149,6 +145,19 @@ impl Secure {
         .map_err(|_| "no CONNACK".to_string())?;
         connected.map(|()| (client, eventloop))
     }
+}
+
+/// The next message the node sends the device (topic, JSON), within 10 s.
+async fn next_message(eventloop: &mut rumqttc::EventLoop) -> (String, Value) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(p))) = eventloop.poll().await {
+                return (p.topic, serde_json::from_slice(&p.payload).unwrap());
+            }
+        }
+    })
+    .await
+    .expect("an answer")
 }
 
 async fn issue(admin: &Api, thing: &str, body: Value) -> Value {
@@ -389,18 +398,7 @@ async fn a_device_rotates_its_certificate_over_its_own_connection() {
         )
         .await
         .unwrap();
-    let (topic, answer) = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Ok(Event::Incoming(Packet::Publish(p))) = eventloop.poll().await {
-                return (
-                    p.topic,
-                    serde_json::from_slice::<Value>(&p.payload).unwrap(),
-                );
-            }
-        }
-    })
-    .await
-    .expect("an answer");
+    let (topic, answer) = next_message(&mut eventloop).await;
     assert_eq!(topic, format!("{base}/accepted"), "{answer}");
     let new_cert = answer["certificatePem"].as_str().unwrap().to_owned();
     assert_eq!(answer["certificateId"].as_str().unwrap().len(), 64);
@@ -410,18 +408,7 @@ async fn a_device_rotates_its_certificate_over_its_own_connection() {
         .publish(base, rumqttc::QoS::AtLeastOnce, false, "{}")
         .await
         .unwrap();
-    let (topic, answer) = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Ok(Event::Incoming(Packet::Publish(p))) = eventloop.poll().await {
-                return (
-                    p.topic,
-                    serde_json::from_slice::<Value>(&p.payload).unwrap(),
-                );
-            }
-        }
-    })
-    .await
-    .expect("an answer");
+    let (topic, answer) = next_message(&mut eventloop).await;
     assert_eq!(topic, format!("{base}/rejected"));
     assert_eq!(answer["statusCode"], 400);
     assert_eq!(answer["errorCode"], "InvalidPayload");
@@ -478,20 +465,13 @@ fn the_security_doc_runs_as_written() {
     for (program, package) in [("curl", "curl"), ("python3", "python3")] {
         doppel_tests::doc::need(program, package);
     }
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert_path, key_path) = (dir.path().join("server.pem"), dir.path().join("server.key"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    let server = doppel_tests::tls::server_certificate(dir.path());
     let doc = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/security.md"),
     )
     .unwrap();
-    let (cert_path, key_path) = (
-        cert_path.display().to_string(),
-        key_path.display().to_string(),
-    );
+    let (cert_path, key_path) = (server.cert_path, server.key_path);
     let steps = doppel_tests::doc::run_section(
         &doc,
         "## A device with a certificate, step by step",
@@ -572,9 +552,8 @@ async fn an_operator_intermediate_issues_the_device_certificates() {
     let inter = ca("Operator Devices")
         .signed_by(&inter_key, &root_issuer)
         .unwrap();
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let server = doppel_tests::tls::server_certificate(dir.path());
     let write = |name: &str, content: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, content).unwrap();
@@ -586,9 +565,9 @@ async fn an_operator_intermediate_issues_the_device_certificates() {
         Options {
             args: vec![
                 "--tls-cert".into(),
-                write("server.pem", &cert.pem()),
+                server.cert_path.clone(),
                 "--tls-key".into(),
-                write("server.key", &signing_key.serialize_pem()),
+                server.key_path.clone(),
                 "--mqtt-tls-listen".into(),
                 "127.0.0.1:0".into(),
                 "--ca-cert".into(),
@@ -601,7 +580,7 @@ async fn an_operator_intermediate_issues_the_device_certificates() {
     );
     let secure = Secure {
         dir: tempfile::tempdir().unwrap(),
-        server_pem: cert.pem(),
+        server_pem: server.pem,
         node,
     };
     let admin = secure.admin();

@@ -596,24 +596,37 @@ impl Node {
     }
 }
 
+/// Ticks of background work the cluster runs once: on a node alone every period, in a cluster
+/// only on the owner of shard 0.
+struct LeaderTicks(tokio::time::Interval);
+
+fn leader_ticks(period: std::time::Duration) -> LeaderTicks {
+    LeaderTicks(tokio::time::interval(
+        period.max(std::time::Duration::from_millis(10)),
+    ))
+}
+
+impl LeaderTicks {
+    /// Waits for the next tick at which this node does the work.
+    async fn tick(&mut self, shared: &Shared) {
+        loop {
+            self.0.tick().await;
+            match &shared.cluster {
+                Some(cluster) if cluster.epoch(0).is_none() => continue,
+                _ => return,
+            }
+        }
+    }
+}
+
 /// Counts the active device certificates that expire within `certificate_warning`
 /// (`doppel_certificates_expiring`), and announces each once per run to the apps watching its
 /// thing (an `event` frame of kind `certificate_expiring`), now and every
 /// `certificate_check_every`; in a cluster, on the owner of shard 0.
 async fn watch_certificate_expiry(shared: Arc<Shared>) {
-    let mut every = tokio::time::interval(
-        shared
-            .config
-            .certificate_check_every
-            .max(std::time::Duration::from_millis(10)),
-    );
+    let mut every = leader_ticks(shared.config.certificate_check_every);
     loop {
-        every.tick().await;
-        if let Some(cluster) = &shared.cluster
-            && cluster.epoch(0).is_none()
-        {
-            continue;
-        }
+        every.tick(&shared).await;
         let now = crate::now_ms();
         let horizon = now + shared.config.certificate_warning.as_millis() as u64;
         let mut after: Option<String> = None;
@@ -676,21 +689,9 @@ async fn watch_certificate_expiry(shared: Arc<Shared>) {
 /// Rolls telemetry history up and expires it, now and every `maintenance_every`, for as long as
 /// the node runs.
 async fn maintain_history(shared: Arc<Shared>) {
-    let mut every = tokio::time::interval(
-        shared
-            .config
-            .history
-            .maintenance_every
-            .max(std::time::Duration::from_millis(10)),
-    );
+    let mut every = leader_ticks(shared.config.history.maintenance_every);
     loop {
-        every.tick().await;
-        // In a cluster, the owner of shard 0 does it for everyone.
-        if let Some(cluster) = &shared.cluster
-            && cluster.epoch(0).is_none()
-        {
-            continue;
-        }
+        every.tick(&shared).await;
         let for_job = shared.clone();
         let done = blocking(move || {
             crate::history::maintain(&for_job.directory, &for_job.config.history, crate::now_ms())

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod device;
 pub mod doc;
 pub mod node;
+pub mod tls;
 pub mod twins;
 pub mod ws;
 
