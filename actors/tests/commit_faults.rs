@@ -167,3 +167,42 @@ fn a_commit_the_store_refuses_for_good_drops_its_changes_not_the_host() {
         node.flush().await;
     });
 }
+
+#[test]
+fn a_rule_deadline_survives_a_commit_the_store_refuses() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, faults) = start(dir.path(), one_host());
+        register(&node, "boiler-1").await;
+        let source = r#"
+rule hot for thing "boiler-1" {
+  when exists(reported.t) and reported.t > 90 for 1s
+  then { alert Hot severity major "hot" }
+}
+"#;
+        node.directory()
+            .put_rule("hot", source.into(), "test", actors::now_ms())
+            .unwrap();
+        // The hold starts and is committed with its deadline.
+        let reply = update(&node, "boiler-1", json!({"state": {"reported": {"t": 95}}})).await;
+        assert_eq!(reply.outcome, Ok(1));
+        // The next change is refused for good: the twin, timer and all, is forgotten.
+        faults.fail_next_commit(Fault::Permanent);
+        let refused = node
+            .call(
+                thing("boiler-1"),
+                update_command(&node, json!({"state": {"desired": {"mode": "eco"}}})),
+                None,
+            )
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+        // The hold still fires: the twin was woken again from what was committed.
+        let alerts = || {
+            node.directory()
+                .rule_log(actors::directory::LogKind::Alert, (0, u64::MAX), None, 10)
+                .unwrap()
+        };
+        until("the alert", || !alerts().is_empty()).await;
+        assert_eq!(alerts().len(), 1);
+    });
+}

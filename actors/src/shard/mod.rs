@@ -504,11 +504,25 @@ impl ShardHost {
         let mut things = batch.things();
         things.extend(released.iter().map(|r| r.thing.clone()));
         drop(released);
+        // A twin waiting on a rule deadline is woken again: it reloads what was committed
+        // (its deadline included) and re-arms its timer, wherever its shard is owned now.
+        let waiting: Vec<ThingName> = things
+            .iter()
+            .filter(|t| {
+                self.twins
+                    .get(*t)
+                    .is_some_and(|twin| twin.deadline.is_some())
+            })
+            .cloned()
+            .collect();
         for thing in &things {
             self.remove_twin(thing);
         }
         self.window.drop_things(&things);
         self.overflow.retain(|done| !things.contains(&done.thing));
+        for thing in waiting {
+            self.shared.route(thing, Deliver::internal(Input::Timer));
+        }
     }
 
     fn committed(&mut self, batch: Batch, released: Vec<Done>, ctx: &mut Context<Self>) {
