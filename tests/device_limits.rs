@@ -92,6 +92,19 @@ async fn a_device_over_its_publish_rate_is_disconnected() {
         .expect("the node closes the connection");
     assert!(!why.is_empty());
     assert!(throttled(&node, "publish").await >= 1.0);
+    // The disconnect is audited with its reason.
+    let admin = Api::admin(&node);
+    doppel_tests::until("the audit entry", Duration::from_secs(5), async || {
+        let (_, audit) = admin.get("/v1/audit?limit=100").await;
+        audit["entries"].as_array().is_some_and(|entries| {
+            entries.iter().any(|e| {
+                e["action"] == "device.disconnect"
+                    && e["target"] == "chatty-1"
+                    && e["details"]["reason"] == "THROTTLED"
+            })
+        })
+    })
+    .await;
     // Within its rate, the same device is fine.
     let mut d = device::connect(node.mqtt(), "chatty-1", &token)
         .await

@@ -491,18 +491,33 @@ impl Node {
             last_seen: now,
             disconnect_reason: disconnected.map(str::to_owned),
         };
+        // A session the node ended for cause (throttled, credentials withdrawn) is audited.
+        let audited = disconnected
+            .filter(|r| matches!(*r, "THROTTLED" | "AUTHORIZATION_FAILURE"))
+            .map(|reason| {
+                storage::AuditEntry::new(
+                    "node",
+                    "device.disconnect",
+                    thing.as_str(),
+                    None,
+                    None,
+                    Some(serde_json::json!({ "reason": reason })),
+                    now,
+                )
+            });
         let (directory, name) = (self.directory().clone(), thing.to_string());
         tokio::task::spawn_blocking(move || {
             let repos = directory.repos();
             // A later event already recorded wins (the writes run on the blocking pool).
-            if let Err(error) =
-                directory
-                    .store()
-                    .transact(|tx| match repos.presence.get(tx, &name)? {
-                        Some(newer) if newer.since > presence.since => Ok(()),
-                        _ => repos.presence.put(tx, &name, &presence),
-                    })
-            {
+            if let Err(error) = directory.store().transact(|tx| {
+                if let Some(entry) = &audited {
+                    repos.audit.append(tx, entry)?;
+                }
+                match repos.presence.get(tx, &name)? {
+                    Some(newer) if newer.since > presence.since => Ok(()),
+                    _ => repos.presence.put(tx, &name, &presence),
+                }
+            }) {
                 tracing::warn!(thing = %name, %error, "recording connectivity failed");
             }
         });
