@@ -1,6 +1,7 @@
 //! An outside client: the AWS IoT Device SDK v2 for Python (PyPI `awsiotsdk`), unchanged, runs
 //! its shadow client — get, update desired and reported, delta, named shadow, version conflict,
-//! delete — against the node's endpoint over plain TCP, and through Mosquitto.
+//! delete — against the node's endpoint over plain TCP, over TLS authenticated by a certificate
+//! the node issued (the SDK's `mtls_from_path`), and through Mosquitto.
 //!
 //! Needs a Python with `awsiotsdk`: `DOPPEL_PYTHON`, or `.venv/bin/python` in the workspace
 //! (`scripts/test` creates it from `tests/requirements.txt`).
@@ -29,12 +30,16 @@ fn python() -> PathBuf {
 }
 
 fn run_sdk(addr: SocketAddr, thing: &str, token: &str, extra: &[&str]) -> Value {
+    run_sdk_on(&addr.ip().to_string(), addr.port(), thing, token, extra)
+}
+
+fn run_sdk_on(host: &str, port: u16, thing: &str, token: &str, extra: &[&str]) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/aws_sdk/shadow_client.py");
     let output = Command::new(python())
         .arg(script)
         .args([
-            addr.ip().to_string(),
-            addr.port().to_string(),
+            host.to_owned(),
+            port.to_string(),
             thing.to_owned(),
             token.to_owned(),
         ])
@@ -74,6 +79,51 @@ async fn the_aws_sdk_shadow_client_works_against_the_endpoint() {
         node.shadow("sdk-1", Some("config")).await.1["state"]["reported"],
         json!({"interval": 60})
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_aws_sdk_shadow_client_connects_with_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = doppel_tests::tls::server_certificate(dir.path());
+    let node = Node::start(
+        BIN,
+        Options {
+            args: vec![
+                "--tls-cert".into(),
+                server.cert_path.clone(),
+                "--tls-key".into(),
+                server.key_path.clone(),
+                "--mqtt-tls-listen".into(),
+                "127.0.0.1:0".into(),
+            ],
+            ..Options::default()
+        },
+    );
+    let admin =
+        doppel_tests::api::Api::over_tls(&node, Some(doppel_tests::node::ADMIN_TOKEN), &server.pem);
+    admin.register("sdk-tls", None).await;
+    let (status, issued) = admin
+        .post("/v1/things/sdk-tls/certificates", json!({"generate": true}))
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let (cert, key) = (dir.path().join("sdk.pem"), dir.path().join("sdk.key"));
+    std::fs::write(&cert, issued["certificate"].as_str().unwrap()).unwrap();
+    std::fs::write(&key, issued["private_key"].as_str().unwrap()).unwrap();
+    let port = node.mqtt_tls.expect("the MQTT TLS port").port();
+    let seen = tokio::task::spawn_blocking(move || {
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        // No token: the certificate authenticates the device.
+        let mtls = [
+            "--mtls",
+            cert.as_str(),
+            key.as_str(),
+            server.cert_path.as_str(),
+        ];
+        run_sdk_on("localhost", port, "sdk-tls", "-", &mtls)
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen, expected());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The AWS IoT Device SDK v2 for Python, unchanged, running its shadow client against a doppel
-MQTT endpoint (or a broker in front of doppel) over plain TCP.
+MQTT endpoint (or a broker in front of doppel) over plain TCP, or over TLS with the device's
+certificate (the SDK's own `mtls_from_path` builder, as AWS IoT devices connect).
 
-Usage: shadow_client.py HOST PORT THING TOKEN [--no-metrics]
+Usage: shadow_client.py HOST PORT THING TOKEN [--no-metrics] [--mtls CERT KEY CA]
 
 The SDK appends a metrics query to the MQTT user name (`THING?SDK=Python…`). doppel's endpoint
 ignores it, as AWS IoT does; a broker that looks user names up in a password file does not, so
@@ -25,21 +26,36 @@ TIMEOUT = 10
 
 def main():
     host, port, thing, token = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    disable_metrics = "--no-metrics" in sys.argv[5:]
-    elg = io.EventLoopGroup(1)
-    bootstrap = io.ClientBootstrap(elg, io.DefaultHostResolver(elg))
-    client = mqtt.Client(bootstrap, None)  # no TLS
-    connection = mqtt.Connection(
-        client=client,
-        host_name=host,
-        port=port,
-        client_id=thing,
-        clean_session=True,
-        keep_alive_secs=30,
-        username=thing,
-        password=token,
-        disable_metrics=disable_metrics,
-    )
+    options = sys.argv[5:]
+    disable_metrics = "--no-metrics" in options
+    if "--mtls" in options:
+        from awsiot import mqtt_connection_builder
+        cert, key, ca = options[options.index("--mtls") + 1:options.index("--mtls") + 4]
+        connection = mqtt_connection_builder.mtls_from_path(
+            endpoint=host,
+            port=port,
+            cert_filepath=cert,
+            pri_key_filepath=key,
+            ca_filepath=ca,
+            client_id=thing,
+            clean_session=True,
+            keep_alive_secs=30,
+        )
+    else:
+        elg = io.EventLoopGroup(1)
+        bootstrap = io.ClientBootstrap(elg, io.DefaultHostResolver(elg))
+        client = mqtt.Client(bootstrap, None)  # no TLS
+        connection = mqtt.Connection(
+            client=client,
+            host_name=host,
+            port=port,
+            client_id=thing,
+            clean_session=True,
+            keep_alive_secs=30,
+            username=thing,
+            password=token,
+            disable_metrics=disable_metrics,
+        )
     connection.connect().result(TIMEOUT)
     shadow = iotshadow.IotShadowClient(connection)
     q = mqtt.QoS.AT_LEAST_ONCE
