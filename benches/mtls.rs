@@ -122,14 +122,7 @@ async fn main() {
     let node = Node::start(
         env!("CARGO_BIN_EXE_doppel"),
         Options {
-            args: vec![
-                "--tls-cert".into(),
-                server.cert_path.clone(),
-                "--tls-key".into(),
-                server.key_path.clone(),
-                "--mqtt-tls-listen".into(),
-                "127.0.0.1:0".into(),
-            ],
+            args: server.serve_args(),
             // Raw ingest: no per-device publish rate, connections as often as the bench opens.
             config: Some(
                 "[node.mqtt]\nmax_publish_rate = 0.0\nconnect_burst = 1000000.0\nmax_connect_rate = 1000000.0\n"

@@ -88,14 +88,7 @@ async fn the_aws_sdk_shadow_client_connects_with_its_certificate() {
     let node = Node::start(
         BIN,
         Options {
-            args: vec![
-                "--tls-cert".into(),
-                server.cert_path.clone(),
-                "--tls-key".into(),
-                server.key_path.clone(),
-                "--mqtt-tls-listen".into(),
-                "127.0.0.1:0".into(),
-            ],
+            args: server.serve_args(),
             ..Options::default()
         },
     );

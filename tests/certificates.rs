@@ -33,14 +33,7 @@ fn start(config: Option<&str>) -> Secure {
     let node = Node::start(
         BIN,
         Options {
-            args: vec![
-                "--tls-cert".into(),
-                server.cert_path,
-                "--tls-key".into(),
-                server.key_path,
-                "--mqtt-tls-listen".into(),
-                "127.0.0.1:0".into(),
-            ],
+            args: server.serve_args(),
             config: config.map(str::to_owned),
             ..Options::default()
         },
@@ -563,18 +556,16 @@ async fn an_operator_intermediate_issues_the_device_certificates() {
     let node = Node::start(
         BIN,
         Options {
-            args: vec![
-                "--tls-cert".into(),
-                server.cert_path.clone(),
-                "--tls-key".into(),
-                server.key_path.clone(),
-                "--mqtt-tls-listen".into(),
-                "127.0.0.1:0".into(),
-                "--ca-cert".into(),
-                write("ca-chain.pem", &chain),
-                "--ca-key".into(),
-                write("ca.key", &inter_key.serialize_pem()),
-            ],
+            args: [
+                server.serve_args(),
+                vec![
+                    "--ca-cert".into(),
+                    write("ca-chain.pem", &chain),
+                    "--ca-key".into(),
+                    write("ca.key", &inter_key.serialize_pem()),
+                ],
+            ]
+            .concat(),
             ..Options::default()
         },
     );

@@ -42,14 +42,12 @@ async fn connects_and_disconnects_reach_apps_with_their_reason() {
     assert_eq!(event["thing"], "door-1");
     assert_eq!(event["payload"]["eventType"], "connected");
     assert_eq!(event["payload"]["clientId"], "door-1");
-    let (_, thing) = admin.get("/v1/things/door-1").await;
     until(
         "connectivity recorded",
         Duration::from_secs(5),
         async || admin.get("/v1/things/door-1").await.1["connectivity"]["connected"] == true,
     )
     .await;
-    assert!(thing["connectivity"].is_object() || thing["connectivity"].is_null());
 
     // The same client id again: the new session connects, the first is taken over.
     let mut second = device::connect(node.mqtt(), "door-1", &token)

@@ -12,6 +12,20 @@ pub struct ServerCert {
     pub key_path: String,
 }
 
+impl ServerCert {
+    /// `doppel serve` flags serving HTTPS and MQTT over TLS (on an ephemeral port) with it.
+    pub fn serve_args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.cert_path.clone(),
+            "--tls-key".into(),
+            self.key_path.clone(),
+            "--mqtt-tls-listen".into(),
+            "127.0.0.1:0".into(),
+        ]
+    }
+}
+
 /// Makes a self-signed certificate for `localhost` and writes it and its key into `dir`.
 pub fn server_certificate(dir: &Path) -> ServerCert {
     let rcgen::CertifiedKey { cert, signing_key } =

@@ -33,6 +33,9 @@ use twin_core::{Reply, ThingName};
 
 /// Requests queued for one peer at most (beyond: refused).
 const QUEUE: usize = 32_768;
+/// Requests waiting for a peer's answer at most (beyond: refused; a broken connection fails
+/// them all).
+const MAX_PENDING: usize = 65_536;
 /// How long a handshake may take.
 const HANDSHAKE: Duration = Duration::from_secs(5);
 
@@ -128,6 +131,15 @@ impl Peer {
             Some(_) => self.next.fetch_add(1, Ordering::Relaxed),
             None => 0,
         };
+        if pending.is_some()
+            && self
+                .pending
+                .lock()
+                .is_ok_and(|map| map.len() >= MAX_PENDING)
+        {
+            metrics::counter!("doppel_cluster_refused_total").increment(1);
+            return false;
+        }
         let frame = wire::encode(&make(id));
         if let Some(pending) = pending
             && let Ok(mut map) = self.pending.lock()
@@ -186,7 +198,7 @@ impl Peer {
             |id| Frame::Work {
                 id,
                 thing: thing.to_string(),
-                input: wire::WireInput::of(&input),
+                input: wire::WireInput::of(input),
                 documents,
                 origin,
                 audit,

@@ -533,10 +533,16 @@ impl Cluster {
                         let (tx, rx) = tokio::sync::oneshot::channel();
                         let answers = answers.clone();
                         tokio::spawn(async move {
-                            if let Ok(reply) = rx.await {
-                                let reply = wire::WireReply::of(reply);
-                                let _ = answers.send(Frame::Answer { id, reply });
-                            }
+                            // Always answered: a reply, or a failure (the work was dropped),
+                            // so that nothing waits for it on the sender.
+                            let answer = match rx.await {
+                                Ok(reply) => Frame::Answer {
+                                    id,
+                                    reply: wire::WireReply::of(reply),
+                                },
+                                Err(_) => Frame::Settled { id, code: 1 },
+                            };
+                            let _ = answers.send(answer);
                         });
                         Origin::Caller(tx)
                     }

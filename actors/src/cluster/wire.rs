@@ -180,11 +180,11 @@ pub enum WirePatch {
 }
 
 impl WirePatch {
-    fn of(patch: &Patch) -> Self {
+    fn of(patch: Patch) -> Self {
         match patch {
             Patch::Absent => WirePatch::Absent,
             Patch::Clear => WirePatch::Clear,
-            Patch::Merge(fields) => WirePatch::Merge(fields.clone()),
+            Patch::Merge(fields) => WirePatch::Merge(fields),
         }
     }
 
@@ -234,43 +234,41 @@ pub enum WireInput {
 }
 
 impl WireInput {
-    pub fn of(input: &Input) -> Self {
-        let token = |t: &Option<Box<str>>| t.as_deref().map(str::to_owned);
+    /// The wire form of `input`, taking it (nothing of a forwarded message is copied).
+    pub fn of(input: Input) -> Self {
+        let token = |t: Option<Box<str>>| t.map(String::from);
         match input {
             Input::Command(Command::Get(r)) => WireInput::Get {
-                shadow: r.shadow.clone(),
-                token: token(&r.client_token),
+                shadow: r.shadow,
+                token: token(r.client_token),
             },
             Input::Command(Command::Update(r)) => WireInput::Update {
-                shadow: r.shadow.clone(),
-                token: token(&r.client_token),
+                shadow: r.shadow,
+                token: token(r.client_token),
                 version: r.version,
-                desired: WirePatch::of(&r.desired),
-                reported: WirePatch::of(&r.reported),
-                state: r.state.clone(),
+                desired: WirePatch::of(r.desired),
+                reported: WirePatch::of(r.reported),
+                state: r.state,
             },
             Input::Command(Command::Delete(r)) => WireInput::Delete {
-                shadow: r.shadow.clone(),
-                token: token(&r.client_token),
+                shadow: r.shadow,
+                token: token(r.client_token),
                 version: r.version,
             },
             Input::Command(Command::Telemetry(s)) => WireInput::Telemetry {
                 ts: s.ts,
-                values: s.values.clone(),
+                values: s.values,
             },
             Input::Timer => WireInput::Timer,
-            Input::Child(name, reported) => WireInput::Child {
-                name: name.clone(),
-                reported: reported.clone(),
-            },
+            Input::Child(name, reported) => WireInput::Child { name, reported },
             Input::Reply {
                 request_id,
                 name,
                 payload,
             } => WireInput::Reply {
-                request_id: request_id.clone(),
-                name: name.clone(),
-                payload: payload.clone(),
+                request_id,
+                name,
+                payload,
             },
         }
     }
@@ -409,7 +407,7 @@ mod tests {
         let frame = Frame::Work {
             id: 7,
             thing: "t".into(),
-            input: WireInput::of(&input),
+            input: WireInput::of(input.clone()),
             documents: true,
             origin: WireOrigin::Device,
             audit: None,

@@ -411,7 +411,10 @@ impl ShardHost {
         let store = self.shared.directory.store().clone();
         let repos = self.shared.directory.repos().clone();
         // In a cluster: the shards written and the epochs this node holds them at.
-        let fence = self.shared.fence(&batch.things());
+        let fence = match &self.shared.cluster {
+            Some(_) => self.shared.fence(&batch.things()),
+            None => None,
+        };
         let me = self.shared.cluster.as_ref().map(|c| c.name().to_owned());
         let job = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
