@@ -1,7 +1,8 @@
 //! An outside client: the AWS IoT Device SDK v2 for Python (PyPI `awsiotsdk`), unchanged, runs
 //! its shadow client — get, update desired and reported, delta, named shadow, version conflict,
 //! delete — against the node's endpoint over plain TCP, over TLS authenticated by a certificate
-//! the node issued (the SDK's `mtls_from_path`), and through Mosquitto.
+//! the node issued (the SDK's `mtls_from_path`), and through Mosquitto; and its identity client
+//! provisions devices with a claim certificate (AWS IoT Fleet Provisioning).
 //!
 //! Needs a Python with `awsiotsdk`: `DOPPEL_PYTHON`, or `.venv/bin/python` in the workspace
 //! (`scripts/test` creates it from `tests/requirements.txt`).
@@ -117,6 +118,103 @@ async fn the_aws_sdk_shadow_client_connects_with_its_certificate() {
     .await
     .unwrap();
     assert_eq!(seen, expected());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_aws_sdk_identity_client_provisions_devices_with_a_claim_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = doppel_tests::tls::server_certificate(dir.path());
+    let node = Node::start(
+        BIN,
+        Options {
+            args: server.serve_args(),
+            ..Options::default()
+        },
+    );
+    let admin =
+        doppel_tests::api::Api::over_tls(&node, Some(doppel_tests::node::ADMIN_TOKEN), &server.pem);
+    let (status, body) = admin
+        .put(
+            "/v1/provisioning-templates/factory",
+            json!({
+                "thing_name": "sensor-{SerialNumber}",
+                "attributes": {"serial": "{SerialNumber}"},
+                "allow": {"SerialNumber": ["SN-1", "SN-2"]},
+                "device_configuration": {"interval": "60"},
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, claim) = admin
+        .post(
+            "/v1/provisioning-templates/factory/claim-certificates",
+            json!({"generate": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{claim}");
+    let write = |name: &str, content: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    };
+    let claim_cert = write("claim.pem", claim["certificate"].as_str().unwrap());
+    let claim_key = write("claim.key", claim["private_key"].as_str().unwrap());
+    // The device's own key for the CSR path.
+    let device_key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec!["device".to_owned()])
+        .unwrap()
+        .serialize_request(&device_key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let csr = write("device.csr", &csr);
+    let key = write("device.key", &device_key.serialize_pem());
+    let port = node.mqtt_tls.expect("the MQTT TLS port").port();
+    let out = dir.path().display().to_string();
+    let run = move |serial: &str, extra: &[&str]| {
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/aws_sdk/identity_client.py");
+        let output = Command::new(python())
+            .arg(script)
+            .args(["localhost", &port.to_string(), &server.cert_path])
+            .args([&claim_cert, &claim_key, "factory", serial, &out])
+            .args(extra)
+            .output()
+            .expect("python runs");
+        assert!(
+            output.status.success(),
+            "the SDK's identity client failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).expect("the script prints what it saw")
+    };
+    let seen = tokio::task::spawn_blocking(move || {
+        [
+            run("SN-1", &[]),
+            run("SN-2", &["--csr", &csr, &key]),
+            run("SN-9", &[]),
+        ]
+    })
+    .await
+    .unwrap();
+    // CreateKeysAndCertificate, then RegisterThing; the device then works as its thing.
+    assert_eq!(seen[0]["thing_name"], "sensor-SN-1", "{}", seen[0]);
+    assert_eq!(seen[0]["device_configuration"], json!({"interval": "60"}));
+    assert_eq!(seen[0]["shadow_version"], 1);
+    // CreateCertificateFromCsr: the key never left the device.
+    assert_eq!(seen[1]["thing_name"], "sensor-SN-2", "{}", seen[1]);
+    assert_eq!(seen[1]["shadow_version"], 1);
+    // A serial outside the template's allow-list is refused, in AWS's error shape.
+    assert_eq!(seen[2]["rejected"]["status_code"], 403, "{}", seen[2]);
+    assert_eq!(seen[2]["rejected"]["error_code"], "AccessDenied");
+    assert_eq!(admin.get("/v1/things/sensor-SN-9").await.0, 404);
+    for (thing, seen) in [("sensor-SN-1", &seen[0]), ("sensor-SN-2", &seen[1])] {
+        let (_, certs) = admin.get(&format!("/v1/things/{thing}/certificates")).await;
+        assert_eq!(certs["certificates"][0]["id"], seen["certificate_id"]);
+        let (_, shadow) = admin.get(&format!("/v1/things/{thing}/shadow")).await;
+        assert_eq!(shadow["state"]["reported"], json!({"provisioned": true}));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

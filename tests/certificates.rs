@@ -600,3 +600,256 @@ async fn an_operator_intermediate_issues_the_device_certificates() {
     );
     assert!(ok, "{stderr}");
 }
+
+/// Publishes `payload` to `topic` and waits for the answer on `…/accepted` or `…/rejected`.
+async fn ask(
+    client: &AsyncClient,
+    eventloop: &mut rumqttc::EventLoop,
+    topic: &str,
+    payload: Value,
+) -> (String, Value) {
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_string())
+        .await
+        .unwrap();
+    next_message(eventloop).await
+}
+
+/// Whether the node closes the connection (it refuses what a claim session may not do).
+async fn closed(eventloop: &mut rumqttc::EventLoop) -> bool {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if eventloop.poll().await.is_err() {
+                return true;
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_certificate_provisions_a_device_and_nothing_else() {
+    let secure = start(None);
+    let admin = secure.admin();
+    // Templates are checked before they are stored.
+    for (body, code) in [
+        (json!({"thing_name": "a/{SerialNumber}"}), "invalid_request"),
+        (json!({"thing_name": "a-{Serial"}), "invalid_request"),
+        (
+            json!({"thing_name": "a-{S}", "validity_days": 0}),
+            "invalid_request",
+        ),
+        (
+            json!({"thing_name": "a-{S}", "type": "nope"}),
+            "type_not_found",
+        ),
+        (
+            json!({"thing_name": "a-{S}", "extra": 1}),
+            "invalid_request",
+        ),
+    ] {
+        let (status, answer) = admin
+            .put("/v1/provisioning-templates/factory", body.clone())
+            .await;
+        assert_eq!(status, 400, "{body} → {answer}");
+        assert_eq!(answer["code"], code, "{body} → {answer}");
+    }
+    let template = json!({
+        "thing_name": "sensor-{SerialNumber}",
+        "attributes": {"serial": "{SerialNumber}", "line": "3"},
+        "allow": {"SerialNumber": ["SN-1", "SN-2"]},
+        "device_configuration": {"interval": "60"},
+    });
+    let (status, stored) = admin
+        .put("/v1/provisioning-templates/factory", template.clone())
+        .await;
+    assert_eq!(status, 201, "{stored}");
+    assert_eq!(stored["enabled"], true);
+    assert_eq!(
+        admin
+            .put("/v1/provisioning-templates/factory", template)
+            .await
+            .0,
+        200
+    );
+    let (status, claim) = admin
+        .post(
+            "/v1/provisioning-templates/factory/claim-certificates",
+            json!({"generate": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{claim}");
+    let (claim_cert, claim_key) = (
+        claim["certificate"].as_str().unwrap().to_owned(),
+        claim["private_key"].as_str().unwrap().to_owned(),
+    );
+    let claim_tls = || secure.client(Some((&claim_cert, &claim_key)));
+
+    // A claim session may not act as a device…
+    let (client, mut eventloop) = secure.connect("claim-a", claim_tls(), None).await.unwrap();
+    client
+        .publish(
+            "$aws/things/sensor-SN-1/shadow/update",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            json!({"state": {"reported": {"x": 1}}}).to_string(),
+        )
+        .await
+        .unwrap();
+    assert!(closed(&mut eventloop).await, "a shadow update was accepted");
+    // …nor use another template, nor subscribe outside provisioning.
+    let (client, mut eventloop) = secure.connect("claim-b", claim_tls(), None).await.unwrap();
+    client
+        .publish(
+            "$aws/provisioning-templates/other/provision/json",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "{}",
+        )
+        .await
+        .unwrap();
+    assert!(
+        closed(&mut eventloop).await,
+        "another template was reachable"
+    );
+    let (client, mut eventloop) = secure.connect("claim-c", claim_tls(), None).await.unwrap();
+    client
+        .subscribe("$aws/things/+/shadow/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert!(
+        closed(&mut eventloop).await,
+        "a shadow subscription was granted"
+    );
+
+    // The provisioning itself, as AWS IoT's Fleet Provisioning MQTT API.
+    let (client, mut eventloop) = secure.connect("claim-d", claim_tls(), None).await.unwrap();
+    let provision = "$aws/provisioning-templates/factory/provision/json";
+    for filter in [
+        "$aws/certificates/create/json/+".to_owned(),
+        format!("{provision}/+"),
+    ] {
+        client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+    let (topic, created) = ask(
+        &client,
+        &mut eventloop,
+        "$aws/certificates/create/json",
+        json!({}),
+    )
+    .await;
+    assert_eq!(topic, "$aws/certificates/create/json/accepted", "{created}");
+    let token = created["certificateOwnershipToken"].as_str().unwrap();
+    let (cert, key) = (
+        created["certificatePem"].as_str().unwrap().to_owned(),
+        created["privateKey"].as_str().unwrap().to_owned(),
+    );
+    // Not provisioned yet: the new certificate authenticates nothing.
+    assert!(
+        secure
+            .connect("sensor-SN-1", secure.client(Some((&cert, &key))), None)
+            .await
+            .is_err()
+    );
+    for (payload, status, code) in [
+        (
+            json!({"certificateOwnershipToken": "made-up", "parameters": {"SerialNumber": "SN-1"}}),
+            400,
+            "InvalidCertificateOwnershipToken",
+        ),
+        (
+            json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "SN-9"}}),
+            403,
+            "AccessDenied",
+        ),
+        (
+            json!({"certificateOwnershipToken": token, "parameters": {}}),
+            400,
+            "InvalidParameters",
+        ),
+        (json!({"parameters": 3}), 400, "InvalidPayload"),
+    ] {
+        let (topic, answer) = ask(&client, &mut eventloop, provision, payload.clone()).await;
+        assert_eq!(
+            topic,
+            format!("{provision}/rejected"),
+            "{payload} → {answer}"
+        );
+        assert_eq!(answer["statusCode"], status, "{payload} → {answer}");
+        assert_eq!(answer["errorCode"], code, "{payload} → {answer}");
+    }
+    // A refused request leaves the token usable.
+    let (topic, answer) = ask(
+        &client,
+        &mut eventloop,
+        provision,
+        json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "SN-1"}}),
+    )
+    .await;
+    assert_eq!(topic, format!("{provision}/accepted"), "{answer}");
+    assert_eq!(
+        answer,
+        json!({"thingName": "sensor-SN-1", "deviceConfiguration": {"interval": "60"}})
+    );
+    // A token provisions once.
+    let (topic, _) = ask(
+        &client,
+        &mut eventloop,
+        provision,
+        json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "SN-2"}}),
+    )
+    .await;
+    assert_eq!(topic, format!("{provision}/rejected"));
+
+    // The thing is registered from the template and its certificate works, for it only.
+    let (status, thing) = admin.get("/v1/things/sensor-SN-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(thing["attributes"], json!({"serial": "SN-1", "line": "3"}));
+    let (_, certs) = admin.get("/v1/things/sensor-SN-1/certificates").await;
+    assert_eq!(certs["certificates"][0]["id"], created["certificateId"]);
+    assert_eq!(certs["certificates"][0]["status"], "active");
+    assert!(
+        secure
+            .connect("sensor-SN-1", secure.client(Some((&cert, &key))), None)
+            .await
+            .is_ok()
+    );
+    assert!(
+        secure
+            .connect("sensor-SN-2", secure.client(Some((&cert, &key))), None)
+            .await
+            .is_err()
+    );
+    let (_, audit) = admin.get("/v1/audit").await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "thing.provision" && e["target"] == "sensor-SN-1"),
+        "{audit}"
+    );
+
+    // Revoking the claim certificate refuses its next handshake; deleting the template
+    // revokes the rest.
+    let (_, claims) = admin
+        .get("/v1/provisioning-templates/factory/claim-certificates")
+        .await;
+    assert_eq!(claims["certificates"].as_array().unwrap().len(), 1);
+    let claim_id = claim["id"].as_str().unwrap();
+    let path = format!("/v1/provisioning-templates/factory/claim-certificates/{claim_id}");
+    assert_eq!(
+        admin.patch(&path, json!({"status": "revoked"})).await.0,
+        200
+    );
+    assert!(secure.connect("claim-e", claim_tls(), None).await.is_err());
+    assert_eq!(
+        admin.delete("/v1/provisioning-templates/factory").await.0,
+        204
+    );
+    assert_eq!(admin.get("/v1/provisioning-templates/factory").await.0, 404);
+}

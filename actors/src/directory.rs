@@ -286,7 +286,13 @@ impl Directory {
                 "thing {thing} already has {MAX_CERTIFICATES} certificates that are not revoked; revoke one first"
             )));
         }
-        let (record, key) = self.pki.issue(thing.as_str(), csr, validity, now, actor)?;
+        let (record, key) = self.pki.issue(
+            crate::pki::Subject::Thing(thing.as_str()),
+            csr,
+            validity,
+            now,
+            actor,
+        )?;
         self.store.transact(|tx| {
             self.repos.certs.put(tx, &record)?;
             self.repos.audit.append(
@@ -330,12 +336,14 @@ impl Directory {
         Ok(self.store.transact(|tx| self.repos.certs.get(tx, id))?)
     }
 
-    /// Activates, deactivates or revokes one of a thing's certificates (revoked is final); the
+    /// Activates, deactivates or revokes one of a thing's certificates (`owner`: the thing, or
+    /// [`storage::CertRecord::claim_owner`] of a template for its claim certificates; revoked
+    /// is final); the
     /// next handshake with it is refused at once on this node, and on every node of a cluster
     /// once told.
     pub fn set_certificate_status(
         &self,
-        thing: &ThingName,
+        owner: &str,
         id: &str,
         status: storage::CertStatus,
         actor: &str,
@@ -346,7 +354,7 @@ impl Directory {
             let Some(mut record) = self.repos.certs.get(tx, id)? else {
                 return Ok(None);
             };
-            if record.thing != thing.as_str() {
+            if record.thing != owner {
                 return Ok(None);
             }
             if record.status == CertStatus::Revoked && status != CertStatus::Revoked {
@@ -368,7 +376,7 @@ impl Directory {
                     &AuditEntry::new(
                         actor,
                         action,
-                        thing.as_str(),
+                        owner,
                         None,
                         None,
                         Some(json!({ "id": id })),
@@ -394,7 +402,7 @@ impl Directory {
         &self.registry
     }
 
-    fn changed(&self) {
+    pub(crate) fn changed(&self) {
         self.registry.notify_one();
     }
 

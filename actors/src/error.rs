@@ -23,6 +23,9 @@ pub enum NodeError {
     /// A revoked certificate cannot be made active or inactive again.
     #[error("certificate \"{0}\" is revoked, and stays revoked")]
     CertificateRevoked(String),
+    /// No provisioning template with this name is stored.
+    #[error("provisioning template \"{0}\" not found")]
+    TemplateNotFound(String),
     /// No rule with this name is stored.
     #[error("rule \"{0}\" not found")]
     RuleNotFound(String),

@@ -18,6 +18,7 @@ mod node;
 pub mod outbox;
 pub mod pki;
 mod pool;
+pub mod provisioning;
 pub mod rules;
 mod shard;
 mod shared;

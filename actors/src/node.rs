@@ -410,7 +410,7 @@ impl Node {
         let (name, actor) = (thing.clone(), actor.to_owned());
         let record = self
             .with_directory(move |d| {
-                d.set_certificate_status(&name, &id, status, &actor, crate::now_ms())
+                d.set_certificate_status(name.as_str(), &id, status, &actor, crate::now_ms())
             })
             .await?;
         if status != storage::CertStatus::Active {

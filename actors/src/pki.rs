@@ -41,6 +41,18 @@ impl std::fmt::Debug for StoredCa {
     }
 }
 
+/// Whom a certificate is issued to.
+#[derive(Clone, Copy, Debug)]
+pub enum Subject<'a> {
+    /// A registered thing: its name is the CN and the SAN.
+    Thing(&'a str),
+    /// Devices of a provisioning template, before they have a thing (a claim certificate).
+    Claim(&'a str),
+    /// A device being provisioned: the template names its thing only after the certificate was
+    /// handed out, so the registry record (never the CN) binds it to its thing.
+    Provisioned,
+}
+
 /// Default validity of a device certificate.
 pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(180 * 24 * 3600);
 
@@ -123,12 +135,12 @@ impl Pki {
         &self.cert_pem
     }
 
-    /// Issues a certificate for `thing`: from a CSR (PEM; the key never leaves the device),
-    /// or with a new key (returned PEM, shown once). CN and SAN are the thing name whatever
-    /// the CSR asked for.
+    /// Issues a certificate: from a CSR (PEM; the key never leaves the device), or with a new
+    /// key (returned PEM, shown once). The subject decides CN and SAN whatever the CSR asked
+    /// for.
     pub fn issue(
         &self,
-        thing: &str,
+        subject: Subject<'_>,
         csr: Option<&str>,
         validity: Duration,
         now: u64,
@@ -136,12 +148,23 @@ impl Pki {
     ) -> Result<(CertRecord, Option<String>), NodeError> {
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, thing);
+        let (common_name, owner, template) = match subject {
+            Subject::Thing(thing) => {
+                params.subject_alt_names =
+                    vec![SanType::DnsName(thing.try_into().map_err(|_| {
+                        NodeError::InvalidRequest(format!("{thing:?} is not a SAN name"))
+                    })?)];
+                (thing.to_owned(), thing.to_owned(), None)
+            }
+            Subject::Claim(template) => (
+                format!("provisioning claim {template}"),
+                CertRecord::claim_owner(template),
+                Some(template.to_owned()),
+            ),
+            Subject::Provisioned => ("provisioned device".to_owned(), String::new(), None),
+        };
+        name.push(DnType::CommonName, common_name);
         params.distinguished_name = name;
-        params.subject_alt_names =
-            vec![SanType::DnsName(thing.try_into().map_err(|_| {
-                NodeError::InvalidRequest(format!("{thing:?} is not a SAN name"))
-            })?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -174,7 +197,7 @@ impl Pki {
         };
         let record = CertRecord {
             id: certificate_id(cert.der()),
-            thing: thing.to_owned(),
+            thing: owner,
             serial: hex::encode(&serial),
             pem: cert.pem(),
             not_before,
@@ -183,6 +206,7 @@ impl Pki {
             revoked_at: None,
             created_at: now,
             created_by: actor.to_owned(),
+            template,
         };
         Ok((record, key))
     }
@@ -337,7 +361,13 @@ mod tests {
     fn issued_certificates_carry_the_thing_and_chain_to_the_ca() {
         let ca = Pki::load(&Pki::generate(1_700_000_000_000).unwrap(), Vec::new()).unwrap();
         let (record, key) = ca
-            .issue("pump-7", None, DEFAULT_VALIDITY, 1_700_000_000_000, "admin")
+            .issue(
+                Subject::Thing("pump-7"),
+                None,
+                DEFAULT_VALIDITY,
+                1_700_000_000_000,
+                "admin",
+            )
             .unwrap();
         assert!(key.unwrap().contains("PRIVATE KEY"));
         assert_eq!(record.thing, "pump-7");
@@ -357,7 +387,7 @@ mod tests {
             .unwrap();
         let (record, key) = ca
             .issue(
-                "pump-7",
+                Subject::Thing("pump-7"),
                 Some(&csr),
                 DEFAULT_VALIDITY,
                 1_700_000_000_000,
@@ -367,8 +397,14 @@ mod tests {
         assert!(key.is_none());
         assert!(record.pem.contains("BEGIN CERTIFICATE"));
         assert!(
-            ca.issue("pump-7", Some("garbage"), DEFAULT_VALIDITY, 0, "a")
-                .is_err()
+            ca.issue(
+                Subject::Thing("pump-7"),
+                Some("garbage"),
+                DEFAULT_VALIDITY,
+                0,
+                "a"
+            )
+            .is_err()
         );
     }
 }

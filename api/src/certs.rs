@@ -63,6 +63,31 @@ pub(crate) struct IssueBody {
     validity_days: Option<u32>,
 }
 
+impl IssueBody {
+    /// The CSR (`None`: make a key) and the validity asked for.
+    pub(crate) fn parse(self) -> Result<(Option<String>, std::time::Duration), ApiError> {
+        let csr = match (self.csr, self.generate) {
+            (Some(csr), None | Some(false)) => Some(csr),
+            (None, Some(true)) => None,
+            _ => {
+                return Err(ApiError::invalid(
+                    "give either \"csr\" (a PEM certificate request) or \"generate\": true",
+                ));
+            }
+        };
+        let validity = match self.validity_days {
+            None => DEFAULT_VALIDITY,
+            Some(days @ 1..=3650) => std::time::Duration::from_secs(u64::from(days) * 86_400),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "validity_days must be between 1 and 3650",
+                ));
+            }
+        };
+        Ok((csr, validity))
+    }
+}
+
 /// A certificate of a thing.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct CertView {
@@ -108,6 +133,15 @@ pub(crate) struct Issued {
     private_key: Option<String>,
 }
 
+impl Issued {
+    pub(crate) fn new(record: CertRecord, private_key: Option<String>) -> Self {
+        Self {
+            certificate: record.into(),
+            private_key,
+        }
+    }
+}
+
 /// Issues a certificate to a thing (admin): `{"csr": PEM}` or `{"generate": true}`.
 #[utoipa::path(post, path = "/v1/things/{name}/certificates", tag = "certificates", request_body = IssueBody,
     params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$")), security(("bearer" = [])),
@@ -121,24 +155,7 @@ pub(crate) async fn issue(
 ) -> Result<(StatusCode, axum::Json<Issued>), ApiError> {
     caller.require(Role::Admin)?;
     let thing = visible_thing(&state, &caller, &name).await?.name;
-    let csr = match (body.csr, body.generate) {
-        (Some(csr), None | Some(false)) => Some(csr),
-        (None, Some(true)) => None,
-        _ => {
-            return Err(ApiError::invalid(
-                "give either \"csr\" (a PEM certificate request) or \"generate\": true",
-            ));
-        }
-    };
-    let validity = match body.validity_days {
-        None => DEFAULT_VALIDITY,
-        Some(days @ 1..=3650) => std::time::Duration::from_secs(u64::from(days) * 86_400),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "validity_days must be between 1 and 3650",
-            ));
-        }
-    };
+    let (csr, validity) = body.parse()?;
     let actor = caller.id().to_owned();
     let (record, key) = state
         .node
@@ -146,19 +163,21 @@ pub(crate) async fn issue(
             d.issue_certificate(&thing, csr.as_deref(), validity, &actor, actors::now_ms())
         })
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(Issued {
-            certificate: record.into(),
-            private_key: key,
-        }),
-    ))
+    Ok((StatusCode::CREATED, axum::Json(Issued::new(record, key))))
 }
 
 /// A thing's certificates.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct CertList {
     certificates: Vec<CertView>,
+}
+
+impl CertList {
+    pub(crate) fn new(certificates: Vec<CertRecord>) -> Self {
+        Self {
+            certificates: certificates.into_iter().map(CertView::from).collect(),
+        }
+    }
 }
 
 /// A thing's certificates (viewer).
@@ -176,9 +195,7 @@ pub(crate) async fn list(
         .node
         .with_directory(move |d| d.certificates(&thing))
         .await?;
-    Ok(axum::Json(CertList {
-        certificates: certs.into_iter().map(CertView::from).collect(),
-    }))
+    Ok(axum::Json(CertList::new(certs)))
 }
 
 /// A certificate's new status.
@@ -187,7 +204,7 @@ pub(crate) async fn list(
 pub(crate) struct StatusBody {
     /// `active`, `inactive` or `revoked` (final).
     #[schema(value_type = String)]
-    status: CertStatus,
+    pub(crate) status: CertStatus,
 }
 
 /// Activates, deactivates or revokes a certificate (admin). A certificate that stops being

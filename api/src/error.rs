@@ -131,6 +131,11 @@ impl From<NodeError> for ApiError {
             }
             NodeError::Invalid(_) => Self::invalid(error.to_string()),
             NodeError::InvalidRequest(message) => Self::invalid(message.clone()),
+            NodeError::TemplateNotFound(_) => Self::new(
+                StatusCode::NOT_FOUND,
+                "template_not_found",
+                error.to_string(),
+            ),
             NodeError::RuleNotFound(_) => {
                 Self::new(StatusCode::NOT_FOUND, "rule_not_found", error.to_string())
             }

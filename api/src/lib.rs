@@ -10,6 +10,7 @@ mod extract;
 mod keys;
 mod metrics;
 mod openapi;
+mod provisioning;
 mod rules;
 mod schemas;
 mod serve;
@@ -175,6 +176,21 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/things/{name}/certificates/{id}",
             axum::routing::patch(certs::set_status),
+        )
+        .route("/v1/provisioning-templates", get(provisioning::list))
+        .route(
+            "/v1/provisioning-templates/{name}",
+            axum::routing::put(provisioning::put)
+                .get(provisioning::get)
+                .delete(provisioning::delete),
+        )
+        .route(
+            "/v1/provisioning-templates/{name}/claim-certificates",
+            post(provisioning::issue_claim).get(provisioning::list_claims),
+        )
+        .route(
+            "/v1/provisioning-templates/{name}/claim-certificates/{id}",
+            axum::routing::patch(provisioning::set_claim_status),
         )
         .route("/v1/rules", get(rules::list))
         .route("/v1/rules/check", post(rules::check))

@@ -890,6 +890,7 @@ pub fn certificates_are_indexed_by_thing_and_denied_when_not_active<S: Store>(
         revoked_at: None,
         created_at: 1,
         created_by: "admin".into(),
+        template: None,
     };
     for c in [
         cert("bb", "pump-1", CertStatus::Active),

@@ -190,12 +190,14 @@ pub async fn connection<S>(
         // With `tls_auth = "certificate"` the handshake already required a certificate.
         match &cert {
             Some(cert) => authenticate_certificate(&node, &connect, cert).await,
-            None => authenticate(&node, &connect, config.dev).await,
+            None => authenticate(&node, &connect, config.dev)
+                .await
+                .map(|(thing, meta)| (thing, meta, None)),
         }
     } else {
         Err(Refusal::Throttled)
     };
-    let (thing, meta) = match checked {
+    let (thing, meta, claim) = match checked {
         Ok(found) => found,
         Err(refusal) => {
             if matches!(refusal, Refusal::BadCredentials | Refusal::BadClientId) {
@@ -224,12 +226,17 @@ pub async fn connection<S>(
         close: Arc::new(Mutex::new(None)),
         closed: Arc::new(Notify::new()),
     };
-    if let Some(previous) = sessions.register(thing.clone(), handle.clone()) {
+    // A claim session is no device yet: it is not in the session registry (nothing is sent to
+    // it but its answers) and has no presence.
+    let device = claim.is_none();
+    if device && let Some(previous) = sessions.register(thing.clone(), handle.clone()) {
         previous.close(Reason::SessionTakenOver);
     }
-    debug!(%peer, %thing, ?version, "device connected");
+    debug!(%peer, %thing, ?version, claim = claim.as_ref().map(|c| c.template.as_str()), "device connected");
     metrics::gauge!("doppel_mqtt_connections").increment(1.0);
-    node.presence(&thing, meta.clone(), None);
+    if device {
+        node.presence(&thing, meta.clone(), None);
+    }
     let session_node = node.clone();
     let mut session = Session {
         thing: thing.clone(),
@@ -248,6 +255,7 @@ pub async fn connection<S>(
         max_shadow_inflight: config.max_shadow_inflight.max(1),
         publishes: Bucket::full(config.max_publish_rate),
         max_publish_rate: config.max_publish_rate,
+        claim,
     };
     let outcome = session
         .run(
@@ -259,44 +267,91 @@ pub async fn connection<S>(
             shutdown,
         )
         .await;
-    sessions.remove(&thing, handle.id);
     metrics::gauge!("doppel_mqtt_connections").decrement(1.0);
-    session_node.presence(&thing, meta, Some(outcome.disconnect_reason()));
+    if device {
+        sessions.remove(&thing, handle.id);
+        session_node.presence(&thing, meta, Some(outcome.disconnect_reason()));
+    }
     let _ = writer.shutdown().await;
     debug!(%peer, %thing, %outcome, "device disconnected");
 }
 
 /// A device with a client certificate of the deployment's CA (the handshake checked the chain
-/// and that it is not denied): the certificate must be on record, active, and issued to the
-/// thing named by the client id (AWS IoT ignores the user name then; so does the endpoint).
+/// and that it is not denied): the certificate must be on record, active and unexpired. A
+/// thing's certificate authenticates the thing named by the client id, which must be its own
+/// (AWS IoT ignores the user name then; so does the endpoint); a claim certificate opens a
+/// provisioning session for its template under any client id.
 async fn authenticate_certificate(
     node: &Node,
     connect: &Connect,
     cert: &rustls_pki_types::CertificateDer<'static>,
-) -> Result<(ThingName, Arc<ThingMeta>), Refusal> {
+) -> Result<(ThingName, Arc<ThingMeta>, Option<Claim>), Refusal> {
     let thing = ThingName::new(&connect.client_id).map_err(|_| Refusal::BadClientId)?;
     let id = crate::pki::certificate_id(cert);
     let record = node
         .with_directory(move |d| d.certificate(&id))
         .await
         .map_err(|_| Refusal::Unavailable)?;
-    match record {
-        Some(record) if record.status == storage::CertStatus::Active => {
-            if record.thing != thing.as_str() {
-                return Err(Refusal::BadClientId);
+    let record = match record {
+        Some(record) if record.status == storage::CertStatus::Active => record,
+        _ => return Err(Refusal::BadCredentials),
+    };
+    if crate::now_ms() > record.not_after {
+        return Err(Refusal::BadCredentials);
+    }
+    if let Some(template) = record.template {
+        let meta = Arc::new(ThingMeta {
+            device_type: None,
+            attributes: BTreeMap::new(),
+        });
+        let claim = Claim {
+            template,
+            certificate: record.id,
+            pending: Arc::default(),
+        };
+        return Ok((thing, meta, Some(claim)));
+    }
+    if record.thing != thing.as_str() {
+        return Err(Refusal::BadClientId);
+    }
+    let registered = node
+        .thing(thing.clone())
+        .await
+        .map_err(|_| Refusal::Unavailable)?;
+    registered
+        .map(|record| (thing, meta_of(record), None))
+        .ok_or(Refusal::BadCredentials)
+}
+
+/// Certificates a claim session created and has not provisioned yet, at most.
+const MAX_PENDING_CERTIFICATES: usize = 4;
+
+/// A session authenticated by a claim certificate: it may create a certificate and provision
+/// a thing with its template, nothing else.
+#[derive(Clone)]
+struct Claim {
+    template: String,
+    /// The claim certificate's id.
+    certificate: String,
+    /// Certificates handed out on this session, by ownership token, oldest first; not stored
+    /// until provisioning binds one to its thing.
+    pending: Arc<Mutex<std::collections::VecDeque<(String, storage::CertRecord)>>>,
+}
+
+impl Claim {
+    fn hold(&self, token: String, record: storage::CertRecord) {
+        if let Ok(mut pending) = self.pending.lock() {
+            if pending.len() >= MAX_PENDING_CERTIFICATES {
+                pending.pop_front();
             }
-            if crate::now_ms() > record.not_after {
-                return Err(Refusal::BadCredentials);
-            }
-            let registered = node
-                .thing(thing.clone())
-                .await
-                .map_err(|_| Refusal::Unavailable)?;
-            registered
-                .map(|record| (thing, meta_of(record)))
-                .ok_or(Refusal::BadCredentials)
+            pending.push_back((token, record));
         }
-        _ => Err(Refusal::BadCredentials),
+    }
+
+    fn take(&self, token: &str) -> Option<storage::CertRecord> {
+        let mut pending = self.pending.lock().ok()?;
+        let at = pending.iter().position(|(t, _)| t == token)?;
+        pending.remove(at).map(|(_, record)| record)
     }
 }
 
@@ -424,6 +479,8 @@ struct Session {
     /// The device's publish rate (0: unlimited).
     publishes: Bucket,
     max_publish_rate: f64,
+    /// Set for a session authenticated by a claim certificate.
+    claim: Option<Claim>,
 }
 
 impl Session {
@@ -614,6 +671,17 @@ impl Session {
                     }
                     return Ok(());
                 }
+                if let Some(claim) = &self.claim {
+                    if topics::provision_request(&topic) == Some(claim.template.as_str()) {
+                        self.on_provision(claim.clone(), payload);
+                        if qos == 1 {
+                            self.acks.push_back(ready(pkid, Reason::Success));
+                        }
+                        return Ok(());
+                    }
+                    info!(thing = %self.thing, %topic, template = %claim.template, "refused a claim session's publish outside provisioning");
+                    return self.refuse(qos, pkid, Reason::NotAuthorized);
+                }
                 match topics::parse(&topic) {
                     Some(target) if target.owner() == &self.thing => {
                         self.on_publish(target, qos, pkid, payload)
@@ -631,7 +699,10 @@ impl Session {
             In::Subscribe { pkid, filters } => {
                 let allowed: Vec<bool> = filters
                     .iter()
-                    .map(|(f, _)| topics::may_subscribe(&self.thing, f))
+                    .map(|(f, _)| match &self.claim {
+                        Some(claim) => topics::may_subscribe_claim(&claim.template, f),
+                        None => topics::may_subscribe(&self.thing, f),
+                    })
                     .collect();
                 if self.version == Version::V4 && allowed.contains(&false) {
                     info!(thing = %self.thing, ?filters, "refused a subscription outside the device's topics");
@@ -677,10 +748,12 @@ impl Session {
         }
     }
 
-    /// A device asks for a new certificate of its own (rotation): issued by the deployment's
-    /// CA for the session's thing, answered in AWS IoT's shapes on this session only.
+    /// A device asks for a new certificate of its own: for its thing (rotation), or — on a
+    /// claim session — one to provision a thing with. Answered in AWS IoT's shapes on this
+    /// session only.
     fn on_certificate_request(&self, request: topics::CertificateRequest, payload: bytes::Bytes) {
         let (node, handle, thing) = (self.node.clone(), self.handle.clone(), self.thing.clone());
+        let claim = self.claim.clone();
         tokio::spawn(async move {
             let csr = match request {
                 topics::CertificateRequest::Create => Ok(None),
@@ -692,13 +765,12 @@ impl Session {
                         .ok_or("the payload needs certificateSigningRequest (a PEM CSR)")
                 }
             };
-            let issued = match csr {
-                Ok(csr) => {
+            let issued = match (csr, &claim) {
+                (Ok(csr), None) => {
                     let actor = format!("device:{thing}");
-                    let name = thing.clone();
                     node.with_directory(move |d| {
                         d.issue_certificate(
-                            &name,
+                            &thing,
                             csr.as_deref(),
                             crate::pki::DEFAULT_VALIDITY,
                             &actor,
@@ -708,17 +780,29 @@ impl Session {
                     .await
                     .map_err(|e| e.to_string())
                 }
-                Err(why) => Err(why.to_owned()),
+                (Ok(csr), Some(claim)) => {
+                    let template = claim.template.clone();
+                    node.with_directory(move |d| {
+                        d.provisional_certificate(&template, csr.as_deref(), crate::now_ms())
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                }
+                (Err(why), _) => Err(why.to_owned()),
             };
             let (topic, body) = match issued {
                 Ok((record, key)) => {
+                    let token = crate::directory::new_token();
                     let mut body = serde_json::json!({
                         "certificateId": record.id,
                         "certificatePem": record.pem,
-                        "certificateOwnershipToken": crate::directory::new_token(),
+                        "certificateOwnershipToken": token,
                     });
                     if let Some(key) = key {
                         body["privateKey"] = key.into();
+                    }
+                    if let Some(claim) = &claim {
+                        claim.hold(token, record);
                     }
                     (request.reply(true), body)
                 }
@@ -731,13 +815,87 @@ impl Session {
                     }),
                 ),
             };
-            if let Some(qos) = handle.qos_for(&topic) {
-                let _ = handle.tx.try_send(Outgoing::Publish {
-                    topic,
-                    payload: bytes::Bytes::from(body.to_string()),
-                    qos,
-                });
+            answer(&handle, topic, &body);
+        });
+    }
+
+    /// A claim session asks to be provisioned with its template: `{"certificateOwnershipToken":
+    /// …, "parameters": {…}}` → `{"thingName", "deviceConfiguration"}` on `…/accepted`, or
+    /// AWS's error shape on `…/rejected`.
+    fn on_provision(&self, claim: Claim, payload: bytes::Bytes) {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Request {
+            certificate_ownership_token: String,
+            #[serde(default)]
+            parameters: BTreeMap<String, String>,
+        }
+        use crate::provisioning::ProvisionError;
+        let (node, handle) = (self.node.clone(), self.handle.clone());
+        tokio::spawn(async move {
+            let template = claim.template.clone();
+            let outcome = async {
+                let request: Request = serde_json::from_slice(&payload).map_err(|e| {
+                    ProvisionError::InvalidPayload(format!(
+                        "the payload needs certificateOwnershipToken and string parameters: {e}"
+                    ))
+                })?;
+                let certificate = claim
+                    .take(&request.certificate_ownership_token)
+                    .ok_or(ProvisionError::InvalidToken)?;
+                let (name, claim_id, kept) = (
+                    template.clone(),
+                    claim.certificate.clone(),
+                    certificate.clone(),
+                );
+                let done = node
+                    .with_directory(move |d| {
+                        Ok(d.provision(
+                            &name,
+                            &claim_id,
+                            certificate,
+                            &request.parameters,
+                            crate::now_ms(),
+                        ))
+                    })
+                    .await
+                    .unwrap_or(Err(ProvisionError::Unavailable));
+                if done.is_err() {
+                    // Refused: the device may try again with the same token (other
+                    // parameters, or once the registry answers).
+                    claim.hold(request.certificate_ownership_token, kept);
+                }
+                done
             }
+            .await;
+            let (accepted, body) = match outcome {
+                Ok(provisioned) => {
+                    info!(thing = %provisioned.thing, %template, registered = provisioned.registered, "provisioned a device");
+                    metrics::counter!("doppel_provisioning_total", "outcome" => "accepted")
+                        .increment(1);
+                    (
+                        true,
+                        serde_json::json!({
+                            "thingName": provisioned.thing.as_str(),
+                            "deviceConfiguration": provisioned.device_configuration,
+                        }),
+                    )
+                }
+                Err(error) => {
+                    let (status, code) = error.codes();
+                    info!(%template, %error, "refused to provision a device");
+                    metrics::counter!("doppel_provisioning_total", "outcome" => code).increment(1);
+                    (
+                        false,
+                        serde_json::json!({
+                            "statusCode": status,
+                            "errorCode": code,
+                            "errorMessage": error.to_string(),
+                        }),
+                    )
+                }
+            };
+            answer(&handle, topics::provision_reply(&template, accepted), &body);
         });
     }
 
@@ -812,6 +970,17 @@ impl Session {
             }
             Inbound::Refuse(reason) => self.refuse(qos, pkid, reason),
         }
+    }
+}
+
+/// Publishes an answer to the session that asked, if it subscribed to it.
+fn answer(handle: &SessionHandle, topic: String, body: &serde_json::Value) {
+    if let Some(qos) = handle.qos_for(&topic) {
+        let _ = handle.tx.try_send(Outgoing::Publish {
+            topic,
+            payload: bytes::Bytes::from(body.to_string()),
+            qos,
+        });
     }
 }
 

@@ -8,6 +8,8 @@
 //! - `gateways/{gateway}/telemetry` (batches)
 //! - `$aws/certificates/create/json` and `$aws/certificates/create-from-csr/json` (a device
 //!   obtains a new certificate for itself: rotation), answered on `…/accepted`, `…/rejected`
+//! - `$aws/provisioning-templates/{template}/provision/json` (fleet provisioning, only for a
+//!   session authenticated by one of the template's claim certificates), answered likewise
 
 use twin_core::{Op, ShadowName, ThingName};
 
@@ -85,6 +87,48 @@ pub fn certificate_request(topic: &str) -> Option<CertificateRequest> {
         "$aws/certificates/create/json" => Some(CertificateRequest::Create),
         "$aws/certificates/create-from-csr/json" => Some(CertificateRequest::FromCsr),
         _ => None,
+    }
+}
+
+/// The template a publish to `$aws/provisioning-templates/{template}/provision/json` names.
+pub fn provision_request(topic: &str) -> Option<&str> {
+    topic
+        .strip_prefix("$aws/provisioning-templates/")?
+        .strip_suffix("/provision/json")
+        .filter(|t| !t.is_empty() && !t.contains('/'))
+}
+
+/// `$aws/provisioning-templates/{template}/provision/json/accepted` or `…/rejected`.
+pub fn provision_reply(template: &str, accepted: bool) -> String {
+    let outcome = if accepted { "accepted" } else { "rejected" };
+    format!("$aws/provisioning-templates/{template}/provision/json/{outcome}")
+}
+
+/// Whether a session holding a claim certificate of `template` may subscribe to `filter`: the
+/// answers to certificate creation and to provisioning with that template, nothing else.
+pub fn may_subscribe_claim(template: &str, filter: &str) -> bool {
+    if !rumqttc::valid_filter(filter) {
+        return false;
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    let answer = |rest: &[&str]| matches!(rest, ["accepted" | "rejected" | "+" | "#"]);
+    match levels.as_slice() {
+        [
+            "$aws",
+            "certificates",
+            "create" | "create-from-csr",
+            "json",
+            rest @ ..,
+        ] => answer(rest),
+        [
+            "$aws",
+            "provisioning-templates",
+            t,
+            "provision",
+            "json",
+            rest @ ..,
+        ] => *t == template && answer(rest),
+        _ => false,
     }
 }
 
@@ -358,5 +402,42 @@ mod tests {
         ] {
             assert!(!may_subscribe(&t, bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn claim_sessions_reach_only_the_provisioning_topics() {
+        assert_eq!(
+            provision_request("$aws/provisioning-templates/factory/provision/json"),
+            Some("factory")
+        );
+        assert_eq!(
+            provision_request("$aws/provisioning-templates//provision/json"),
+            None
+        );
+        assert_eq!(
+            provision_request("$aws/provisioning-templates/a/b/provision/json"),
+            None
+        );
+        assert!(may_subscribe_claim(
+            "factory",
+            "$aws/certificates/create/json/accepted"
+        ));
+        assert!(may_subscribe_claim(
+            "factory",
+            "$aws/provisioning-templates/factory/provision/json/+"
+        ));
+        assert!(!may_subscribe_claim(
+            "factory",
+            "$aws/provisioning-templates/other/provision/json/accepted"
+        ));
+        assert!(!may_subscribe_claim(
+            "factory",
+            "$aws/provisioning-templates/+/provision/json/accepted"
+        ));
+        assert!(!may_subscribe_claim(
+            "factory",
+            "$aws/things/x/shadow/update/accepted"
+        ));
+        assert!(!may_subscribe_claim("factory", "#"));
     }
 }

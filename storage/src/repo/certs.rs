@@ -40,9 +40,22 @@ pub struct CertRecord {
     /// When it was revoked, epoch ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<u64>,
-    /// Issued when and by whom (an API key id, or the device itself when it rotated).
+    /// Issued when and by whom (an API key id, the device itself when it rotated, or
+    /// `provisioning:{template}` when fleet provisioning issued it).
     pub created_at: u64,
     pub created_by: String,
+    /// For a claim certificate: the provisioning template it may call (and nothing else);
+    /// its `thing` is then [`CertRecord::claim_owner`] of the template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+}
+
+impl CertRecord {
+    /// The owner under which a template's claim certificates are listed: no thing name can
+    /// start with `$`, so they never mix with a thing's certificates.
+    pub fn claim_owner(template: &str) -> String {
+        format!("$claim:{template}")
+    }
 }
 
 /// Certificates and their indexes.

@@ -17,6 +17,7 @@
 //! | meta | `(root, "meta", name)` | single records: `admin` holds the bootstrap admin token's SHA-256 (hex); `registry` changes with every change of types, keys, rules and the admin token |
 //! | certificates | `(root, "cert", id)`, `(root, "thingcert", thing, id)`, `(root, "certdeny", id)` | [`CertRecord`] as JSON; a thing's certificates; the ids of those not active |
 //! | presence | `(root, "presence", thing)` | [`Presence`] as JSON: connected or not, since, last seen, why it disconnected |
+//! | ptemplate | `(root, "ptemplate", name)` | [`ProvisioningTemplate`] as JSON: what a claim certificate's device becomes |
 //! | nodes | `(root, "node", name)` | [`NodeRecord`] as JSON: a cluster node's address and lease |
 //! | shards | `(root, "shard", n)` | [`ShardRecord`] as JSON: the shard's owner and epoch |
 
@@ -38,7 +39,7 @@ pub use cluster::{Cluster, NodeRecord, ShardRecord};
 pub use history::{DAY_MS, FieldAgg, HOUR_MS, History, HourAgg, RawSample, day_of};
 pub use meta::Meta;
 pub use presence::{Presence, Presences};
-pub use records::{KeyRecord, Keyed, Records, Role, ThingRecord};
+pub use records::{KeyRecord, Keyed, ProvisioningTemplate, Records, Role, ThingRecord};
 pub use rules::{LogKind, RuleLog, RuleLogEntry, RuleRecord, RuleStates};
 pub use timelog::Cursor;
 pub use twins::Twins;
@@ -80,6 +81,8 @@ pub struct Repos {
     pub certs: Certs,
     /// Device connectivity.
     pub presence: Presences,
+    /// Fleet-provisioning templates.
+    pub templates: Records<ProvisioningTemplate>,
 }
 
 impl Repos {
@@ -103,6 +106,7 @@ impl Repos {
                 root.subspace(&"certdeny"),
             ),
             presence: Presences::new(root.subspace(&"presence")),
+            templates: Records::new(root.subspace(&"ptemplate")),
         }
     }
 }

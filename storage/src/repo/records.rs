@@ -163,3 +163,40 @@ impl Keyed for KeyRecord {
         &self.id
     }
 }
+
+/// A fleet-provisioning template: what a device holding one of its claim certificates becomes
+/// when it asks to be provisioned with its parameters (`{Name}` in `thing_name` and in the
+/// attributes' values is replaced by the parameter `Name`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisioningTemplate {
+    /// The template's name (the `{template}` of its MQTT topics).
+    pub name: String,
+    /// The new thing's name, e.g. `sensor-{SerialNumber}`.
+    pub thing_name: String,
+    /// The new thing's device type.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub device_type: Option<TypeName>,
+    /// The new thing's attributes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+    /// Parameters whose value must be one of a list (e.g. the serial numbers made): a request
+    /// with another value is refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allow: BTreeMap<String, Vec<String>>,
+    /// Returned to the device with its thing name (AWS's `deviceConfiguration`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub device_configuration: BTreeMap<String, String>,
+    /// Validity of the certificates it issues, days.
+    pub validity_days: u32,
+    /// A disabled template refuses every request.
+    pub enabled: bool,
+    /// Last written when (epoch ms) and by whom.
+    pub updated_at: u64,
+    pub updated_by: String,
+}
+
+impl Keyed for ProvisioningTemplate {
+    fn key(&self) -> &str {
+        &self.name
+    }
+}
