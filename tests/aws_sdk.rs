@@ -245,3 +245,29 @@ async fn the_aws_sdk_shadow_client_works_through_mosquitto() {
         json!({"interval": 60})
     );
 }
+
+#[test]
+fn the_provisioning_doc_runs_as_written() {
+    for (program, package) in [("curl", "curl"), ("python3", "python3")] {
+        doppel_tests::doc::need(program, package);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = doppel_tests::tls::server_certificate(dir.path());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/security.md")).unwrap();
+    let client = root.join("tests/aws_sdk/identity_client.py");
+    let python = python();
+    let steps = doppel_tests::doc::run_section(
+        &doc,
+        "### Provisioning a device, step by step",
+        BIN,
+        &[
+            ("TLS_CERT", server.cert_path.as_str()),
+            ("TLS_KEY", server.key_path.as_str()),
+            ("SDK_PYTHON", python.to_str().unwrap()),
+            ("IDENTITY_CLIENT", client.to_str().unwrap()),
+        ],
+        std::time::Duration::from_secs(90),
+    );
+    assert_eq!(steps, 2);
+}
