@@ -96,3 +96,72 @@ async fn connects_and_disconnects_reach_apps_with_their_reason() {
         "AUTHORIZATION_FAILURE"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_raises_an_alert_for_a_device_gone_too_long_and_resolves_it_on_return() {
+    let node = Node::start(BIN, Options::default());
+    let admin = Api::admin(&node);
+    let token = admin.register("pump-3", None).await;
+    let rule = r#"
+rule offline for thing "pump-3" {
+  when not device.connected for 2s
+  then { alert Offline severity major "pump-3 is away" }
+}
+"#;
+    let (status, body) = admin
+        .put("/v1/rules/offline", json!({ "source": rule }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut app = ws::connect(&node, Some(ADMIN_TOKEN)).await.unwrap();
+    app.send(json!({"type": "subscribe", "id": "s", "things": ["pump-3"]}))
+        .await;
+    app.send(json!({"type": "get", "id": "g", "thing": "pump-3"}))
+        .await;
+    app.next().await;
+
+    let d = device::connect(node.mqtt(), "pump-3", &token)
+        .await
+        .unwrap();
+    let states = || async {
+        admin.get("/v1/alerts?thing=pump-3").await.1["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["name"] == "Offline")
+            .map(|a| a["state"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    // Connected: the rule saw it (its trace says so) and nothing fires.
+    until(
+        "the rule evaluated on connect",
+        Duration::from_secs(5),
+        async || {
+            admin.get("/v1/things/pump-3/rules/trace").await.1["evaluations"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["trigger"] == "presence"))
+        },
+    )
+    .await;
+    assert!(states().await.is_empty());
+    d.client.disconnect().await.unwrap();
+    // Away for 2 s: the alert fires, and apps watching the twin see it.
+    let fired = loop {
+        let frame = app.next_of("event").await;
+        if frame["kind"] == "alert" {
+            break frame;
+        }
+    };
+    assert_eq!(fired["payload"]["name"], "Offline", "{fired}");
+    assert_eq!(fired["payload"]["state"], "firing", "{fired}");
+    assert_eq!(states().await, ["firing"]);
+    // Back: resolved.
+    let _back = device::connect(node.mqtt(), "pump-3", &token)
+        .await
+        .unwrap();
+    until(
+        "the alert resolved on reconnect",
+        Duration::from_secs(5),
+        async || states().await == ["firing", "resolved"],
+    )
+    .await;
+}

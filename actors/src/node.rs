@@ -476,6 +476,19 @@ impl Node {
                 payload,
             },
         };
+        // Rules reading `device.connected` see it change (only their twins get the input: a
+        // reconnect storm does not wake every twin).
+        if self
+            .directory()
+            .rules()
+            .for_twin(thing, meta.device_type.as_ref())
+            .iter()
+            .any(|rule| rule.reads_device())
+        {
+            self.inner
+                .shared
+                .route(thing.clone(), Deliver::internal(Input::Presence(connected)));
+        }
         self.inner
             .shared
             .publish_event(Arc::new(crate::hub::RuleEvent::new(

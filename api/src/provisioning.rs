@@ -171,7 +171,7 @@ async fn visible(
 
 /// One provisioning template (admin).
 #[utoipa::path(get, path = "/v1/provisioning-templates/{name}", tag = "provisioning",
-    params(("name" = String, Path)), security(("bearer" = [])),
+    params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$")), security(("bearer" = [])),
     responses((status = 200, body = TemplateView), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn get(
@@ -184,7 +184,7 @@ pub(crate) async fn get(
 
 /// Deletes a provisioning template and revokes its claim certificates (admin).
 #[utoipa::path(delete, path = "/v1/provisioning-templates/{name}", tag = "provisioning",
-    params(("name" = String, Path)), security(("bearer" = [])),
+    params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$")), security(("bearer" = [])),
     responses((status = 204), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn delete(
@@ -205,7 +205,7 @@ pub(crate) async fn delete(
 /// A device connecting with it may only create a certificate and provision itself with this
 /// template.
 #[utoipa::path(post, path = "/v1/provisioning-templates/{name}/claim-certificates", tag = "provisioning", request_body = IssueBody,
-    params(("name" = String, Path)), security(("bearer" = [])),
+    params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$")), security(("bearer" = [])),
     responses((status = 201, body = Issued), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 415, body = crate::error::ErrorBody)))]
 pub(crate) async fn issue_claim(
@@ -234,7 +234,7 @@ pub(crate) async fn issue_claim(
 
 /// A template's claim certificates (admin).
 #[utoipa::path(get, path = "/v1/provisioning-templates/{name}/claim-certificates", tag = "provisioning",
-    params(("name" = String, Path)), security(("bearer" = [])),
+    params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$")), security(("bearer" = [])),
     responses((status = 200, body = CertList), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn list_claims(
@@ -253,7 +253,7 @@ pub(crate) async fn list_claims(
 /// Activates, deactivates or revokes a claim certificate (admin): one that is not active is
 /// refused at the next handshake and can provision nothing more.
 #[utoipa::path(patch, path = "/v1/provisioning-templates/{name}/claim-certificates/{id}", tag = "provisioning", request_body = StatusBody,
-    params(("name" = String, Path), ("id" = String, Path)), security(("bearer" = [])),
+    params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$"), ("id" = String, Path)), security(("bearer" = [])),
     responses((status = 200, body = CertView), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody), (status = 415, body = crate::error::ErrorBody)))]
 pub(crate) async fn set_claim_status(

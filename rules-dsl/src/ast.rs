@@ -187,6 +187,8 @@ pub enum Root {
     Desired,
     /// `children.reported.…`: the children's values, only inside aggregates.
     Children,
+    /// `device.connected`: the device's connection to the node.
+    Device,
 }
 
 impl Root {
@@ -197,6 +199,7 @@ impl Root {
             Root::Reported => "reported",
             Root::Desired => "desired",
             Root::Children => "children.reported",
+            Root::Device => "device",
         }
     }
 }
@@ -364,6 +367,8 @@ pub enum StepKind {
     Child(Ident, Expr),
     /// `reply NAME {…}`: the device answers the latest pending command NAME.
     Reply(Ident, Option<Expr>),
+    /// `connected` / `disconnected`: the device connects or its connection ends.
+    Presence(bool),
     /// `expect …` / `expect no …`.
     Expect(bool, Expectation),
 }

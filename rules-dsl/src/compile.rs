@@ -360,6 +360,27 @@ impl RuleCompiler<'_, '_> {
                 self.children.as_ref().and_then(|c| c.reported.as_ref()),
                 "the children's reported",
             ),
+            Root::Device => {
+                if path.fields.len() == 1 && path.fields[0].text == "connected" {
+                    return Facts {
+                        ty: Ty::Bool,
+                        maybe_missing: false,
+                        edge: false,
+                    };
+                }
+                self.diags
+                    .error(
+                        "E020",
+                        path.span,
+                        format!("`{}` is not a field of the device", path.display()),
+                    )
+                    .hint("the device has: connected");
+                return Facts {
+                    ty: Ty::Any,
+                    maybe_missing: false,
+                    edge: false,
+                };
+            }
         };
         let keys: Vec<&str> = path.fields.iter().map(|f| f.text.as_str()).collect();
         match schema::field(schema, &keys) {
@@ -1099,6 +1120,7 @@ impl RuleCompiler<'_, '_> {
             last = last.max(step.at.ms);
             let input = match &step.kind {
                 ast::StepKind::Telemetry(obj) => self.constant(obj).map(TestInput::Telemetry),
+                ast::StepKind::Presence(connected) => Some(TestInput::Presence(*connected)),
                 ast::StepKind::Report(obj) => self.constant(obj).map(TestInput::Report),
                 ast::StepKind::Desire(obj) => self.constant(obj).map(TestInput::Desire),
                 ast::StepKind::Child(name, obj) => self

@@ -39,6 +39,8 @@ pub enum Input {
         /// Its answer.
         payload: Value,
     },
+    /// The device connected (`true`) or its connection ended.
+    Presence(bool),
 }
 
 /// Why rules were evaluated.
@@ -53,6 +55,8 @@ pub enum Trigger {
     Child,
     /// A command reply.
     Reply,
+    /// The device connected or disconnected.
+    Presence,
     /// A deadline.
     Timer,
 }
@@ -307,6 +311,11 @@ pub fn handle(
             }
             Trigger::Reply
         }
+        Input::Presence(connected) => {
+            changed = state.connected != Some(connected);
+            state.connected = Some(connected);
+            Trigger::Presence
+        }
     };
     if rules.is_empty() && state.rules.is_empty() {
         outcome.state_changed |= changed;
@@ -552,6 +561,7 @@ fn evaluate(
         children,
         rules,
         seq,
+        connected,
     } = state;
     let created = rules.get(&*rule.name).is_none_or(|s| s.hash != rule.hash);
     let s = entry(rules, rule);
@@ -571,6 +581,7 @@ fn evaluate(
         twin,
         telemetry,
         children,
+        connected: *connected,
         paths: &rule.paths,
         specs: &rule.windows,
         now,
@@ -801,6 +812,8 @@ pub(crate) struct View<'a> {
     pub(crate) twin: &'a Twin,
     pub(crate) telemetry: &'a BTreeMap<String, Scalar>,
     pub(crate) children: &'a BTreeMap<String, BTreeMap<String, Scalar>>,
+    /// The device's connection, once known.
+    pub(crate) connected: Option<bool>,
     pub(crate) paths: &'a [PathRef],
     pub(crate) specs: &'a [WindowSpec],
     pub(crate) now: u64,
@@ -811,6 +824,10 @@ impl View<'_> {
         let Some(path) = self.paths.get(usize::from(index)) else {
             return Val::Missing;
         };
+        if path.root == Root::Device {
+            // A device never seen connected counts as not connected.
+            return Val::Bool(self.connected.unwrap_or(false));
+        }
         read(self.twin, self.telemetry, path)
     }
 }
@@ -823,7 +840,7 @@ fn read(twin: &Twin, telemetry: &BTreeMap<String, Scalar>, path: &PathRef) -> Va
                 .get(&*path.key)
                 .map_or(Val::Missing, Scalar::to_val);
         }
-        Root::Children => return Val::Missing,
+        Root::Children | Root::Device => return Val::Missing,
         Root::Reported | Root::Desired => {
             let Some(shadow) = twin.shadow(&ShadowName::CLASSIC) else {
                 return Val::Missing;

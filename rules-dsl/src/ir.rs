@@ -203,6 +203,11 @@ impl CompiledRule {
     pub fn reads_telemetry(&self) -> bool {
         self.paths.iter().any(|p| p.root == Root::Telemetry)
     }
+
+    /// Whether the rule reads the device's connectivity (`device.connected`).
+    pub fn reads_device(&self) -> bool {
+        self.paths.iter().any(|p| p.root == Root::Device)
+    }
 }
 
 /// Limits that bound what a rule costs to evaluate and keep.
@@ -268,6 +273,8 @@ pub enum TestInput {
     Child(String, Value),
     /// The device replies to a command.
     Reply(String, Value),
+    /// The device connects (`true`) or disconnects.
+    Presence(bool),
     /// An expectation (`true`: `expect no …`).
     Expect(bool, Probe),
 }

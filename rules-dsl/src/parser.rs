@@ -768,7 +768,7 @@ impl<'s> Parser<'s, '_, '_> {
                 );
                 return None;
             }
-            "telemetry" | "reported" | "desired" | "children" => {
+            "telemetry" | "reported" | "desired" | "children" | "device" => {
                 return self.path().map(|path| Expr {
                     span: path.span,
                     kind: ExprKind::Path(path),
@@ -782,7 +782,7 @@ impl<'s> Parser<'s, '_, '_> {
         self.bump();
         self.diags
             .error("E020", token.span, format!("unknown name `{text}`"))
-            .hint("fields start with `telemetry.`, `reported.` or `desired.`; strings need double quotes");
+            .hint("fields start with `telemetry.`, `reported.`, `desired.` or `device.`; strings need double quotes");
         literal(ExprKind::Error)
     }
 
@@ -792,6 +792,7 @@ impl<'s> Parser<'s, '_, '_> {
             "telemetry" => Root::Telemetry,
             "reported" => Root::Reported,
             "desired" => Root::Desired,
+            "device" => Root::Device,
             _ => {
                 // `children.reported.x`
                 self.expect(Tok::Dot, "`.reported`")?;
@@ -1006,6 +1007,10 @@ impl<'s> Parser<'s, '_, '_> {
                 None
             };
             StepKind::Reply(command, payload)
+        } else if self.eat_word("connected") {
+            StepKind::Presence(true)
+        } else if self.eat_word("disconnected") {
+            StepKind::Presence(false)
         } else if self.eat_word("expect") {
             let negated = self.eat_word("no");
             let expectation = if self.eat_word("alert") {
@@ -1033,7 +1038,9 @@ impl<'s> Parser<'s, '_, '_> {
             };
             StepKind::Expect(negated, expectation)
         } else {
-            self.unexpected("`telemetry`, `report`, `desire`, `child`, `reply` or `expect`");
+            self.unexpected(
+                "`telemetry`, `report`, `desire`, `child`, `reply`, `connected`, `disconnected` or `expect`",
+            );
             return None;
         };
         Some(Step {

@@ -249,15 +249,29 @@ pub struct TwinRuleState {
     pub rules: BTreeMap<String, RuleState>,
     /// The last request id number issued.
     pub seq: u64,
+    /// Whether the device is connected to the node (`device.connected`), once known.
+    pub connected: Option<bool>,
 }
 
-/// The format byte of the encoded state.
-const FORMAT: u8 = 1;
+/// The format byte of the encoded state (1: before `connected`).
+const FORMAT: u8 = 2;
+
+/// The state as format 1 stored it.
+#[derive(Deserialize)]
+struct FormatOne {
+    telemetry: BTreeMap<String, Scalar>,
+    children: BTreeMap<String, BTreeMap<String, Scalar>>,
+    rules: BTreeMap<String, RuleState>,
+    seq: u64,
+}
 
 impl TwinRuleState {
     /// Whether there is nothing to keep.
     pub fn is_empty(&self) -> bool {
-        self.telemetry.is_empty() && self.children.is_empty() && self.rules.is_empty()
+        self.telemetry.is_empty()
+            && self.children.is_empty()
+            && self.rules.is_empty()
+            && self.connected.is_none()
     }
 
     /// The stored form.
@@ -274,6 +288,15 @@ impl TwinRuleState {
             Some((&FORMAT, rest)) => {
                 postcard::from_bytes(rest).map_err(|e| crate::RulesError::State(e.to_string()))
             }
+            Some((1, rest)) => postcard::from_bytes::<FormatOne>(rest)
+                .map(|old| Self {
+                    telemetry: old.telemetry,
+                    children: old.children,
+                    rules: old.rules,
+                    seq: old.seq,
+                    connected: None,
+                })
+                .map_err(|e| crate::RulesError::State(e.to_string())),
             Some((other, _)) => Err(crate::RulesError::State(format!(
                 "unknown rule state format {other}"
             ))),
@@ -292,6 +315,34 @@ impl TwinRuleState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_stored_before_connectivity_still_reads() {
+        #[derive(Serialize)]
+        struct Old {
+            telemetry: BTreeMap<String, Scalar>,
+            children: BTreeMap<String, BTreeMap<String, Scalar>>,
+            rules: BTreeMap<String, RuleState>,
+            seq: u64,
+        }
+        let old = Old {
+            telemetry: BTreeMap::from([("temp".to_owned(), Scalar::Num(21.0))]),
+            children: BTreeMap::new(),
+            rules: BTreeMap::new(),
+            seq: 7,
+        };
+        let mut bytes = vec![1];
+        bytes.extend(postcard::to_allocvec(&old).unwrap());
+        let state = TwinRuleState::decode(&bytes).unwrap();
+        assert_eq!(state.seq, 7);
+        assert_eq!(state.telemetry["temp"], Scalar::Num(21.0));
+        assert_eq!(state.connected, None);
+        let now = TwinRuleState {
+            connected: Some(false),
+            ..state
+        };
+        assert_eq!(TwinRuleState::decode(&now.encode()).unwrap(), now);
+    }
 
     #[test]
     fn windows_aggregate_over_their_length_in_bounded_buckets() {

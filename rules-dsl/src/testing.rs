@@ -149,6 +149,15 @@ fn run_one(
                     ),
                 }
             }
+            TestInput::Presence(connected) => {
+                run_input(
+                    &mut twin,
+                    &mut state,
+                    EngineInput::Presence(*connected),
+                    now,
+                    &mut log,
+                );
+            }
             TestInput::Child(name, v) => {
                 run_input(
                     &mut twin,
@@ -252,6 +261,7 @@ fn run_one(
                             twin: &twin,
                             telemetry: &state.telemetry,
                             children: &state.children,
+                            connected: state.connected,
                             paths,
                             specs: &[],
                             now,
@@ -332,6 +342,7 @@ fn engine_read(twin: &Twin, state: &TwinRuleState, path: &PathRef) -> String {
         twin,
         telemetry: &state.telemetry,
         children: &state.children,
+        connected: state.connected,
         paths: std::slice::from_ref(path),
         specs: &[],
         now: 0,

@@ -17,7 +17,7 @@ use twin_core::{
 };
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The largest frame accepted (a forwarded command is at most a few hundred KiB).
 pub const MAX_FRAME: usize = 4 << 20;
 
@@ -231,6 +231,7 @@ pub enum WireInput {
         name: String,
         payload: Value,
     },
+    Presence(bool),
 }
 
 impl WireInput {
@@ -261,6 +262,7 @@ impl WireInput {
             },
             Input::Timer => WireInput::Timer,
             Input::Child(name, reported) => WireInput::Child { name, reported },
+            Input::Presence(connected) => WireInput::Presence(connected),
             Input::Reply {
                 request_id,
                 name,
@@ -309,6 +311,7 @@ impl WireInput {
             }
             WireInput::Timer => Input::Timer,
             WireInput::Child { name, reported } => Input::Child(name, reported),
+            WireInput::Presence(connected) => Input::Presence(connected),
             WireInput::Reply {
                 request_id,
                 name,
@@ -445,6 +448,7 @@ mod tests {
             Input::Timer,
             Input::Child("kid".into(), Some(json!({"v": 1}))),
             Input::Child("kid".into(), None),
+            Input::Presence(false),
             Input::Reply {
                 request_id: Some("r".into()),
                 name: "reboot".into(),
