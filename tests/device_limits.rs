@@ -114,6 +114,42 @@ async fn a_device_over_its_publish_rate_is_disconnected() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_device_type_can_have_its_own_publish_rate() {
+    // Meters may send 5 a second; everything else keeps the default.
+    let node = node("[node.mqtt.publish_rate_by_type]\nMeter = 5.0\n");
+    let admin = Api::admin(&node);
+    admin.put_type("Meter", json!({})).await;
+    let meter = admin.register("meter-7", Some("Meter")).await;
+    let other = admin.register("camera-7", None).await;
+    let mut d = device::connect(node.mqtt(), "meter-7", &meter)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let _ = d
+            .client
+            .publish(
+                "things/meter-7/telemetry",
+                rumqttc::QoS::AtMostOnce,
+                false,
+                json!({"n": i}).to_string(),
+            )
+            .await;
+    }
+    tokio::time::timeout(Duration::from_secs(10), d.closed())
+        .await
+        .expect("the meter over its type's rate is stopped");
+    // The same burst is within the default 2,000/s: an untyped device stays connected.
+    let mut d = device::connect(node.mqtt(), "camera-7", &other)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        d.publish_acked("things/camera-7/telemetry", &json!({"n": i}))
+            .await;
+    }
+    assert!(throttled(&node, "publish").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_reconnect_storm_is_refused_at_the_connack() {
     let node = node("[node.mqtt]\nconnect_burst = 3.0\nmax_connect_rate = 0.01\n");
     let admin = Api::admin(&node);

@@ -92,6 +92,9 @@ pub struct MqttConfig {
     /// Publishes per second one device may send (a burst of one second's worth); beyond, the
     /// PUBACK says quota exceeded (MQTT 5) or the connection closes (3.1.1). 0: no limit.
     pub max_publish_rate: f64,
+    /// `max_publish_rate` for the devices of a type, by type name (e.g. `{ Camera = 50,
+    /// Meter = 1 }`); the others use `max_publish_rate`.
+    pub publish_rate_by_type: std::collections::BTreeMap<String, f64>,
     /// Connections per second one client id may open after a burst of `connect_burst`;
     /// beyond, the CONNACK refuses it (server unavailable).
     pub max_connect_rate: f64,
@@ -101,6 +104,16 @@ pub struct MqttConfig {
     /// deployment's CA, or a token), `certificate` (only), `token` (only; no client
     /// certificate is asked for). The plain listener takes tokens.
     pub tls_auth: TlsAuth,
+}
+
+impl MqttConfig {
+    /// The publish rate of a device of `device_type` (0: no limit).
+    pub fn publish_rate(&self, device_type: Option<&str>) -> f64 {
+        device_type
+            .and_then(|t| self.publish_rate_by_type.get(t))
+            .copied()
+            .unwrap_or(self.max_publish_rate)
+    }
 }
 
 /// Device authentication on the MQTT TLS listener.
@@ -126,6 +139,7 @@ impl Default for MqttConfig {
             dev: false,
             max_shadow_inflight: 10,
             max_publish_rate: 2_000.0,
+            publish_rate_by_type: std::collections::BTreeMap::new(),
             max_connect_rate: 5.0,
             connect_burst: 20.0,
             tls_auth: TlsAuth::Either,

@@ -237,6 +237,7 @@ pub async fn connection<S>(
     if device {
         node.presence(&thing, meta.clone(), None);
     }
+    let publish_rate = config.publish_rate(meta.device_type.as_ref().map(|t| t.as_str()));
     let session_node = node.clone();
     let mut session = Session {
         thing: thing.clone(),
@@ -253,8 +254,8 @@ pub async fn connection<S>(
         max_packet_size: config.max_packet_size,
         shadow_inflight: Arc::new(AtomicUsize::new(0)),
         max_shadow_inflight: config.max_shadow_inflight.max(1),
-        publishes: Bucket::full(config.max_publish_rate),
-        max_publish_rate: config.max_publish_rate,
+        publishes: Bucket::full(publish_rate),
+        max_publish_rate: publish_rate,
         claim,
     };
     let outcome = session
