@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use simulator::{Mode, SimConfig};
+use simulator::{Auth, Mode, SimConfig};
 use std::{io::IsTerminal, net::ToSocketAddrs, path::PathBuf, time::Duration};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -14,6 +14,14 @@ enum ModeArg {
     Gateway,
     /// A plain MQTT broker (no node, nothing registered): the reference for benchmarks.
     Broker,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AuthArg {
+    /// A token as MQTT password, over plain TCP.
+    Token,
+    /// A client certificate per device, over TLS 1.3 (direct mode).
+    Certificate,
 }
 
 /// Flags of `doppel sim`.
@@ -70,6 +78,22 @@ pub struct SimArgs {
     /// Register the things with this device type.
     #[arg(long = "type")]
     device_type: Option<String>,
+    /// How devices authenticate. With `certificate`, each device makes a key and gets a
+    /// certificate from its CSR through the API, `--mqtt` names the nodes' MQTT TLS
+    /// listeners, and `--provision N` devices provision themselves instead.
+    #[arg(long, value_enum, default_value = "token")]
+    auth: AuthArg,
+    /// The CA of the node's TLS server certificate (PEM), with `--auth certificate` (and for an
+    /// `https://` API).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// The name the node's TLS server certificate carries.
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
+    /// With `--auth certificate`: devices (the last ones) that provision themselves with a
+    /// claim certificate over MQTT (AWS IoT fleet provisioning). Default: 10 (at most all).
+    #[arg(long)]
+    provision: Option<usize>,
     /// Write the report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -118,6 +142,17 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         sample: args.sample,
         watch_ws: args.watch_ws,
         device_type: args.device_type,
+        auth: match args.auth {
+            AuthArg::Token => Auth::Token,
+            AuthArg::Certificate => Auth::Certificate,
+        },
+        tls_ca: args.tls_ca,
+        tls_name: args.tls_name,
+        provision: match (args.auth, args.provision) {
+            (_, Some(n)) => n,
+            (AuthArg::Certificate, None) => args.devices.min(10),
+            (AuthArg::Token, None) => 0,
+        },
         report: args.report,
         progress: !args.quiet && std::io::stderr().is_terminal(),
     };

@@ -144,3 +144,71 @@ fn a_refused_token_stops_the_simulator_with_a_clear_error() {
         "no report for a simulation that did not run"
     );
 }
+
+#[test]
+fn devices_with_certificates_some_provisioned_over_mqtt() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = doppel_tests::tls::server_certificate(dir.path());
+    let node = Node::start(
+        BIN,
+        Options {
+            args: server.serve_args(),
+            ..Options::default()
+        },
+    );
+    let report = dir.path().join("report.json");
+    let output = Command::new(BIN)
+        .arg("sim")
+        .args(["--auth", "certificate", "--provision", "5"])
+        .args(["--mqtt", &node.mqtt_tls.unwrap().to_string()])
+        .args(["--api", &format!("https://localhost:{}", node.http.port())])
+        .args(["--tls-ca", &server.cert_path])
+        .args(["--token", ADMIN_TOKEN])
+        .args(["--devices", "30", "--rate", "300", "--duration", "3s"])
+        .args(["--prefix", "tls", "--sample", "10", "--quiet"])
+        .arg("--report")
+        .arg(&report)
+        .env_remove("DOPPEL_ADMIN_TOKEN")
+        .output()
+        .expect("doppel sim runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["registered"], 30);
+    assert_eq!(r["connected"], 30, "{stdout}");
+    assert_eq!(r["errors"], serde_json::json!({}), "{stdout}");
+    let c = &r["certificates"];
+    assert_eq!(c["issued"], 25);
+    assert_eq!(c["provisioned"], 5);
+    assert!(c["handshakes_per_s"].as_f64().unwrap() > 0.0, "{c}");
+    assert!(stdout.contains("TLS handshakes/s"), "{stdout}");
+    let (sent, acked) = (r["sent"].as_u64().unwrap(), r["acked"].as_u64().unwrap());
+    assert!(sent >= 800, "sent {sent}");
+    assert_eq!(acked, sent, "every message acknowledged");
+    assert_eq!(r["actuators_converged"], r["actuators"]);
+    // The watched sample over wss://, with its end-to-end latency.
+    assert!(
+        r["end_to_end_latency_ms"]["count"].as_u64().unwrap() >= 100,
+        "{stdout}"
+    );
+    // A provisioned device is a thing with its own certificate, and its twin holds its data.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let admin = doppel_tests::api::Api::over_tls(&node, Some(ADMIN_TOKEN), &server.pem);
+        for thing in ["tls-0", "tls-29"] {
+            let (_, certs) = admin.get(&format!("/v1/things/{thing}/certificates")).await;
+            assert_eq!(
+                certs["certificates"].as_array().unwrap().len(),
+                1,
+                "{certs}"
+            );
+            let (status, shadow) = admin.get(&format!("/v1/things/{thing}/shadow")).await;
+            assert_eq!(status, 200, "{shadow}");
+            assert!(shadow["state"]["reported"].is_object(), "{shadow}");
+        }
+    });
+}

@@ -2,7 +2,7 @@
 //! (with their device type, and in gateway mode the `gateway` attribute naming their gateway)
 //! and gateways. Device tokens are kept only where a device connects itself.
 
-use crate::{Mode, SimConfig, SimError};
+use crate::{Mode, SimConfig, SimError, mqtt::Login};
 use indicatif::ProgressBar;
 use serde_json::{Value, json};
 
@@ -21,8 +21,8 @@ pub(crate) struct Credentials {
 pub(crate) struct Fleet {
     /// Device names, by index.
     pub devices: Vec<String>,
-    /// Per device, its credentials (direct mode only).
-    pub device_tokens: Vec<String>,
+    /// Per device, how it logs in (direct mode only).
+    pub logins: Vec<Login>,
     /// Gateways (gateway mode only); device `i` belongs to gateway `i % gateways`.
     pub gateways: Vec<Credentials>,
 }
@@ -48,10 +48,12 @@ pub(crate) async fn register(
         Vec::new()
     };
     let mut devices = Vec::with_capacity(config.devices);
-    let mut device_tokens = Vec::new();
+    let mut logins = Vec::new();
     let mut start = 0;
-    while start < config.devices {
-        let end = (start + BULK).min(config.devices);
+    // The devices that provision themselves are not registered here.
+    let registered = config.devices - config.provision;
+    while start < registered {
+        let end = (start + BULK).min(registered);
         let mut specs = Vec::with_capacity(end - start);
         for i in start..end {
             let name = format!("{}-{i}", config.prefix);
@@ -67,14 +69,15 @@ pub(crate) async fn register(
         }
         let tokens = bulk(http, config, specs).await?;
         if config.mode == Mode::Direct {
-            device_tokens.extend(tokens);
+            logins.extend(tokens.into_iter().map(Login::Token));
         }
         bar.inc((end - start) as u64);
         start = end;
     }
+    devices.extend((registered..config.devices).map(|i| format!("{}-{i}", config.prefix)));
     Ok(Fleet {
         devices,
-        device_tokens,
+        logins,
         gateways,
     })
 }
@@ -85,7 +88,7 @@ pub(crate) fn unregistered(config: &SimConfig) -> Fleet {
         devices: (0..config.devices)
             .map(|i| format!("{}-{i}", config.prefix))
             .collect(),
-        device_tokens: vec![String::new(); config.devices],
+        logins: vec![Login::Token(String::new()); config.devices],
         gateways: Vec::new(),
     }
 }

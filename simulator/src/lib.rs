@@ -10,6 +10,7 @@ mod model;
 mod mqtt;
 mod report;
 mod run;
+mod tls;
 mod watch;
 
 pub use error::SimError;
@@ -30,6 +31,16 @@ pub enum Mode {
     /// observer (an MQTT subscriber to `things/+/telemetry`, or `watch_ws`) measures delivery.
     /// The reference for benchmarks.
     Broker,
+}
+
+/// How devices authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// Their token as MQTT password, over plain TCP.
+    Token,
+    /// A client certificate of the deployment's CA, over TLS 1.3 (direct mode).
+    Certificate,
 }
 
 /// What to simulate, and against which node.
@@ -70,6 +81,15 @@ pub struct SimConfig {
     pub watch_ws: Option<String>,
     /// Device type the things are registered with, if any.
     pub device_type: Option<String>,
+    /// How devices authenticate.
+    pub auth: Auth,
+    /// With certificates: the CA of the node's TLS server certificate (PEM).
+    pub tls_ca: Option<PathBuf>,
+    /// With certificates: the name the node's TLS server certificate carries.
+    pub tls_name: String,
+    /// With certificates: how many devices (the last ones) provision themselves with a claim
+    /// certificate instead of being registered and issued one through the API.
+    pub provision: usize,
     /// Where to write the JSON report.
     #[serde(skip)]
     pub report: Option<PathBuf>,

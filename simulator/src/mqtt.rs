@@ -1,7 +1,8 @@
 //! A small MQTT 3.1.1 client for simulated devices, built on rumqttc's packet codecs: one TCP
 //! connection from a chosen source address (so tens of thousands of devices fit past the
-//! ephemeral-port limit of one address), QoS 1 publishes with their PUBACK times, subscriptions,
-//! keep-alive pings. One task owns a connection; nothing is shared.
+//! ephemeral-port limit of one address), plain with a token or TLS 1.3 with a client
+//! certificate, QoS 1 publishes with their PUBACK times, subscriptions, keep-alive pings. One
+//! task owns a connection; nothing is shared.
 
 use crate::SimError;
 use bytes::BytesMut;
@@ -12,12 +13,37 @@ use rumqttc::mqttbytes::{
 use std::{
     collections::VecDeque,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
 };
+use tokio_util::either::Either;
+
+/// How a device proves who it is.
+#[derive(Clone)]
+pub(crate) enum Login {
+    /// Its token as MQTT password (none in broker mode: an empty token).
+    Token(String),
+    /// Its client certificate, over TLS to the node named `server`.
+    Certificate {
+        tls: Arc<rustls::ClientConfig>,
+        server: rustls_pki_types::ServerName<'static>,
+    },
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Login::Token(_) => "Login::Token",
+            Login::Certificate { .. } => "Login::Certificate",
+        })
+    }
+}
+
+type Stream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Largest packet accepted from the node.
 const MAX_PACKET: usize = 1 << 20;
@@ -36,7 +62,7 @@ pub(crate) enum Incoming {
 /// One device's (or gateway's) connection.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     input: BytesMut,
     output: BytesMut,
     next_pkid: u16,
@@ -64,12 +90,12 @@ pub(crate) fn source_for(server: SocketAddr, i: usize) -> Option<Ipv4Addr> {
 }
 
 impl Connection {
-    /// Connects as `name` with `token`, and waits for the CONNACK.
+    /// Connects as `name` (its client id) with `login`, and waits for the CONNACK.
     pub async fn open(
         server: SocketAddr,
         source: Option<Ipv4Addr>,
         name: &str,
-        token: &str,
+        login: &Login,
         keep_alive: Duration,
     ) -> Result<Connection, SimError> {
         let socket = match server {
@@ -81,6 +107,15 @@ impl Connection {
         }
         let stream = socket.connect(server).await?;
         stream.set_nodelay(true)?;
+        let stream = match login {
+            Login::Token(_) => Either::Left(stream),
+            Login::Certificate { tls, server } => Either::Right(
+                tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(server.clone(), stream)
+                    .await
+                    .map_err(|e| SimError::Mqtt(format!("TLS handshake: {e}")))?,
+            ),
+        };
         let mut connection = Connection {
             stream,
             input: BytesMut::with_capacity(1024),
@@ -91,7 +126,9 @@ impl Connection {
         };
         let mut connect = Connect::new(name);
         connect.keep_alive = keep_alive.as_secs().min(u16::MAX as u64) as u16;
-        if !token.is_empty() {
+        if let Login::Token(token) = login
+            && !token.is_empty()
+        {
             connect.set_login(name, token);
         }
         connection.encode(Packet::Connect(connect))?;

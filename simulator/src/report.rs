@@ -168,6 +168,20 @@ pub struct TimePoint {
     pub errors: u64,
 }
 
+/// Devices with certificates (`--auth certificate`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Certificates {
+    /// Certificates issued through the API from the devices' CSRs, and how long it took.
+    pub issued: usize,
+    pub issue_s: f64,
+    /// Devices that provisioned themselves with a claim certificate, and how long it took.
+    pub provisioned: usize,
+    pub provision_s: f64,
+    /// Connections per second while the fleet connected: TCP, a TLS 1.3 handshake with the
+    /// device's certificate, CONNECT and CONNACK.
+    pub handshakes_per_s: f64,
+}
+
 /// What a simulation did and measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -207,6 +221,8 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// The node's memory, the acknowledged rate and the latency over time.
     pub timeline: Vec<TimePoint>,
+    /// With `--auth certificate`: issuance, provisioning and TLS handshakes.
+    pub certificates: Option<Certificates>,
 }
 
 impl Report {
@@ -237,6 +253,13 @@ impl fmt::Display for Report {
             "  registered   {} things in {:.1} s; {} connections in {:.1} s",
             self.registered, self.registration_s, self.connected, self.connect_s
         )?;
+        if let Some(c) = &self.certificates {
+            writeln!(
+                f,
+                "  certificates {} issued from CSRs in {:.1} s, {} provisioned over MQTT in {:.1} s; {:.0} TLS handshakes/s",
+                c.issued, c.issue_s, c.provisioned, c.provision_s, c.handshakes_per_s
+            )?;
+        }
         writeln!(
             f,
             "  telemetry    {} sent, {} acknowledged: {:.0} msgs/s",

@@ -2,10 +2,11 @@
 //! schedule for the duration, drain, then check actuators and make the report.
 
 use crate::{
-    Mode, SimConfig, SimError, fleet,
+    Auth, Mode, SimConfig, SimError, fleet,
     model::{Actuator, Sensor},
-    mqtt::{Connection, Incoming, source_for},
-    report::{Report, Stats, TimePoint},
+    mqtt::{Connection, Incoming, Login, source_for},
+    report::{self, Report, Stats, TimePoint},
+    tls,
     watch::{self, now_us},
 };
 use futures_util::{StreamExt, stream};
@@ -40,9 +41,18 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
         Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
         Err(error) => tracing::warn!(%error, "could not raise the file descriptor limit"),
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()?;
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(120));
+    // An API served over TLS with the same certificate as the MQTT TLS listener.
+    if let Some(path) = &config.tls_ca {
+        let pem = std::fs::read(path)
+            .map_err(|e| SimError::Config(format!("--tls-ca {}: {e}", path.display())))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| SimError::Config(format!("--tls-ca {}: {e}", path.display())))?
+        {
+            http = http.add_root_certificate(cert);
+        }
+    }
+    let http = http.build()?;
     let multi = MultiProgress::with_draw_target(if config.progress {
         ProgressDrawTarget::stderr()
     } else {
@@ -58,13 +68,34 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
     };
     let bar = multi.add(counter_bar(config.devices as u64, "registering"));
     let started = Instant::now();
-    let fleet = if config.mode == Mode::Broker {
+    let mut fleet = if config.mode == Mode::Broker {
         fleet::unregistered(&config)
     } else {
         fleet::register(&http, &config, &bar).await?
     };
     let registration_s = started.elapsed().as_secs_f64();
     bar.finish();
+
+    // Certificates: issued from each device's CSR, or (a sample) by provisioning.
+    let mut certificates = None;
+    if config.auth == Auth::Certificate {
+        let trust = tls::Trust::load(&config)?;
+        let registered = config.devices - config.provision;
+        let started = Instant::now();
+        let issued = tls::certify(&http, &config, &trust, &fleet.devices[..registered]).await?;
+        let issue_s = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let provisioned = tls::provision(&http, &config, &trust, registered).await?;
+        let provision_s = started.elapsed().as_secs_f64();
+        fleet.logins = issued.into_iter().chain(provisioned).collect();
+        certificates = Some(report::Certificates {
+            issued: registered,
+            issue_s,
+            provisioned: config.provision,
+            provision_s,
+            handshakes_per_s: 0.0,
+        });
+    }
 
     // The WebSocket sample: devices spread evenly over the fleet.
     let sample = config.sample.min(config.devices);
@@ -90,6 +121,10 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
     };
     let connected = connections.iter().filter(|c| c.is_some()).count();
     let connect_s = started.elapsed().as_secs_f64();
+    if let Some(c) = &mut certificates {
+        // Each connection: TCP, the TLS 1.3 handshake with the device's certificate, CONNECT.
+        c.handshakes_per_s = connected as f64 / connect_s.max(0.001);
+    }
     // Apps tell the actuators what to do; they follow their delta.
     let devices = &fleet.devices;
     stream::iter(actuators.iter())
@@ -146,7 +181,7 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
                 let device = DirectDevice {
                     index: i,
                     name: fleet.devices[i].clone(),
-                    token: fleet.device_tokens[i].clone(),
+                    login: fleet.logins[i].clone(),
                     actuator: is_actuator(&config, i),
                     seed: i as u64,
                     config: config.clone(),
@@ -252,6 +287,7 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
         actuators_converged: converged,
         errors: stats.errors(),
         timeline: memory,
+        certificates,
         config,
     };
     if let Some(path) = &report.config.report {
@@ -280,6 +316,14 @@ fn validate(config: &SimConfig) -> Result<(), SimError> {
     }
     if config.mode != Mode::Broker && config.token.is_empty() {
         return bad("--token (or DOPPEL_ADMIN_TOKEN) is needed to register the fleet");
+    }
+    if config.auth == Auth::Certificate && config.mode != Mode::Direct {
+        return bad("--auth certificate needs --mode direct");
+    }
+    if config.provision > config.devices
+        || (config.provision > 0 && config.auth != Auth::Certificate)
+    {
+        return bad("--provision needs --auth certificate and at most --devices devices");
     }
     if !(1..=1000).contains(&config.batch) {
         return bad("--batch must be between 1 and 1000");
@@ -323,11 +367,11 @@ async fn connect_devices(
         .map(|i| {
             let (bar, stats) = (bar.clone(), stats.clone());
             let name = fleet.devices[i].clone();
-            let token = fleet.device_tokens[i].clone();
+            let login = fleet.logins[i].clone();
             let actuator = is_actuator(config, i);
             let server = config.endpoint(i, 0);
             async move {
-                let connection = open(server, i, &name, &token, actuator).await;
+                let connection = open(server, i, &name, &login, actuator).await;
                 bar.inc(1);
                 match connection {
                     Ok(c) => (i, Some(c)),
@@ -356,12 +400,12 @@ async fn open(
     server: SocketAddr,
     i: usize,
     name: &str,
-    token: &str,
+    login: &Login,
     actuator: bool,
 ) -> Result<Connection, SimError> {
     let mut connection = tokio::time::timeout(
         Duration::from_secs(30),
-        Connection::open(server, source_for(server, i), name, token, KEEP_ALIVE),
+        Connection::open(server, source_for(server, i), name, login, KEEP_ALIVE),
     )
     .await
     .map_err(|_| SimError::Mqtt("no CONNACK within 30 s".into()))??;
@@ -390,7 +434,7 @@ async fn connect_gateways(
                 server,
                 source_for(server, k),
                 &gateway.name,
-                &gateway.token,
+                &Login::Token(gateway.token.clone()),
                 KEEP_ALIVE,
             )
             .await?;
@@ -419,7 +463,7 @@ async fn connect_gateways(
 struct DirectDevice {
     index: usize,
     name: String,
-    token: String,
+    login: Login,
     actuator: bool,
     seed: u64,
     config: SimConfig,
@@ -519,7 +563,7 @@ impl DirectDevice {
         while Instant::now() < end {
             *attempt += 1;
             let server = self.config.endpoint(self.index, *attempt);
-            match open(server, self.index, &self.name, &self.token, self.actuator).await {
+            match open(server, self.index, &self.name, &self.login, self.actuator).await {
                 Ok(connection) => {
                     stats.reconnects.fetch_add(1, Ordering::Relaxed);
                     return Some(connection);

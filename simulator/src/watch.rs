@@ -51,9 +51,7 @@ pub(crate) async fn watch_twins(
         HeaderValue::from_str(&format!("Bearer {}", config.token))
             .map_err(|e| SimError::Config(format!("token: {e}")))?,
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| SimError::Api(format!("websocket: {e}")))?;
+    let mut ws = connect_twins(config, request).await?;
     for (k, chunk) in things.chunks(PER_SUBSCRIPTION).enumerate() {
         let frame = json!({"type": "subscribe", "id": format!("sim-{k}"), "things": chunk});
         ws.send(Message::text(frame.to_string()))
@@ -108,6 +106,46 @@ pub(crate) async fn watch_twins(
     }))
 }
 
+/// The node's WebSocket: `ws://`, or `wss://` trusting `--tls-ca` (an API served over TLS).
+async fn connect_twins(
+    config: &SimConfig,
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<
+        tokio_util::either::Either<
+            tokio::net::TcpStream,
+            tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        >,
+    >,
+    SimError,
+> {
+    let fail = |e: String| SimError::Api(format!("websocket: {e}"));
+    let uri = request.uri().clone();
+    let host = uri.host().unwrap_or("localhost").to_owned();
+    let tls = uri.scheme_str() == Some("wss");
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let stream = if tls {
+        let tls = crate::tls::Trust::load(config)?.client()?;
+        let server =
+            rustls_pki_types::ServerName::try_from(host).map_err(|e| fail(e.to_string()))?;
+        tokio_util::either::Either::Right(
+            tokio_rustls::TlsConnector::from(tls)
+                .connect(server, tcp)
+                .await
+                .map_err(|e| fail(e.to_string()))?,
+        )
+    } else {
+        tokio_util::either::Either::Left(tcp)
+    };
+    let (ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(ws)
+}
+
 /// Counts every frame of a WebSocket that streams deliveries (another system's output): each
 /// frame carrying a `sent_us` is one delivery.
 pub(crate) async fn watch_stream(
@@ -146,8 +184,14 @@ pub(crate) async fn watch_broker(
     mut stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, SimError> {
     let name = format!("{}-observer", config.prefix);
-    let mut connection =
-        Connection::open(config.endpoint(0, 0), None, &name, "", KEEP_ALIVE).await?;
+    let mut connection = Connection::open(
+        config.endpoint(0, 0),
+        None,
+        &name,
+        &crate::mqtt::Login::Token(String::new()),
+        KEEP_ALIVE,
+    )
+    .await?;
     connection.subscribe("things/+/telemetry")?;
     connection.flush().await?;
     connection.next().await?;
