@@ -74,8 +74,14 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     let hub = ChangeHub::new();
     let metrics = install_metrics()?;
+    // HTTPS asks for a client certificate of the deployment's CA too, optionally: devices
+    // present theirs to the device API, apps and browsers present none.
     let tls = match &config.tls {
-        Some(tls) => Some(actors::tls::server_config(&tls.cert, &tls.key)?),
+        Some(tls) => Some(actors::tls::server_config_with(
+            &tls.cert,
+            &tls.key,
+            Some(directory.pki().client_verifier(false)?),
+        )?),
         None => None,
     };
     // The MQTT TLS listener also asks devices for certificates of the deployment's CA.

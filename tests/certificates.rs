@@ -475,7 +475,7 @@ fn the_security_doc_runs_as_written() {
         ],
         Duration::from_secs(60),
     );
-    assert_eq!(steps, 3);
+    assert_eq!(steps, 4);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -852,4 +852,110 @@ async fn a_claim_certificate_provisions_a_device_and_nothing_else() {
         204
     );
     assert_eq!(admin.get("/v1/provisioning-templates/factory").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_uses_the_http_device_api_with_its_certificate() {
+    let secure = start(None);
+    let admin = secure.admin();
+    admin.register("pump-h", None).await;
+    admin.register("pump-x", None).await;
+    let issued = issue(&admin, "pump-h", json!({"generate": true})).await;
+    let identity = format!(
+        "{}{}",
+        issued["certificate"].as_str().unwrap(),
+        issued["private_key"].as_str().unwrap()
+    );
+    let client = |identity: Option<&str>| {
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(secure.server_pem.as_bytes()).unwrap(),
+            )
+            .resolve("localhost", secure.node.http);
+        if let Some(pem) = identity {
+            builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    };
+    let device = client(Some(&identity));
+    let url = |path: &str| format!("https://localhost:{}{path}", secure.node.http.port());
+    let call = async |request: reqwest::RequestBuilder| {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    };
+
+    // AWS IoT's device shadow REST API: update, get, named shadows, errors in AWS's shape.
+    let (status, accepted) = call(
+        device
+            .post(url("/things/pump-h/shadow"))
+            .body(json!({"state": {"reported": {"rpm": 5}}}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{accepted}");
+    assert_eq!(accepted["state"]["reported"]["rpm"], 5);
+    assert_eq!(accepted["version"], 1);
+    let (status, got) = call(device.get(url("/things/pump-h/shadow"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(got["state"]["reported"], json!({"rpm": 5}));
+    let (status, missing) = call(device.get(url("/things/pump-h/shadow?name=config"))).await;
+    assert_eq!(status, 404);
+    assert_eq!(missing["code"], 404, "{missing}");
+    let (status, conflict) = call(
+        device
+            .post(url("/things/pump-h/shadow"))
+            .body(json!({"state": {"reported": {"rpm": 6}}, "version": 7}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 409, "{conflict}");
+    // Telemetry, stored before the answer.
+    let (status, ok) = call(
+        device
+            .post(url("/topics/things/pump-h/telemetry"))
+            .body(json!({"temp": 21.5}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{ok}");
+    assert_eq!(ok["message"], "OK");
+    let (_, history) = admin.get("/v1/things/pump-h/telemetry").await;
+    assert_eq!(history["samples"][0]["values"]["temp"], 21.5, "{history}");
+
+    // Only its own thing, only its telemetry topic, only with its certificate.
+    let (status, _) = call(device.get(url("/things/pump-x/shadow"))).await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        device
+            .post(url("/topics/$aws/things/pump-h/shadow/update"))
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, body) = call(client(None).get(url("/things/pump-h/shadow"))).await;
+    assert_eq!(status, 401, "{body}");
+    // An app key is no device credential.
+    let (status, _) = call(
+        client(None)
+            .get(url("/things/pump-h/shadow"))
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // Revoked: the handshake fails.
+    let id = issued["id"].as_str().unwrap();
+    let path = format!("/v1/things/pump-h/certificates/{id}");
+    assert_eq!(
+        admin.patch(&path, json!({"status": "revoked"})).await.0,
+        200
+    );
+    assert!(
+        client(Some(&identity))
+            .get(url("/things/pump-h/shadow"))
+            .send()
+            .await
+            .is_err()
+    );
 }

@@ -5,6 +5,7 @@
 mod auth;
 mod certs;
 mod cluster;
+mod device;
 mod error;
 mod extract;
 mod keys;
@@ -203,6 +204,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/things/{name}/rules/trace", get(rules::trace))
         .route("/v1/alerts", get(rules::alerts))
         .route("/v1/ws", get(ws::upgrade))
+        // The device HTTP API (AWS IoT's HTTPS device endpoint; client certificates).
+        .route(
+            "/things/{name}/shadow",
+            get(device::get_shadow)
+                .post(device::update_shadow)
+                .delete(device::delete_shadow),
+        )
+        .route("/topics/{*topic}", post(device::publish))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(identity_encoding_only))
         .with_state(state)

@@ -48,7 +48,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let service = TowerToHyperService::new(router);
+    let service = TowerToHyperService::new(router.clone());
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -78,6 +78,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (acceptor, service, builder) = (acceptor.clone(), service.clone(), builder.clone());
+        let router = router.clone();
         let stopping = stopping.clone();
         connections.spawn(async move {
             let _slot = slot;
@@ -87,7 +88,23 @@ pub async fn serve(
                     let handshake =
                         tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
                     match handshake.await {
-                        Ok(Ok(tls)) => serve_one(&builder, tls, service, stopping).await,
+                        Ok(Ok(tls)) => {
+                            // A device's client certificate (verified by the handshake) goes
+                            // with every request of the connection, for the device API.
+                            let cert = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .map(|c| actors::pki::certificate_id(c));
+                            let service = match cert {
+                                None => service,
+                                Some(id) => TowerToHyperService::new(router.layer(
+                                    axum::Extension(crate::device::DeviceCertificate(id.into())),
+                                )),
+                            };
+                            serve_one(&builder, tls, service, stopping).await
+                        }
                         Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => return debug!(%peer, "TLS handshake timed out"),
                     }
