@@ -206,3 +206,65 @@ rule hot for thing "boiler-1" {
         assert_eq!(alerts().len(), 1);
     });
 }
+
+#[test]
+fn a_flush_commits_what_reaches_the_window_while_it_waits() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        // A commit window far longer than the test: only flushes commit.
+        let config = NodeConfig {
+            commit_window: Duration::from_secs(3600),
+            ..one_host()
+        };
+        let config = NodeConfig {
+            request_timeout: Duration::from_secs(30),
+            ..config
+        };
+        let (node, faults) = start(dir.path(), config);
+        register(&node, "pump-a").await;
+        register(&node, "pump-b").await;
+        faults.stall();
+        let before = faults.attempts();
+        let update = |name: &'static str| {
+            let node = node.clone();
+            let command = update_command(&node, json!({"state": {"desired": {"on": true}}}));
+            tokio::spawn(async move { node.call(thing(name), command, None).await })
+        };
+        let pending = async |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while node.stats().await.pending < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "{n} twins never reached the window"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        // A's change commits on a first flush, and that commit stalls.
+        let a = update("pump-a");
+        pending(1).await;
+        let first = tokio::spawn({
+            let node = node.clone();
+            async move { node.flush().await }
+        });
+        until("A's commit started", || faults.attempts() > before).await;
+        // B's change reaches the window while A's commit is in flight; the node is asked to
+        // flush again (a stop).
+        let b = update("pump-b");
+        pending(1).await;
+        let second = tokio::spawn({
+            let node = node.clone();
+            async move { node.flush().await }
+        });
+        faults.resume();
+        // Both flushes end with B committed, long before the window's hour.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            first.await.unwrap();
+            second.await.unwrap();
+        })
+        .await
+        .expect("the flushes ended");
+        assert_eq!(a.await.unwrap().unwrap().outcome, Ok(1));
+        assert_eq!(b.await.unwrap().unwrap().outcome, Ok(1));
+    });
+}

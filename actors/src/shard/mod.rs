@@ -562,7 +562,10 @@ impl ShardHost {
             }
             self.admit(done, ctx);
         }
-        if self.window.is_full(self.shared.config.commit_max_twins) || !self.window.has_writes() {
+        if self.window.is_full(self.shared.config.commit_max_twins)
+            || !self.window.has_writes()
+            || !self.flush_waiters.is_empty()
+        {
             self.flush(ctx);
         } else {
             self.arm_flush(ctx);
@@ -669,7 +672,11 @@ impl ShardHost {
         } else {
             self.window.hold(done);
         }
-        if self.window.is_full(self.shared.config.commit_max_twins) {
+        // A flush waits (the node is stopping): what arrives now — work of a twin that was
+        // still loading when it was asked — commits at once, not at the window's timer.
+        if self.window.is_full(self.shared.config.commit_max_twins)
+            || (self.window.has_writes() && !self.flush_waiters.is_empty())
+        {
             self.flush(ctx);
         } else if self.window.has_writes() {
             self.arm_flush(ctx);
