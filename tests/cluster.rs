@@ -223,6 +223,218 @@ fn mqtt_endpoints(nodes: &[&Node]) -> Endpoints {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn device_identity_holds_on_every_node() {
+    use rustls::pki_types::pem::PemObject;
+    use serde_json::Value;
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = doppel_tests::tls::server_certificate(dir.path());
+    let nodes: Vec<Node> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let mut options = cluster::options(&server, "identity", name, None);
+            options.args.extend(tls.serve_args());
+            options.trust = Some(tls.pem.clone());
+            Node::start(BIN, options)
+        })
+        .collect();
+    cluster::settled(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(30)).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let admin_a = Api::admin(a);
+    // One CA for the deployment, whichever node made it.
+    assert_eq!(
+        admin_a.text("/v1/ca").await.1,
+        Api::admin(b).text("/v1/ca").await.1
+    );
+    let tls_client = |cert: &str, key: &str| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_slice(tls.pem.as_bytes()).unwrap())
+            .unwrap();
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    let connect = async |node: &Node, client_id: &str, tls: rustls::ClientConfig| {
+        let mut options =
+            rumqttc::MqttOptions::new(client_id, "localhost", node.mqtt_tls.unwrap().port());
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)),
+        ));
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+        let connected = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err("no CONNACK".into()));
+        connected.map(|()| (client, eventloop))
+    };
+
+    // Issued on a, the certificate connects on b; revoked on a, b refuses it within a second.
+    let thing = cluster::name_owned_by(a, "a", "meter").await;
+    admin_a.register(&thing, None).await;
+    let (status, issued) = admin_a
+        .post(
+            &format!("/v1/things/{thing}/certificates"),
+            json!({"generate": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let (cert, key) = (
+        issued["certificate"].as_str().unwrap().to_owned(),
+        issued["private_key"].as_str().unwrap().to_owned(),
+    );
+    let (client, mut session) = connect(b, &thing, tls_client(&cert, &key)).await.unwrap();
+    client
+        .publish(
+            format!("things/{thing}/telemetry"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            json!({"t": 1}).to_string(),
+        )
+        .await
+        .unwrap();
+    let id = issued["id"].as_str().unwrap();
+    let path = format!("/v1/things/{thing}/certificates/{id}");
+    assert_eq!(
+        admin_a.patch(&path, json!({"status": "revoked"})).await.0,
+        200
+    );
+    // The live session on b closes, and b refuses the next handshake.
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if session.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the session on b outlived the revocation");
+    until(
+        "b to refuse the revoked certificate",
+        Duration::from_secs(1),
+        async || connect(b, &thing, tls_client(&cert, &key)).await.is_err(),
+    )
+    .await;
+
+    // A device provisions itself on b with a template and claim certificate made on a; its
+    // thing is owned by whichever node, and served on a.
+    let (status, _) = admin_a
+        .put(
+            "/v1/provisioning-templates/line",
+            json!({"thing_name": "line-{Serial}"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, claim) = admin_a
+        .post(
+            "/v1/provisioning-templates/line/claim-certificates",
+            json!({"generate": true}),
+        )
+        .await;
+    let (client, mut session) = connect(
+        b,
+        "factory-7",
+        tls_client(
+            claim["certificate"].as_str().unwrap(),
+            claim["private_key"].as_str().unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let next = async |session: &mut rumqttc::EventLoop| {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) =
+                    session.poll().await
+                {
+                    return (
+                        p.topic,
+                        serde_json::from_slice::<Value>(&p.payload).unwrap(),
+                    );
+                }
+            }
+        })
+        .await
+        .expect("an answer")
+    };
+    for filter in [
+        "$aws/certificates/create/json/+",
+        "$aws/provisioning-templates/line/provision/json/+",
+    ] {
+        client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+    client
+        .publish(
+            "$aws/certificates/create/json",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            "{}",
+        )
+        .await
+        .unwrap();
+    let (topic, created) = next(&mut session).await;
+    assert!(topic.ends_with("/accepted"), "{created}");
+    client
+        .publish(
+            "$aws/provisioning-templates/line/provision/json",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            json!({
+                "certificateOwnershipToken": created["certificateOwnershipToken"],
+                "parameters": {"Serial": "7"},
+            })
+            .to_string(),
+        )
+        .await
+        .unwrap();
+    let (topic, provisioned) = next(&mut session).await;
+    assert!(topic.ends_with("/accepted"), "{provisioned}");
+    assert_eq!(provisioned["thingName"], "line-7");
+    let (device, mut session) = connect(
+        a,
+        "line-7",
+        tls_client(
+            created["certificatePem"].as_str().unwrap(),
+            created["privateKey"].as_str().unwrap(),
+        ),
+    )
+    .await
+    .expect("the provisioned device connects on a");
+    device
+        .publish(
+            "$aws/things/line-7/shadow/update",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            json!({"state": {"reported": {"ok": true}}}).to_string(),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(async move { while session.poll().await.is_ok() {} });
+    until("its report on b", Duration::from_secs(5), async || {
+        b.shadow("line-7", None).await.1["state"]["reported"]["ok"] == true
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn kill9_of_a_node_under_load_moves_only_its_shards_and_loses_nothing_acknowledged() {
     let server = server();
     let mut nodes = three(&server, "kill9", None).await;

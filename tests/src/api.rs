@@ -23,7 +23,7 @@ impl Api {
         Api {
             base: node.url(""),
             token: token.map(str::to_owned),
-            client: reqwest::Client::new(),
+            client: node.client(),
         }
     }
 

@@ -53,7 +53,7 @@ pub async fn view(node: &Node) -> Value {
 }
 
 async fn ready(node: &Node) -> bool {
-    match reqwest::get(node.url("/readyz")).await {
+    match node.client().get(node.url("/readyz")).send().await {
         Ok(response) => response.status() == 200,
         Err(_) => false,
     }
@@ -204,7 +204,8 @@ pub async fn numbered(
 
 /// The `seq` a twin reports, read over REST on `node` (`None`: no answer).
 pub async fn reported_seq(node: &Node, thing: &str) -> Option<u64> {
-    let response = reqwest::Client::new()
+    let response = node
+        .client()
         .get(node.url(&format!("/v1/things/{thing}/shadow")))
         .bearer_auth(ADMIN_TOKEN)
         .timeout(Duration::from_secs(2))

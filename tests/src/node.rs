@@ -28,6 +28,9 @@ pub struct Options {
     pub store: Option<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// The node serves HTTPS with this certificate (PEM): the helpers' requests go to
+    /// `https://localhost:PORT` trusting it.
+    pub trust: Option<String>,
 }
 
 /// A running `doppel serve`.
@@ -157,12 +160,27 @@ impl Node {
 
     /// `http://127.0.0.1:port` + `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
+        match &self.options.trust {
+            Some(_) => format!("https://localhost:{}{path}", self.http.port()),
+            None => format!("http://{}{path}", self.http),
+        }
+    }
+
+    /// An HTTP client for [`Node::url`]s (trusting the node's certificate when it has one).
+    pub fn client(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &self.options.trust {
+            builder = builder
+                .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+                .resolve("localhost", self.http);
+        }
+        builder.build().unwrap()
     }
 
     /// Registers a thing; returns its token.
     pub async fn register(&self, name: &str) -> String {
-        let response = reqwest::Client::new()
+        let response = self
+            .client()
             .post(self.url("/v1/things"))
             .bearer_auth(ADMIN_TOKEN)
             .json(&json!({ "name": name }))
@@ -195,7 +213,7 @@ impl Node {
 
     /// `GET path` with the admin token.
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        reqwest::Client::new()
+        self.client()
             .get(self.url(path))
             .bearer_auth(ADMIN_TOKEN)
             .send()
