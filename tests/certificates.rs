@@ -834,6 +834,32 @@ async fn a_claim_certificate_provisions_a_device_and_nothing_else() {
         "{audit}"
     );
 
+    // A claim session has a budget of 16 requests: a device provisions once.
+    let (client, mut eventloop) = secure.connect("claim-f", claim_tls(), None).await.unwrap();
+    client
+        .subscribe("$aws/certificates/create/json/+", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    for _ in 0..16 {
+        let (topic, _) = ask(
+            &client,
+            &mut eventloop,
+            "$aws/certificates/create/json",
+            json!({}),
+        )
+        .await;
+        assert_eq!(topic, "$aws/certificates/create/json/accepted");
+    }
+    let (topic, refused) = ask(
+        &client,
+        &mut eventloop,
+        "$aws/certificates/create/json",
+        json!({}),
+    )
+    .await;
+    assert_eq!(topic, "$aws/certificates/create/json/rejected");
+    assert_eq!(refused["statusCode"], 429, "{refused}");
+
     // Revoking the claim certificate refuses its next handshake; deleting the template
     // revokes the rest.
     let (_, claims) = admin

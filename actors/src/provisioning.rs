@@ -45,6 +45,9 @@ pub enum ProvisionError {
     /// The registry could not be reached.
     #[error("the registry is unavailable; try again")]
     Unavailable,
+    /// The session made too many requests.
+    #[error("this claim session made too many requests; connect again")]
+    Throttled,
 }
 
 impl ProvisionError {
@@ -58,6 +61,7 @@ impl ProvisionError {
             ProvisionError::TemplateNotFound(_) => (404, "ResourceNotFound"),
             ProvisionError::LimitExceeded(_) => (400, "LimitExceeded"),
             ProvisionError::Unavailable => (503, "ServiceUnavailable"),
+            ProvisionError::Throttled => (429, "Throttled"),
         }
     }
 }

@@ -194,6 +194,8 @@ impl Connection {
     pub async fn flush(&mut self) -> Result<(), SimError> {
         if !self.output.is_empty() {
             self.stream.write_all(&self.output).await?;
+            // TLS may keep records in its buffer until flushed.
+            self.stream.flush().await?;
             self.output.clear();
             self.last_sent = Instant::now();
         }

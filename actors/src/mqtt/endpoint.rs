@@ -214,6 +214,7 @@ pub async fn connection<S>(
                 .increment(1);
             let _ = version.write(Out::ConnAck(Err(refusal)), &mut output, &settings);
             let _ = writer.write_all(&output).await;
+            let _ = writer.flush().await;
             let _ = writer.shutdown().await;
             return;
         }
@@ -309,6 +310,7 @@ async fn authenticate_certificate(
             template,
             certificate: record.id,
             pending: Arc::default(),
+            requests: Arc::new(AtomicUsize::new(0)),
         };
         return Ok((thing, meta, Some(claim)));
     }
@@ -324,8 +326,14 @@ async fn authenticate_certificate(
         .ok_or(Refusal::BadCredentials)
 }
 
+/// What a claim session is told once it used its request budget.
+const THROTTLED: &str = "this claim session made too many requests; connect again";
+
 /// Certificates a claim session created and has not provisioned yet, at most.
 const MAX_PENDING_CERTIFICATES: usize = 4;
+/// Requests (certificate creations and provisionings) one claim session may make: a device
+/// provisions once, and each request costs a signature or a transaction.
+const MAX_CLAIM_REQUESTS: usize = 16;
 
 /// A session authenticated by a claim certificate: it may create a certificate and provision
 /// a thing with its template, nothing else.
@@ -337,9 +345,16 @@ struct Claim {
     /// Certificates handed out on this session, by ownership token, oldest first; not stored
     /// until provisioning binds one to its thing.
     pending: Arc<Mutex<std::collections::VecDeque<(String, storage::CertRecord)>>>,
+    /// Requests made so far.
+    requests: Arc<AtomicUsize>,
 }
 
 impl Claim {
+    /// Counts a request; `false` once the session used its budget.
+    fn allows(&self) -> bool {
+        self.requests.fetch_add(1, Ordering::AcqRel) < MAX_CLAIM_REQUESTS
+    }
+
     fn hold(&self, token: String, record: storage::CertRecord) {
         if let Ok(mut pending) = self.pending.lock() {
             if pending.len() >= MAX_PENDING_CERTIFICATES {
@@ -526,7 +541,12 @@ impl Session {
                 }
             }
             if !self.output.is_empty() {
-                if let Err(e) = writer.write_all(&self.output).await {
+                // Flushed too: over TLS, records may wait in the session's buffer otherwise.
+                let written = match writer.write_all(&self.output).await {
+                    Ok(()) => writer.flush().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
                     break End::Io(e);
                 }
                 self.output.clear();
@@ -551,16 +571,19 @@ impl Session {
                     let reason = self.handle.close.lock().ok().and_then(|r| *r).unwrap_or(Reason::Unspecified);
                     self.write(Out::Disconnect(reason));
                     let _ = writer.write_all(&self.output).await;
+                    let _ = writer.flush().await;
                     break End::Closed(reason);
                 }
                 () = shutdown.cancelled() => {
                     self.write(Out::Disconnect(Reason::ShuttingDown));
                     let _ = writer.write_all(&self.output).await;
+                    let _ = writer.flush().await;
                     break End::Closed(Reason::ShuttingDown);
                 }
                 () = sleep_until(deadline) => {
                     self.write(Out::Disconnect(Reason::KeepAliveTimeout));
                     let _ = writer.write_all(&self.output).await;
+                    let _ = writer.flush().await;
                     break End::Closed(Reason::KeepAliveTimeout);
                 }
             }
@@ -781,6 +804,7 @@ impl Session {
                     .await
                     .map_err(|e| e.to_string())
                 }
+                (Ok(_), Some(claim)) if !claim.allows() => Err(THROTTLED.to_owned()),
                 (Ok(csr), Some(claim)) => {
                     let template = claim.template.clone();
                     node.with_directory(move |d| {
@@ -807,6 +831,14 @@ impl Session {
                     }
                     (request.reply(true), body)
                 }
+                Err(message) if message == THROTTLED => (
+                    request.reply(false),
+                    serde_json::json!({
+                        "statusCode": 429,
+                        "errorCode": "Throttled",
+                        "errorMessage": message,
+                    }),
+                ),
                 Err(message) => (
                     request.reply(false),
                     serde_json::json!({
@@ -836,6 +868,9 @@ impl Session {
         tokio::spawn(async move {
             let template = claim.template.clone();
             let outcome = async {
+                if !claim.allows() {
+                    return Err(ProvisionError::Throttled);
+                }
                 let request: Request = serde_json::from_slice(&payload).map_err(|e| {
                     ProvisionError::InvalidPayload(format!(
                         "the payload needs certificateOwnershipToken and string parameters: {e}"
