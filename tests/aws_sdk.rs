@@ -86,13 +86,7 @@ async fn the_aws_sdk_shadow_client_works_against_the_endpoint() {
 async fn the_aws_sdk_shadow_client_connects_with_its_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let server = doppel_tests::tls::server_certificate(dir.path());
-    let node = Node::start(
-        BIN,
-        Options {
-            args: server.serve_args(),
-            ..Options::default()
-        },
-    );
+    let node = Node::start(BIN, server.options());
     let admin =
         doppel_tests::api::Api::over_tls(&node, Some(doppel_tests::node::ADMIN_TOKEN), &server.pem);
     admin.register("sdk-tls", None).await;
@@ -124,13 +118,7 @@ async fn the_aws_sdk_shadow_client_connects_with_its_certificate() {
 async fn the_aws_sdk_identity_client_provisions_devices_with_a_claim_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let server = doppel_tests::tls::server_certificate(dir.path());
-    let node = Node::start(
-        BIN,
-        Options {
-            args: server.serve_args(),
-            ..Options::default()
-        },
-    );
+    let node = Node::start(BIN, server.options());
     let admin =
         doppel_tests::api::Api::over_tls(&node, Some(doppel_tests::node::ADMIN_TOKEN), &server.pem);
     let (status, body) = admin

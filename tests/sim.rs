@@ -149,13 +149,7 @@ fn a_refused_token_stops_the_simulator_with_a_clear_error() {
 fn devices_with_certificates_some_provisioned_over_mqtt() {
     let dir = tempfile::tempdir().unwrap();
     let server = doppel_tests::tls::server_certificate(dir.path());
-    let node = Node::start(
-        BIN,
-        Options {
-            args: server.serve_args(),
-            ..Options::default()
-        },
-    );
+    let node = Node::start(BIN, server.options());
     let report = dir.path().join("report.json");
     let output = Command::new(BIN)
         .arg("sim")

@@ -86,13 +86,20 @@ pub(crate) struct ShadowQuery {
     name: Option<String>,
 }
 
-fn shadow(query: &ShadowQuery) -> Result<ShadowName, Refusal> {
-    match &query.name {
-        None => Ok(ShadowName::CLASSIC),
+/// The device's thing and the shadow a shadow request names.
+async fn target(
+    state: &AppState,
+    cert: Option<Extension<DeviceCertificate>>,
+    name: &str,
+    query: &ShadowQuery,
+) -> Result<(ThingName, ShadowName), Refusal> {
+    let shadow = match &query.name {
+        None => ShadowName::CLASSIC,
         Some(name) => {
-            ShadowName::named(name).map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))
+            ShadowName::named(name).map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?
         }
-    }
+    };
+    Ok((device(state, cert, name).await?, shadow))
 }
 
 async fn run(state: &AppState, thing: ThingName, command: Command) -> Response {
@@ -122,8 +129,7 @@ pub(crate) async fn get_shadow(
     Path(name): Path<String>,
     Query(query): Query<ShadowQuery>,
 ) -> Result<Response, Refusal> {
-    let shadow = shadow(&query)?;
-    let thing = device(&state, cert, &name).await?;
+    let (thing, shadow) = target(&state, cert, &name, &query).await?;
     let get = request::parse_get(shadow, b"")
         .map_err(|r| refuse(StatusCode::BAD_REQUEST, r.error.message))?;
     Ok(run(&state, thing, Command::Get(get)).await)
@@ -137,8 +143,7 @@ pub(crate) async fn update_shadow(
     Query(query): Query<ShadowQuery>,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    let shadow = shadow(&query)?;
-    let thing = device(&state, cert, &name).await?;
+    let (thing, shadow) = target(&state, cert, &name, &query).await?;
     let update =
         request::parse_update(shadow, &body, &state.node.config().limits).map_err(|r| {
             refuse(
@@ -156,8 +161,7 @@ pub(crate) async fn delete_shadow(
     Path(name): Path<String>,
     Query(query): Query<ShadowQuery>,
 ) -> Result<Response, Refusal> {
-    let shadow = shadow(&query)?;
-    let thing = device(&state, cert, &name).await?;
+    let (thing, shadow) = target(&state, cert, &name, &query).await?;
     let delete = request::parse_delete(shadow, b"")
         .map_err(|r| refuse(StatusCode::BAD_REQUEST, r.error.message))?;
     Ok(run(&state, thing, Command::Delete(delete)).await)

@@ -13,6 +13,15 @@ pub struct ServerCert {
 }
 
 impl ServerCert {
+    /// Options of a node serving HTTPS and MQTT over TLS with it, whose helpers trust it.
+    pub fn options(&self) -> crate::node::Options {
+        crate::node::Options {
+            args: self.serve_args(),
+            trust: Some(self.pem.clone()),
+            ..crate::node::Options::default()
+        }
+    }
+
     /// `doppel serve` flags serving HTTPS and MQTT over TLS (on an ephemeral port) with it.
     pub fn serve_args(&self) -> Vec<String> {
         vec![
