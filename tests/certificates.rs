@@ -937,6 +937,38 @@ async fn a_device_uses_the_http_device_api_with_its_certificate() {
     )
     .await;
     assert_eq!(status, 409, "{conflict}");
+    // Bad input gets a clear refusal in AWS's shape and changes nothing.
+    let big = "x".repeat(100_000);
+    for (path, body, want) in [
+        (
+            "/things/pump-h/shadow",
+            json!({"state": {"reported": {"blob": big}}}).to_string(),
+            413,
+        ),
+        ("/things/pump-h/shadow", "{not json".to_owned(), 400),
+        (
+            "/things/pump-h/shadow",
+            json!({"state": {"reported": {"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}}})
+                .to_string(),
+            400,
+        ),
+        (
+            "/topics/things/pump-h/telemetry",
+            json!({"blob": big}).to_string(),
+            413,
+        ),
+        ("/topics/things/pump-h/telemetry", "[]".to_owned(), 400),
+    ] {
+        let (status, refused) = call(device.post(url(path)).body(body)).await;
+        assert_eq!(status, want, "{path}: {refused}");
+        assert_eq!(refused["code"], want, "{refused}");
+        assert!(refused["message"].is_string(), "{refused}");
+    }
+    assert_eq!(
+        call(device.get(url("/things/pump-h/shadow"))).await.1["version"],
+        1,
+        "nothing changed"
+    );
     // Telemetry, stored before the answer.
     let (status, ok) = call(
         device
