@@ -259,3 +259,65 @@ fn the_provisioning_doc_runs_as_written() {
     );
     assert_eq!(steps, 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_aws_sdk_jobs_client_runs_a_job() {
+    let node = Node::start(BIN, Options::default());
+    let token = node.register("meter-j1").await;
+    let admin = doppel_tests::api::Api::admin(&node);
+    let document = json!({"operation": "update", "version": "2.0", "sha256": "ab".repeat(32)});
+    let (status, job) = admin
+        .put(
+            "/v1/jobs/fw-2-0",
+            json!({"targets": {"things": ["meter-j1"]}, "document": document, "timeout_minutes": 30}),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    doppel_tests::until(
+        "the execution queued",
+        std::time::Duration::from_secs(5),
+        async || admin.get("/v1/jobs/fw-2-0").await.1["executions"]["QUEUED"] == 1,
+    )
+    .await;
+    let addr = node.mqtt();
+    let seen = tokio::task::spawn_blocking(move || {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/aws_sdk/jobs_client.py");
+        let output = Command::new(python())
+            .arg(script)
+            .args([addr.ip().to_string(), addr.port().to_string()])
+            .args(["meter-j1", &token, "fw-2-0"])
+            .output()
+            .expect("python runs");
+        assert!(
+            output.status.success(),
+            "the SDK's jobs client failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).expect("the script prints what it saw")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        seen,
+        json!({
+            "queued": ["fw-2-0"],
+            "started": {"job_id": "fw-2-0", "status": "IN_PROGRESS", "document": document, "version": 2},
+            "next_after_start": "IN_PROGRESS",
+            "stale": {"code": "VersionMismatch", "version": 2},
+            "progress": {"status": "IN_PROGRESS", "details": {"step": "flash"}},
+            "next_after_success": null,
+        })
+    );
+    // The job is complete, and its execution is listed with what the device said.
+    let (_, job) = admin.get("/v1/jobs/fw-2-0").await;
+    assert_eq!(job["status"], "COMPLETED", "{job}");
+    assert_eq!(job["executions"], json!({"SUCCEEDED": 1}));
+    let (_, page) = admin.get("/v1/jobs/fw-2-0/executions").await;
+    assert_eq!(page["executions"][0]["thing"], "meter-j1");
+    assert_eq!(page["executions"][0]["status"], "SUCCEEDED");
+    assert_eq!(
+        page["executions"][0]["statusDetails"],
+        json!({"version": "2.0"})
+    );
+}

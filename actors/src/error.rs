@@ -26,6 +26,12 @@ pub enum NodeError {
     /// No provisioning template with this name is stored.
     #[error("provisioning template \"{0}\" not found")]
     TemplateNotFound(String),
+    /// A job with this id exists.
+    #[error("job \"{0}\" already exists")]
+    JobExists(String),
+    /// No job with this id.
+    #[error("job \"{0}\" not found")]
+    JobNotFound(String),
     /// No rule with this name is stored.
     #[error("rule \"{0}\" not found")]
     RuleNotFound(String),

@@ -66,6 +66,28 @@ impl RuleEvent {
         }
     }
 
+    /// A job execution's change, as an event of the `jobs` rule (`kind: "job_execution"`).
+    pub fn execution(
+        thing: ThingName,
+        meta: Arc<ThingMeta>,
+        change: &twin_core::ExecutionChange,
+    ) -> Self {
+        let output = rules_dsl::Output {
+            rule: Arc::from("jobs"),
+            at: change.updated_at,
+            kind: rules_dsl::OutputKind::Event {
+                event: Arc::from("job_execution"),
+                payload: serde_json::json!({
+                    "jobId": change.job_id,
+                    "status": change.status.as_str(),
+                    "versionNumber": change.version,
+                    "statusDetails": change.status_details,
+                }),
+            },
+        };
+        Self::new(thing, meta, output)
+    }
+
     /// The event serialized by `build`, once however many watchers need it.
     pub fn frame(&self, build: impl FnOnce(&RuleEvent) -> Bytes) -> &Bytes {
         self.frame.get_or_init(|| build(self))

@@ -13,6 +13,7 @@ pub mod directory;
 mod error;
 pub mod history;
 pub mod hub;
+pub mod jobs;
 pub mod mqtt;
 mod node;
 pub mod outbox;

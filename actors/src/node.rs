@@ -211,6 +211,11 @@ impl Node {
         }
     }
 
+    /// Sends work to a twin, wherever its shard is.
+    pub(crate) fn route(&self, thing: ThingName, deliver: Deliver) {
+        self.inner.shared.route(thing, deliver);
+    }
+
     /// Sends a command from inside the node and waits for its reply, which comes once the
     /// change is durable. A change is recorded in the audit log under `audit` (a key id).
     pub async fn call(

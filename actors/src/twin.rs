@@ -96,9 +96,19 @@ impl Resident {
 
     /// The rules' next deadline as the stored rule state has it (for a twin just loaded).
     pub(crate) fn resumed_deadline(&mut self, thing: &ThingName, shared: &Shared) -> Option<u64> {
-        self.rule_state.as_ref()?;
+        // Job executions in progress time out too (only a record with executions is decoded).
+        let jobs = self
+            .record
+            .as_deref()
+            .filter(|bytes| Twin::record_has_jobs(bytes))
+            .and_then(|_| self.twin(thing).ok())
+            .and_then(|twin| twin.jobs().deadline());
+        if self.rule_state.is_none() {
+            return jobs;
+        }
         let rules = self.current_rules(thing, shared);
-        engine::next_deadline(self.decoded_rule_state(thing), &rules)
+        let rules = engine::next_deadline(self.decoded_rule_state(thing), &rules);
+        earliest(rules, jobs)
     }
 
     fn twin(&self, thing: &ThingName) -> Result<Twin, twin_core::TwinError> {
@@ -173,9 +183,18 @@ impl Resident {
                     documents,
                 };
                 if rules.is_empty() && self.rule_state.is_none() {
-                    // No rules: the plain twin.
-                    if let Input::Command(command) = input {
-                        twin.handle(command, &ctx, now, &mut done.effects);
+                    // No rules: the plain twin (and its job executions, with their timeouts).
+                    match input {
+                        Input::Command(command) => {
+                            twin.handle(command, &ctx, now, &mut done.effects);
+                        }
+                        Input::Job(job) => twin.handle_job(job, now, &mut done.effects),
+                        Input::Timer => twin.expire_jobs(now, &mut done.effects),
+                        Input::Child(..) | Input::Reply { .. } | Input::Presence(_) => {}
+                    }
+                    let deadline = twin.jobs().deadline();
+                    if deadline != self.deadline {
+                        done.writes.deadline = Some(deadline);
                     }
                 } else {
                     self.run_rules(thing, &mut twin, &rules, input, &ctx, now, &mut done);
@@ -222,7 +241,7 @@ impl Resident {
     ) {
         let state = self.decoded_rule_state(thing);
         let outcome = engine::handle(twin, state, rules, input, ctx, now, &mut done.effects);
-        let deadline = engine::next_deadline(state, rules);
+        let deadline = earliest(engine::next_deadline(state, rules), twin.jobs().deadline());
         if outcome.state_changed {
             // Empty bytes tell the host to remove the stored state.
             let forget = state.is_empty() && rules.is_empty();
@@ -259,3 +278,11 @@ fn reported_changed(effects: &[Effect]) -> bool {
 
 /// The size of what a resident twin keeps, for the memory benchmark.
 pub(crate) const RESIDENT_SIZE: usize = std::mem::size_of::<Resident>();
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

@@ -131,6 +131,12 @@ impl From<NodeError> for ApiError {
             }
             NodeError::Invalid(_) => Self::invalid(error.to_string()),
             NodeError::InvalidRequest(message) => Self::invalid(message.clone()),
+            NodeError::JobExists(_) => {
+                Self::new(StatusCode::CONFLICT, "job_exists", error.to_string())
+            }
+            NodeError::JobNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "job_not_found", error.to_string())
+            }
             NodeError::TemplateNotFound(_) => Self::new(
                 StatusCode::NOT_FOUND,
                 "template_not_found",

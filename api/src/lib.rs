@@ -8,6 +8,7 @@ mod cluster;
 mod device;
 mod error;
 mod extract;
+mod jobs;
 mod keys;
 mod metrics;
 mod openapi;
@@ -193,6 +194,13 @@ pub fn router(state: AppState) -> Router {
             "/v1/provisioning-templates/{name}/claim-certificates/{id}",
             axum::routing::patch(provisioning::set_claim_status),
         )
+        .route("/v1/jobs", get(jobs::list))
+        .route(
+            "/v1/jobs/{id}",
+            axum::routing::put(jobs::put).get(jobs::get),
+        )
+        .route("/v1/jobs/{id}/executions", get(jobs::executions))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/rules", get(rules::list))
         .route("/v1/rules/check", post(rules::check))
         .route(

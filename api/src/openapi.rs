@@ -17,12 +17,13 @@ use utoipa::{
         crate::telemetry::get, crate::metrics::metrics, crate::cluster::get,
         crate::certs::ca, crate::certs::crl, crate::certs::issue, crate::certs::list, crate::certs::set_status,
         crate::provisioning::put, crate::provisioning::list, crate::provisioning::get, crate::provisioning::delete,
+        crate::jobs::put, crate::jobs::list, crate::jobs::get, crate::jobs::executions, crate::jobs::cancel,
         crate::provisioning::issue_claim, crate::provisioning::list_claims, crate::provisioning::set_claim_status,
         crate::rules::put, crate::rules::list, crate::rules::get, crate::rules::delete, crate::rules::check,
         crate::rules::test, crate::rules::dry_run, crate::rules::trace, crate::rules::alerts,
     ),
     modifiers(&Bearer),
-    tags((name = "things"), (name = "shadows"), (name = "types"), (name = "telemetry"), (name = "keys"), (name = "audit"), (name = "rules"), (name = "certificates"), (name = "provisioning"), (name = "operations")),
+    tags((name = "things"), (name = "shadows"), (name = "types"), (name = "telemetry"), (name = "keys"), (name = "audit"), (name = "rules"), (name = "certificates"), (name = "provisioning"), (name = "jobs"), (name = "operations")),
 )]
 pub(crate) struct ApiDoc;
 

@@ -41,6 +41,8 @@ pub enum Input {
     },
     /// The device connected (`true`) or its connection ended.
     Presence(bool),
+    /// A job execution's input: the device's request, or a rollout's queue or cancel.
+    Job(twin_core::JobInput),
 }
 
 /// Why rules were evaluated.
@@ -288,7 +290,15 @@ pub fn handle(
                 None => return outcome,
             }
         }
-        Input::Timer => Trigger::Timer,
+        Input::Timer => {
+            // Executions in progress past their deadline time out.
+            twin.expire_jobs(now, effects);
+            Trigger::Timer
+        }
+        Input::Job(job) => {
+            twin.handle_job(job, now, effects);
+            return outcome;
+        }
         Input::Child(child, reported) => {
             changed = true;
             record_child(state, rules, child, reported);

@@ -32,7 +32,7 @@ pub use kv::{
 #[cfg(feature = "postgres")]
 pub use pg::{PgStore, PgTx};
 pub use repo::{
-    AuditEntry, CertRecord, CertStatus, KeyRecord, NodeRecord, Presence, ProvisioningTemplate,
-    Repos, Role, RuleLogEntry, RuleRecord, ShardRecord, ThingRecord,
+    AuditEntry, CertRecord, CertStatus, JobRecord, JobTargets, KeyRecord, NodeRecord, Presence,
+    ProvisioningTemplate, Repos, Role, RuleLogEntry, RuleRecord, ShardRecord, ThingRecord,
 };
 pub use url::StoreUrl;

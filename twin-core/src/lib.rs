@@ -7,6 +7,7 @@
 
 pub mod device_type;
 pub mod error;
+pub mod jobs;
 pub mod limits;
 pub mod names;
 pub mod request;
@@ -16,6 +17,7 @@ pub mod twin;
 
 pub use device_type::{CompiledType, DeviceType, Schemas, TelemetryMapping};
 pub use error::{ShadowError, TwinError};
+pub use jobs::{ExecStatus, ExecutionChange, JobInput, JobOp, JobReply};
 pub use limits::Limits;
 pub use names::{ShadowName, ThingName, TypeName};
 pub use request::{BatchEntry, DeleteRequest, GetRequest, Patch, Rejection, Sample, UpdateRequest};

@@ -144,6 +144,18 @@ pub enum Effect {
     },
     /// Tell apps watching the twin.
     Changed(Change),
+    /// Answer a device's jobs request (`$aws/things/{thing}/jobs/…/accepted|rejected`).
+    JobReply(crate::jobs::JobReply),
+    /// Tell the device its pending job executions changed (`jobs/notify`, or `jobs/notify-next`
+    /// when `next`).
+    JobNotify {
+        /// `notify-next` rather than `notify`.
+        next: bool,
+        /// AWS's payload.
+        payload: Bytes,
+    },
+    /// A job execution changed (the registry's index, apps).
+    Execution(crate::jobs::ExecutionChange),
     /// Record a telemetry sample (history, rules).
     Telemetry {
         /// Device time of the sample (server time when the device sent none), epoch ms.
@@ -160,10 +172,14 @@ pub enum Effect {
 pub struct Twin {
     thing: ThingName,
     shadows: Vec<(ShadowName, Shadow)>,
+    jobs: crate::jobs::Jobs,
     dirty: bool,
 }
 
+/// Shadows only.
 const FORMAT_V1: u8 = 1;
+/// Shadows and job executions (written only when the twin has executions).
+const FORMAT_V2: u8 = 2;
 const NO_MAPPING: &TelemetryMapping = &TelemetryMapping::All;
 
 #[derive(Serialize)]
@@ -174,6 +190,18 @@ struct RecordRef<'a> {
 #[derive(Deserialize)]
 struct Record {
     shadows: Vec<(ShadowName, Shadow)>,
+}
+
+#[derive(Serialize)]
+struct RecordV2Ref<'a> {
+    shadows: &'a [(ShadowName, Shadow)],
+    jobs: &'a crate::jobs::Jobs,
+}
+
+#[derive(Deserialize)]
+struct RecordV2 {
+    shadows: Vec<(ShadowName, Shadow)>,
+    jobs: crate::jobs::Jobs,
 }
 
 fn reject(
@@ -221,7 +249,27 @@ impl Twin {
         Self {
             thing,
             shadows: Vec::new(),
+            jobs: crate::jobs::Jobs::default(),
             dirty: false,
+        }
+    }
+
+    /// The twin's job executions.
+    pub fn jobs(&self) -> &crate::jobs::Jobs {
+        &self.jobs
+    }
+
+    /// Handles a job input (a device's request, a rollout's queue or cancel) at `now`.
+    pub fn handle_job(&mut self, input: crate::jobs::JobInput, now: u64, out: &mut Vec<Effect>) {
+        if self.jobs.handle(self.thing.as_str(), input, now, out) {
+            self.dirty = true;
+        }
+    }
+
+    /// Times out job executions whose deadline passed.
+    pub fn expire_jobs(&mut self, now: u64, out: &mut Vec<Effect>) {
+        if self.jobs.expire(self.thing.as_str(), now, out) {
+            self.dirty = true;
         }
     }
 
@@ -692,15 +740,31 @@ impl Twin {
 
     /// The twin's durable form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![FORMAT_V1];
         // Encoding owned, finite data into a Vec cannot fail.
+        if self.jobs.is_empty() {
+            let mut out = vec![FORMAT_V1];
+            out.extend(
+                postcard::to_allocvec(&RecordRef {
+                    shadows: &self.shadows,
+                })
+                .unwrap_or_default(),
+            );
+            return out;
+        }
+        let mut out = vec![FORMAT_V2];
         out.extend(
-            postcard::to_allocvec(&RecordRef {
+            postcard::to_allocvec(&RecordV2Ref {
                 shadows: &self.shadows,
+                jobs: &self.jobs,
             })
             .unwrap_or_default(),
         );
         out
+    }
+
+    /// Whether a stored record holds job executions (without decoding it).
+    pub fn record_has_jobs(bytes: &[u8]) -> bool {
+        bytes.first() == Some(&FORMAT_V2)
     }
 
     /// Reads a twin written by [`Twin::encode`].
@@ -712,6 +776,17 @@ impl Twin {
                 Ok(Twin {
                     thing,
                     shadows: record.shadows,
+                    jobs: crate::jobs::Jobs::default(),
+                    dirty: false,
+                })
+            }
+            Some((&FORMAT_V2, rest)) => {
+                let record: RecordV2 =
+                    postcard::from_bytes(rest).map_err(|e| TwinError::Decode(e.to_string()))?;
+                Ok(Twin {
+                    thing,
+                    shadows: record.shadows,
+                    jobs: record.jobs,
                     dirty: false,
                 })
             }

@@ -232,6 +232,7 @@ pub enum WireInput {
         payload: Value,
     },
     Presence(bool),
+    Job(twin_core::JobInput),
 }
 
 impl WireInput {
@@ -263,6 +264,7 @@ impl WireInput {
             Input::Timer => WireInput::Timer,
             Input::Child(name, reported) => WireInput::Child { name, reported },
             Input::Presence(connected) => WireInput::Presence(connected),
+            Input::Job(job) => WireInput::Job(job),
             Input::Reply {
                 request_id,
                 name,
@@ -312,6 +314,7 @@ impl WireInput {
             WireInput::Timer => Input::Timer,
             WireInput::Child { name, reported } => Input::Child(name, reported),
             WireInput::Presence(connected) => Input::Presence(connected),
+            WireInput::Job(job) => Input::Job(job),
             WireInput::Reply {
                 request_id,
                 name,

@@ -46,6 +46,7 @@ pub(crate) fn interpret(target: DeviceTopic, payload: &[u8], limits: &Limits) ->
         DeviceTopic::Telemetry { .. } => "telemetry",
         DeviceTopic::CommandReply { .. } => "command_reply",
         DeviceTopic::GatewayTelemetry { .. } => "gateway_telemetry",
+        DeviceTopic::Jobs { .. } => "jobs",
     };
     metrics::counter!("doppel_messages_in_total", "kind" => kind).increment(1);
     match target {
@@ -110,6 +111,34 @@ pub(crate) fn interpret(target: DeviceTopic, payload: &[u8], limits: &Limits) ->
                     info!(%thing, command = %name, "refused a command reply that is not a JSON object");
                     metrics::counter!("doppel_rejections_total", "code" => "400").increment(1);
                     Inbound::Refuse(Reason::PayloadInvalid)
+                }
+            }
+        }
+        DeviceTopic::Jobs { thing, op } => {
+            // An empty payload is an empty request (AWS's clients send `{}` or nothing).
+            let parsed = if payload.iter().all(u8::is_ascii_whitespace) {
+                Ok(serde_json::Value::Object(serde_json::Map::new()))
+            } else {
+                serde_json::from_slice::<serde_json::Value>(payload)
+            };
+            match parsed {
+                Ok(payload @ serde_json::Value::Object(_)) => Inbound::Command(
+                    thing,
+                    Input::Job(twin_core::JobInput::Request { op, payload }),
+                ),
+                _ => {
+                    metrics::counter!("doppel_rejections_total", "code" => "400").increment(1);
+                    let body = serde_json::json!({
+                        "code": "InvalidJson",
+                        "message": "the request is not a JSON object",
+                        "timestamp": crate::now_ms() / 1000,
+                    });
+                    Inbound::Answer {
+                        topic: topics::jobs_reply(&thing, &op, false),
+                        payload: Bytes::from(body.to_string()),
+                        thing,
+                        reason: Reason::Success,
+                    }
                 }
             }
         }

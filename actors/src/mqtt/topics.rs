@@ -6,12 +6,14 @@
 //! - `things/{thing}/telemetry`
 //! - `things/{thing}/commands/{name}` and the device's answer `…/commands/{name}/reply`
 //! - `gateways/{gateway}/telemetry` (batches)
+//! - `$aws/things/{thing}/jobs/{get,start-next}` and `…/jobs/{jobId}/{get,update}` (AWS IoT
+//!   Jobs), answered on `…/accepted`, `…/rejected`; notices on `…/jobs/notify[-next]`
 //! - `$aws/certificates/create/json` and `$aws/certificates/create-from-csr/json` (a device
 //!   obtains a new certificate for itself: rotation), answered on `…/accepted`, `…/rejected`
 //! - `$aws/provisioning-templates/{template}/provision/json` (fleet provisioning, only for a
 //!   session authenticated by one of the template's claim certificates), answered likewise
 
-use twin_core::{Op, ShadowName, ThingName};
+use twin_core::{JobOp, Op, ShadowName, ThingName};
 
 /// A topic a device may publish to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +44,13 @@ pub enum DeviceTopic {
         /// The gateway (itself a registered thing).
         gateway: ThingName,
     },
+    /// A jobs request (AWS IoT Jobs).
+    Jobs {
+        /// The thing.
+        thing: ThingName,
+        /// What it asks.
+        op: twin_core::JobOp,
+    },
 }
 
 impl DeviceTopic {
@@ -50,7 +59,8 @@ impl DeviceTopic {
         match self {
             DeviceTopic::Shadow { thing, .. }
             | DeviceTopic::Telemetry { thing }
-            | DeviceTopic::CommandReply { thing, .. } => thing,
+            | DeviceTopic::CommandReply { thing, .. }
+            | DeviceTopic::Jobs { thing, .. } => thing,
             DeviceTopic::GatewayTelemetry { gateway } => gateway,
         }
     }
@@ -161,7 +171,54 @@ pub fn parse(topic: &str) -> Option<DeviceTopic> {
             })
         }
         ["gateways", g, "telemetry"] => Some(DeviceTopic::GatewayTelemetry { gateway: thing(g)? }),
+        ["$aws", "things", t, "jobs", "get"] => Some(DeviceTopic::Jobs {
+            thing: thing(t)?,
+            op: JobOp::GetPending,
+        }),
+        ["$aws", "things", t, "jobs", "start-next"] => Some(DeviceTopic::Jobs {
+            thing: thing(t)?,
+            op: JobOp::StartNext,
+        }),
+        ["$aws", "things", t, "jobs", id, "get"] if job_id(id) || *id == "$next" => {
+            Some(DeviceTopic::Jobs {
+                thing: thing(t)?,
+                op: JobOp::Describe((*id).to_owned()),
+            })
+        }
+        ["$aws", "things", t, "jobs", id, "update"] if job_id(id) => Some(DeviceTopic::Jobs {
+            thing: thing(t)?,
+            op: JobOp::Update((*id).to_owned()),
+        }),
         _ => None,
+    }
+}
+
+/// Whether `id` is a job id: 1 to 64 of `a-zA-Z0-9_-` (AWS's alphabet).
+pub fn job_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+}
+
+/// The answer topic of a jobs request: `…/jobs/get/accepted`, `…/jobs/{jobId}/update/rejected`…
+pub fn jobs_reply(thing: &ThingName, op: &JobOp, accepted: bool) -> String {
+    let outcome = if accepted { "accepted" } else { "rejected" };
+    match op {
+        JobOp::GetPending => format!("$aws/things/{thing}/jobs/get/{outcome}"),
+        JobOp::StartNext => format!("$aws/things/{thing}/jobs/start-next/{outcome}"),
+        JobOp::Describe(id) => format!("$aws/things/{thing}/jobs/{id}/get/{outcome}"),
+        JobOp::Update(id) => format!("$aws/things/{thing}/jobs/{id}/update/{outcome}"),
+    }
+}
+
+/// `$aws/things/{thing}/jobs/notify`, or `…/notify-next`.
+pub fn jobs_notify(thing: &ThingName, next: bool) -> String {
+    if next {
+        format!("$aws/things/{thing}/jobs/notify-next")
+    } else {
+        format!("$aws/things/{thing}/jobs/notify")
     }
 }
 
@@ -234,7 +291,7 @@ pub fn may_subscribe(thing: &ThingName, filter: &str) -> bool {
     let levels: Vec<&str> = filter.split('/').collect();
     let own = |level: &str| level == thing.as_str();
     match levels.as_slice() {
-        ["$aws", "things", t, "shadow", ..] => own(t),
+        ["$aws", "things", t, "shadow" | "jobs", ..] => own(t),
         ["things", t, _, ..] => own(t),
         ["gateways", t, _, ..] => own(t),
         // The answers to its own certificate requests reach only the session that asked.
@@ -385,6 +442,8 @@ mod tests {
             "$aws/things/pump-7/shadow/update/delta",
             "things/pump-7/commands/+",
             "$aws/things/pump-7/shadow/name/+/get/accepted",
+            "$aws/things/pump-7/jobs/#",
+            "$aws/things/pump-7/jobs/notify-next",
         ] {
             assert!(may_subscribe(&t, ok), "{ok}");
         }
@@ -397,11 +456,51 @@ mod tests {
             "things/pump-7",
             "things/pump-7x/commands/a",
             "other/pump-7/x",
-            "$aws/things/pump-7/jobs/#",
+            "$aws/things/pump-7/other/#",
+            "$aws/things/pump-8/jobs/#",
+            "$aws/things/+/jobs/notify",
             "things/pump-7/#/x",
         ] {
             assert!(!may_subscribe(&t, bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn jobs_topics_parse_and_answer_on_their_own_topics() {
+        let jobs = |op| DeviceTopic::Jobs {
+            thing: thing("m-1"),
+            op,
+        };
+        assert_eq!(
+            parse("$aws/things/m-1/jobs/get"),
+            Some(jobs(JobOp::GetPending))
+        );
+        assert_eq!(
+            parse("$aws/things/m-1/jobs/start-next"),
+            Some(jobs(JobOp::StartNext))
+        );
+        assert_eq!(
+            parse("$aws/things/m-1/jobs/$next/get"),
+            Some(jobs(JobOp::Describe("$next".into())))
+        );
+        assert_eq!(
+            parse("$aws/things/m-1/jobs/fw_2-0/update"),
+            Some(jobs(JobOp::Update("fw_2-0".into())))
+        );
+        for bad in [
+            "$aws/things/m-1/jobs/$next/update",
+            "$aws/things/m-1/jobs/a b/get",
+            "$aws/things/m-1/jobs//update",
+            "$aws/things/m-1/jobs/x/delete",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+        let t = thing("m-1");
+        assert_eq!(
+            jobs_reply(&t, &JobOp::Update("j".into()), false),
+            "$aws/things/m-1/jobs/j/update/rejected"
+        );
+        assert_eq!(jobs_notify(&t, true), "$aws/things/m-1/jobs/notify-next");
     }
 
     #[test]

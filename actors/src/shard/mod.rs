@@ -451,6 +451,9 @@ impl ShardHost {
                 for (kind, entry) in &batch.rule_log {
                     repos.rule_log.append(tx, *kind, entry)?;
                 }
+                for (thing, change) in &batch.executions {
+                    repos.job_executions.put(tx, thing.as_str(), change)?;
+                }
                 Ok(true)
             });
             (batch, result, started.elapsed())
@@ -645,6 +648,11 @@ impl ShardHost {
             && let Some(entry) = audit_entry(thing, &done.effects, actor)
         {
             self.window.audit(entry);
+        }
+        for effect in &done.effects {
+            if let Effect::Execution(change) = effect {
+                self.window.execution(thing, change.clone());
+            }
         }
         if self.shared.config.history.enabled {
             done.effects.retain(|effect| match effect {

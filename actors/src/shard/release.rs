@@ -100,6 +100,16 @@ impl ShardHost {
                 Effect::Changed(change) => self
                     .shared
                     .publish_change(Arc::new(ChangeEvent::new(change, meta.clone()))),
+                Effect::JobReply(reply) => {
+                    let topic = topics::jobs_reply(&thing, &reply.op, reply.accepted);
+                    outbox.publish(&thing, topic, reply.payload);
+                }
+                Effect::JobNotify { next, payload } => {
+                    outbox.publish(&thing, topics::jobs_notify(&thing, next), payload);
+                }
+                Effect::Execution(change) => self.shared.publish_event(Arc::new(
+                    RuleEvent::execution(thing.clone(), meta.clone(), &change),
+                )),
                 Effect::Telemetry { .. } => {}
             }
         }

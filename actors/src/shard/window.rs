@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use storage::{AuditEntry, RuleLogEntry, repo::LogKind};
-use twin_core::ThingName;
+use twin_core::{ExecutionChange, ThingName};
 
 /// A window commits early once its records reach this many bytes (well under FoundationDB's
 /// 10 MB transaction limit).
@@ -31,6 +31,8 @@ pub(crate) struct Window<R> {
     deadlines: HashMap<ThingName, Option<u64>>,
     /// Alerts and commands for the rule log.
     rule_log: Vec<(LogKind, RuleLogEntry)>,
+    /// Latest state of each job execution that changed, per twin and job (for the index).
+    executions: HashMap<(ThingName, String), ExecutionChange>,
     bytes: usize,
     released: Vec<R>,
 }
@@ -44,6 +46,7 @@ impl<R> Default for Window<R> {
             rule_states: HashMap::new(),
             deadlines: HashMap::new(),
             rule_log: Vec::new(),
+            executions: HashMap::new(),
             bytes: 0,
             released: Vec::new(),
         }
@@ -58,6 +61,7 @@ pub(crate) struct Batch {
     pub rule_states: Vec<(ThingName, Bytes)>,
     pub deadlines: Vec<(ThingName, Option<u64>)>,
     pub rule_log: Vec<(LogKind, RuleLogEntry)>,
+    pub executions: Vec<(ThingName, ExecutionChange)>,
 }
 
 impl Batch {
@@ -67,6 +71,7 @@ impl Batch {
         things.extend(self.telemetry.iter().map(|(t, ..)| t.clone()));
         things.extend(self.rule_states.iter().map(|(t, _)| t.clone()));
         things.extend(self.deadlines.iter().map(|(t, _)| t.clone()));
+        things.extend(self.executions.iter().map(|(t, _)| t.clone()));
         things
     }
 }
@@ -80,6 +85,7 @@ impl<R: OfThing> Window<R> {
             || !self.rule_states.is_empty()
             || !self.deadlines.is_empty()
             || !self.rule_log.is_empty()
+            || !self.executions.is_empty()
     }
 
     /// Whether the window must commit now: `max_twins` dirty twins, four samples per twin
@@ -137,6 +143,13 @@ impl<R: OfThing> Window<R> {
         self.rule_log.extend(entries);
     }
 
+    /// A job execution's new state for the index; an earlier one of the same execution is
+    /// replaced.
+    pub fn execution(&mut self, thing: &ThingName, change: ExecutionChange) {
+        self.executions
+            .insert((thing.clone(), change.job_id.clone()), change);
+    }
+
     /// Effects that wait for this window's commit (or, with nothing to write, for the effects
     /// before them).
     pub fn hold(&mut self, released: R) {
@@ -158,6 +171,7 @@ impl<R: OfThing> Window<R> {
             self.bytes -= bytes.len();
         }
         self.deadlines.remove(thing);
+        self.executions.retain(|(t, _), _| t != thing);
     }
 
     /// Every thing with a write or an effect in the window.
@@ -166,6 +180,7 @@ impl<R: OfThing> Window<R> {
         things.extend(self.rule_states.keys().cloned());
         things.extend(self.deadlines.keys().cloned());
         things.extend(self.telemetry.iter().map(|(t, ..)| t.clone()));
+        things.extend(self.executions.keys().map(|(t, _)| t.clone()));
         things.extend(self.released.iter().map(|r| r.thing().clone()));
         things
     }
@@ -180,6 +195,7 @@ impl<R: OfThing> Window<R> {
             .retain(|entry| !things.iter().any(|t| t.as_str() == entry.target));
         self.rule_log
             .retain(|(_, entry)| !things.iter().any(|t| t.as_str() == entry.thing));
+        self.executions.retain(|(t, _), _| !things.contains(t));
         self.released.retain(|r| !things.contains(r.thing()));
         self.bytes = self.records.values().map(|(b, _)| b.len()).sum::<usize>()
             + self.rule_states.values().map(Bytes::len).sum::<usize>()
@@ -201,6 +217,11 @@ impl<R: OfThing> Window<R> {
                 rule_states: window.rule_states.into_iter().collect(),
                 deadlines: window.deadlines.into_iter().collect(),
                 rule_log: window.rule_log,
+                executions: window
+                    .executions
+                    .into_iter()
+                    .map(|((thing, _), change)| (thing, change))
+                    .collect(),
             },
             window.released,
         )

@@ -18,6 +18,8 @@
 //! | certificates | `(root, "cert", id)`, `(root, "thingcert", thing, id)`, `(root, "certdeny", id)` | [`CertRecord`] as JSON; a thing's certificates; the ids of those not active |
 //! | presence | `(root, "presence", thing)` | [`Presence`] as JSON: connected or not, since, last seen, why it disconnected |
 //! | ptemplate | `(root, "ptemplate", name)` | [`ProvisioningTemplate`] as JSON: what a claim certificate's device becomes |
+//! | job | `(root, "job", id)` | [`JobRecord`] as JSON: document, targets, timeout, status |
+//! | jobexec | `(root, "jobexec", job, thing)` | the latest `twin_core::ExecutionChange` of an execution, as JSON (written in its twin's commit) |
 //! | nodes | `(root, "node", name)` | [`NodeRecord`] as JSON: a cluster node's address and lease |
 //! | shards | `(root, "shard", n)` | [`ShardRecord`] as JSON: the shard's owner and epoch |
 
@@ -26,6 +28,7 @@ pub mod blob;
 mod certs;
 mod cluster;
 mod history;
+mod jobs;
 mod meta;
 mod presence;
 mod records;
@@ -37,6 +40,7 @@ pub use audit::{Audit, AuditEntry};
 pub use certs::{CertRecord, CertStatus, Certs};
 pub use cluster::{Cluster, NodeRecord, ShardRecord};
 pub use history::{DAY_MS, FieldAgg, HOUR_MS, History, HourAgg, RawSample, day_of};
+pub use jobs::{JobExecutions, JobRecord, JobTargets};
 pub use meta::Meta;
 pub use presence::{Presence, Presences};
 pub use records::{KeyRecord, Keyed, ProvisioningTemplate, Records, Role, ThingRecord};
@@ -83,6 +87,10 @@ pub struct Repos {
     pub presence: Presences,
     /// Fleet-provisioning templates.
     pub templates: Records<ProvisioningTemplate>,
+    /// Jobs.
+    pub jobs: Records<JobRecord>,
+    /// The index of job executions.
+    pub job_executions: JobExecutions,
 }
 
 impl Repos {
@@ -107,6 +115,8 @@ impl Repos {
             ),
             presence: Presences::new(root.subspace(&"presence")),
             templates: Records::new(root.subspace(&"ptemplate")),
+            jobs: Records::new(root.subspace(&"job")),
+            job_executions: JobExecutions::new(root.subspace(&"jobexec")),
         }
     }
 }

@@ -1,0 +1,140 @@
+//! Jobs (AWS IoT Jobs): `(root, "job", id)` → [`JobRecord`] as JSON, and the index of their
+//! executions, `(root, "jobexec", job, thing)` → the execution's latest
+//! [`twin_core::ExecutionChange`] as JSON, written in the commit of the twin that holds the
+//! execution (the twin's record is the execution's truth; the index lists and counts them).
+
+use crate::{
+    error::StoreError,
+    kv::{KeyRange, RangeOptions, Transaction, key_after},
+    repo::records::Keyed,
+};
+use foundationdb_tuple::Subspace;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use twin_core::{ExecStatus, ExecutionChange};
+
+/// Which things a job targets: these things, and every thing of these device types.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobTargets {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub things: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+}
+
+/// A job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    /// What devices are told to do (for firmware: version, artifact, SHA-256, size).
+    pub document: serde_json::Value,
+    pub targets: JobTargets,
+    /// How long an execution may stay in progress, minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_minutes: Option<u64>,
+    /// `IN_PROGRESS` or `CANCELED` (a job is complete when every execution is).
+    pub status: String,
+    /// Canceled with `force`: executions in progress were canceled too.
+    #[serde(default)]
+    pub force_canceled: bool,
+    pub created_at: u64,
+    pub created_by: String,
+    pub updated_at: u64,
+}
+
+impl Keyed for JobRecord {
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
+/// The execution index.
+#[derive(Clone, Debug)]
+pub struct JobExecutions {
+    space: Subspace,
+}
+
+fn decode(bytes: &[u8]) -> Result<ExecutionChange, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt("job execution", e))
+}
+
+impl JobExecutions {
+    pub(crate) fn new(space: Subspace) -> Self {
+        Self { space }
+    }
+
+    /// Records an execution's latest state.
+    pub fn put(
+        &self,
+        tx: &mut impl Transaction,
+        thing: &str,
+        change: &ExecutionChange,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(change).unwrap_or_default();
+        tx.set(&self.space.pack(&(change.job_id.as_str(), thing)), &json)
+    }
+
+    /// A job's executions in thing order after `after`, at most `limit`, with `status` only
+    /// if given.
+    pub fn list(
+        &self,
+        tx: &mut impl Transaction,
+        job: &str,
+        after: Option<&str>,
+        limit: usize,
+        status: Option<ExecStatus>,
+    ) -> Result<(Vec<(String, ExecutionChange)>, bool), StoreError> {
+        let (mut begin, end) = self.space.subspace(&job).range();
+        if let Some(after) = after {
+            begin = key_after(self.space.pack(&(job, after)));
+        }
+        let mut found = Vec::new();
+        loop {
+            let page = tx.get_range(
+                &KeyRange::new(begin.clone(), end.clone()),
+                RangeOptions::first(1_000),
+            )?;
+            let exhausted = page.len() < 1_000;
+            for (key, value) in &page {
+                let (_, thing): (String, String) = self
+                    .space
+                    .unpack(key)
+                    .map_err(|e| StoreError::corrupt("job execution key", e))?;
+                let change = decode(value)?;
+                if status.is_none_or(|s| s == change.status) {
+                    if found.len() == limit {
+                        return Ok((found, true));
+                    }
+                    found.push((thing, change));
+                }
+            }
+            match page.last() {
+                Some((key, _)) if !exhausted => begin = key_after(key.clone()),
+                _ => return Ok((found, false)),
+            }
+        }
+    }
+
+    /// How many of a job's executions are in each state.
+    pub fn counts(
+        &self,
+        tx: &mut impl Transaction,
+        job: &str,
+    ) -> Result<BTreeMap<ExecStatus, u64>, StoreError> {
+        let (mut begin, end) = self.space.subspace(&job).range();
+        let mut counts = BTreeMap::new();
+        loop {
+            let page = tx.get_range(
+                &KeyRange::new(begin.clone(), end.clone()),
+                RangeOptions::first(1_000),
+            )?;
+            for (_, value) in &page {
+                *counts.entry(decode(value)?.status).or_insert(0) += 1;
+            }
+            match page.last() {
+                Some((key, _)) if page.len() == 1_000 => begin = key_after(key.clone()),
+                _ => return Ok(counts),
+            }
+        }
+    }
+}
