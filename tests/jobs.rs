@@ -1,0 +1,260 @@
+//! Jobs end to end through the node's own endpoint: a job for a device type queues an execution
+//! on each of its things and none elsewhere, executions survive a restart (they live in the
+//! twins), cancel spares executions in progress unless forced, a device reaches only its own
+//! executions, apps see execution changes over WebSocket, and an execution in progress past
+//! the job's timeout is TIMED_OUT.
+
+use doppel_tests::{
+    api::Api,
+    device::{self, Device},
+    node::{ADMIN_TOKEN, Node, Options},
+    until, ws,
+};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_doppel");
+
+async fn counts(admin: &Api, job: &str) -> Value {
+    admin.get(&format!("/v1/jobs/{job}")).await.1["executions"].clone()
+}
+
+async fn wait_counts(admin: &Api, job: &str, want: Value) {
+    until(
+        &format!("{job} to count {want}"),
+        Duration::from_secs(10),
+        async || counts(admin, job).await == want,
+    )
+    .await;
+}
+
+async fn jobs_device(node: &Node, thing: &str, token: &str) -> Device {
+    let mut d = device::connect(node.mqtt(), thing, token).await.unwrap();
+    d.subscribe(&format!("$aws/things/{thing}/jobs/#")).await;
+    d
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_for_a_type_queues_on_its_things_survives_a_restart_and_cancels() {
+    let mut node = Node::start(BIN, Options::default());
+    let admin = Api::admin(&node);
+    admin.put_type("Meter", json!({})).await;
+    let mut tokens = Vec::new();
+    for i in 0..4 {
+        tokens.push(admin.register(&format!("meter-{i}"), Some("Meter")).await);
+    }
+    admin.register("pump-0", None).await;
+    // Refused before anything is stored.
+    for (body, code) in [
+        (json!({"targets": {}, "document": {}}), "invalid_request"),
+        (
+            json!({"targets": {"types": ["Nope"]}, "document": {}}),
+            "type_not_found",
+        ),
+        (
+            json!({"targets": {"types": ["Meter"]}, "document": [1]}),
+            "invalid_request",
+        ),
+        (
+            json!({"targets": {"types": ["Meter"]}, "document": {"a": "x".repeat(40_000)}}),
+            "invalid_request",
+        ),
+        (
+            json!({"targets": {"types": ["Meter"]}, "document": {}, "timeout_minutes": 0}),
+            "invalid_request",
+        ),
+    ] {
+        let (status, answer) = admin.put("/v1/jobs/bad", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["code"], code, "{answer}");
+    }
+    assert_eq!(admin.put("/v1/jobs/bad job", json!({})).await.0, 400);
+    let (status, _) = admin
+        .put(
+            "/v1/jobs/fw-3",
+            json!({"targets": {"types": ["Meter"]}, "document": {"version": "3"}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        admin
+            .put(
+                "/v1/jobs/fw-3",
+                json!({"targets": {"types": ["Meter"]}, "document": {}})
+            )
+            .await
+            .0,
+        409
+    );
+    wait_counts(&admin, "fw-3", json!({"QUEUED": 4})).await;
+    let (_, page) = admin.get("/v1/jobs/fw-3/executions?limit=2").await;
+    assert_eq!(page["executions"].as_array().unwrap().len(), 2);
+    assert_eq!(page["next"], "meter-1");
+    let (_, rest) = admin.get("/v1/jobs/fw-3/executions?cursor=meter-1").await;
+    assert_eq!(rest["executions"][0]["thing"], "meter-2");
+
+    // meter-0 starts its execution; a restart keeps it (it lives in the twin).
+    let mut d = jobs_device(&node, "meter-0", &tokens[0]).await;
+    let started = d
+        .request(
+            "$aws/things/meter-0/jobs/start-next",
+            &json!({}),
+            "$aws/things/meter-0/jobs/start-next/accepted",
+        )
+        .await;
+    assert_eq!(started["execution"]["status"], "IN_PROGRESS");
+    wait_counts(&admin, "fw-3", json!({"QUEUED": 3, "IN_PROGRESS": 1})).await;
+    drop(d);
+    assert!(node.terminate().success());
+    node.restart();
+    let admin = Api::admin(&node);
+    let mut d = jobs_device(&node, "meter-0", &tokens[0]).await;
+    let described = d
+        .request(
+            "$aws/things/meter-0/jobs/fw-3/get",
+            &json!({}),
+            "$aws/things/meter-0/jobs/fw-3/get/accepted",
+        )
+        .await;
+    assert_eq!(described["execution"]["status"], "IN_PROGRESS");
+    assert_eq!(
+        described["execution"]["jobDocument"],
+        json!({"version": "3"})
+    );
+
+    // Cancel: queued ones go, the one in progress stays; forced, it goes too.
+    let (status, job) = admin.post("/v1/jobs/fw-3/cancel", json!({})).await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["status"], "CANCELED");
+    wait_counts(&admin, "fw-3", json!({"CANCELED": 3, "IN_PROGRESS": 1})).await;
+    let mut other = jobs_device(&node, "meter-1", &tokens[1]).await;
+    let nothing = other
+        .request(
+            "$aws/things/meter-1/jobs/start-next",
+            &json!({}),
+            "$aws/things/meter-1/jobs/start-next/accepted",
+        )
+        .await;
+    assert!(nothing.get("execution").is_none(), "{nothing}");
+    admin
+        .post("/v1/jobs/fw-3/cancel", json!({"force": true}))
+        .await;
+    wait_counts(&admin, "fw-3", json!({"CANCELED": 4})).await;
+    let next = d.message_on("$aws/things/meter-0/jobs/notify-next").await;
+    assert!(next.get("execution").is_none(), "{next}");
+    // The untargeted thing never had one.
+    let (_, page) = admin.get("/v1/jobs/fw-3/executions").await;
+    assert!(!page.to_string().contains("pump-0"), "{page}");
+    assert_eq!(admin.get("/v1/jobs/nope").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_reaches_only_its_own_executions_and_apps_see_them_change() {
+    let node = Node::start(BIN, Options::default());
+    let admin = Api::admin(&node);
+    let mine = admin.register("cam-1", None).await;
+    admin.register("cam-2", None).await;
+    let mut app = ws::connect(&node, Some(ADMIN_TOKEN)).await.unwrap();
+    app.send(json!({"type": "subscribe", "id": "s", "things": ["cam-1"]}))
+        .await;
+    app.send(json!({"type": "get", "id": "g", "thing": "cam-1"}))
+        .await;
+    app.next().await;
+    admin
+        .put(
+            "/v1/jobs/cfg-1",
+            json!({"targets": {"things": ["cam-1", "cam-2"]}, "document": {"config": 1}}),
+        )
+        .await;
+    wait_counts(&admin, "cfg-1", json!({"QUEUED": 2})).await;
+    let queued = loop {
+        let frame = app.next_of("event").await;
+        if frame["kind"] == "job_execution" {
+            break frame;
+        }
+    };
+    assert_eq!(queued["payload"]["jobId"], "cfg-1");
+    assert_eq!(queued["payload"]["status"], "QUEUED");
+    // cam-1 may not subscribe to or publish on cam-2's jobs topics.
+    let mut d = device::connect(node.mqtt(), "cam-1", &mine).await.unwrap();
+    d.publish(
+        "$aws/things/cam-2/jobs/cfg-1/update",
+        &json!({"status": "SUCCEEDED"}),
+    )
+    .await;
+    let why = tokio::time::timeout(Duration::from_secs(10), d.closed())
+        .await
+        .expect("the node closes a device publishing on another's jobs topic");
+    assert!(!why.is_empty());
+    assert_eq!(counts(&admin, "cfg-1").await, json!({"QUEUED": 2}));
+    let mut d = device::connect(node.mqtt(), "cam-1", &mine).await.unwrap();
+    d.client
+        .subscribe("$aws/things/cam-2/jobs/notify", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let why = tokio::time::timeout(Duration::from_secs(10), d.closed())
+        .await
+        .expect("the node closes a device subscribing to another's jobs topics");
+    assert!(!why.is_empty());
+    // Its own: a malformed request is answered on …/rejected.
+    let mut d = jobs_device(&node, "cam-1", &mine).await;
+    d.publish_raw("$aws/things/cam-1/jobs/get", b"not json".to_vec())
+        .await;
+    let refused = d.message_on("$aws/things/cam-1/jobs/get/rejected").await;
+    assert_eq!(refused["code"], "InvalidJson");
+    let done = d
+        .request(
+            "$aws/things/cam-1/jobs/cfg-1/update",
+            &json!({"status": "REJECTED", "statusDetails": {"why": "busy"}}),
+            "$aws/things/cam-1/jobs/cfg-1/update/accepted",
+        )
+        .await;
+    assert!(done["timestamp"].is_u64(), "{done}");
+    let changed = loop {
+        let frame = app.next_of("event").await;
+        if frame["kind"] == "job_execution" && frame["payload"]["status"] == "REJECTED" {
+            break frame;
+        }
+    };
+    assert_eq!(changed["payload"]["statusDetails"], json!({"why": "busy"}));
+    wait_counts(&admin, "cfg-1", json!({"QUEUED": 1, "REJECTED": 1})).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_execution_in_progress_past_the_jobs_timeout_times_out() {
+    let node = Node::start(BIN, Options::default());
+    let admin = Api::admin(&node);
+    let token = admin.register("slow-1", None).await;
+    admin
+        .put(
+            "/v1/jobs/slow",
+            json!({"targets": {"things": ["slow-1"]}, "document": {}, "timeout_minutes": 1}),
+        )
+        .await;
+    wait_counts(&admin, "slow", json!({"QUEUED": 1})).await;
+    let mut d = jobs_device(&node, "slow-1", &token).await;
+    d.request(
+        "$aws/things/slow-1/jobs/start-next",
+        &json!({}),
+        "$aws/things/slow-1/jobs/start-next/accepted",
+    )
+    .await;
+    // The shortest timeout AWS allows is a minute.
+    until(
+        "the execution to time out",
+        Duration::from_secs(90),
+        async || counts(&admin, "slow").await == json!({"TIMED_OUT": 1}),
+    )
+    .await;
+    let next = d.message_on("$aws/things/slow-1/jobs/notify-next").await;
+    assert!(next.get("execution").is_some(), "the start's notice");
+    let refused = d
+        .request(
+            "$aws/things/slow-1/jobs/slow/update",
+            &json!({"status": "SUCCEEDED"}),
+            "$aws/things/slow-1/jobs/slow/update/rejected",
+        )
+        .await;
+    assert_eq!(refused["code"], "InvalidStateTransition");
+    assert_eq!(refused["executionState"]["status"], "TIMED_OUT");
+}
