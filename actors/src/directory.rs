@@ -139,6 +139,8 @@ pub struct Directory {
     registry: tokio::sync::Notify,
     /// The deployment's certificate authority.
     pki: Arc<crate::pki::Pki>,
+    /// Jobs canceled (by an operator or an abort): their queued executions never start.
+    canceled_jobs: RwLock<std::collections::HashSet<String>>,
 }
 
 /// Certificates a thing may hold that are not revoked.
@@ -215,8 +217,10 @@ impl Directory {
             rules: crate::rules::RuleBook::default(),
             registry: tokio::sync::Notify::new(),
             pki,
+            canceled_jobs: RwLock::default(),
         };
         directory.rules = crate::rules::RuleBook::load(rules, &directory);
+        directory.reload_canceled_jobs()?;
         Ok(directory)
     }
 
@@ -252,7 +256,37 @@ impl Directory {
             .replace(crate::rules::RuleBook::load(rules, self));
         let denied = self.store.transact(|tx| self.repos.certs.denied(tx))?;
         self.pki.set_denied(denied);
+        self.reload_canceled_jobs()
+    }
+
+    /// Reads which jobs are canceled.
+    fn reload_canceled_jobs(&self) -> Result<(), NodeError> {
+        let jobs = self
+            .store
+            .transact(|tx| self.repos.jobs.list(tx, None, usize::MAX))?;
+        if let Ok(mut canceled) = self.canceled_jobs.write() {
+            *canceled = jobs
+                .into_iter()
+                .filter(|j| j.status == "CANCELED")
+                .map(|j| j.id)
+                .collect();
+        }
         Ok(())
+    }
+
+    /// Whether job `id` was canceled.
+    pub fn job_canceled(&self, id: &str) -> bool {
+        self.canceled_jobs
+            .read()
+            .is_ok_and(|canceled| canceled.contains(id))
+    }
+
+    /// Records that job `id` was canceled (after it was stored).
+    pub(crate) fn mark_job_canceled(&self, id: &str) {
+        if let Ok(mut canceled) = self.canceled_jobs.write() {
+            canceled.insert(id.to_owned());
+        }
+        self.changed();
     }
 
     // ---- certificates --------------------------------------------------------------------

@@ -2,19 +2,21 @@
 //! queuing an execution on every targeted twin, and canceling. The executions themselves live in
 //! the twins (`twin_core::jobs`) and are written in their commits.
 
+use crate::shared::Shared;
 use crate::{directory::Directory, error::NodeError, node::Node, work::Deliver};
 use rules_dsl::Input;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+pub use storage::{AbortCriterion, JobRecord, JobTargets, Progress, RateIncrease, Rollout};
 use storage::{AuditEntry, Store};
-pub use storage::{JobRecord, JobTargets};
 use twin_core::{ExecStatus, ExecutionChange, JobInput, ThingName, TypeName, jobs};
 
 /// Things listed by a job at most (more: target a device type).
 pub const MAX_TARGET_THINGS: usize = 10_000;
-
-/// Some of a job's targets, and where the next page starts.
-type TargetPage = (Vec<ThingName>, Option<String>);
 
 /// A job as asked for.
 #[derive(Clone, Debug)]
@@ -23,7 +25,12 @@ pub struct NewJob {
     pub document: Value,
     pub targets: JobTargets,
     pub timeout_minutes: Option<u64>,
+    pub rollout: Option<Rollout>,
+    pub abort: Vec<AbortCriterion>,
 }
+
+/// The fastest rollout, executions queued per minute.
+pub const MAX_RATE_PER_MINUTE: f64 = 1_000.0;
 
 fn invalid(message: impl Into<String>) -> NodeError {
     NodeError::InvalidRequest(message.into())
@@ -65,6 +72,36 @@ impl NewJob {
         {
             return Err(invalid("timeout_minutes is 1 to 10080"));
         }
+        if let Some(rollout) = &self.rollout {
+            if !(1.0..=MAX_RATE_PER_MINUTE).contains(&rollout.rate_per_minute) {
+                return Err(invalid("rollout.rate_per_minute is 1 to 1000"));
+            }
+            if let Some(increase) = &rollout.increase
+                && (!(1.1..=5.0).contains(&increase.factor) || increase.every_succeeded == 0)
+            {
+                return Err(invalid(
+                    "rollout.increase has a factor of 1.1 to 5 and every_succeeded of at least 1",
+                ));
+            }
+        }
+        if self.abort.len() > 10 {
+            return Err(invalid("at most 10 abort criteria"));
+        }
+        for c in &self.abort {
+            if !matches!(
+                c.failure.as_str(),
+                "FAILED" | "REJECTED" | "TIMED_OUT" | "ALL"
+            ) {
+                return Err(invalid(
+                    "abort.failure is FAILED, REJECTED, TIMED_OUT or ALL",
+                ));
+            }
+            if !(c.percent > 0.0 && c.percent <= 100.0) || c.min_executed == 0 {
+                return Err(invalid(
+                    "abort.percent is over 0 and at most 100, abort.min_executed at least 1",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -83,6 +120,18 @@ impl Directory {
             created_at: now,
             created_by: actor.to_owned(),
             updated_at: now,
+            progress: Progress {
+                rate_per_minute: job.rollout.as_ref().map(|r| r.rate_per_minute),
+                next_increase: job
+                    .rollout
+                    .as_ref()
+                    .and_then(|r| r.increase.as_ref())
+                    .map_or(0, |i| i.every_succeeded),
+                ..Progress::default()
+            },
+            rollout: job.rollout,
+            abort: job.abort,
+            reason: None,
         };
         let repos = self.repos();
         let taken = self.store().transact(|tx| {
@@ -144,6 +193,7 @@ impl Directory {
         &self,
         id: &str,
         force: bool,
+        reason: Option<String>,
         actor: &str,
         now: u64,
     ) -> Result<JobRecord, NodeError> {
@@ -153,6 +203,9 @@ impl Directory {
                 let Some(mut job) = repos.jobs.get(tx, id)? else {
                     return Ok(None);
                 };
+                if job.status != "CANCELED" {
+                    job.reason = reason.clone();
+                }
                 job.status = "CANCELED".into();
                 job.force_canceled |= force;
                 job.updated_at = now;
@@ -165,63 +218,93 @@ impl Directory {
                         id,
                         None,
                         None,
-                        Some(json!({ "force": force })),
+                        Some(json!({ "force": force, "reason": reason })),
                         now,
                     ),
                 )?;
                 Ok(Some(job))
             })?
             .ok_or_else(|| NodeError::JobNotFound(id.to_owned()))
+            .inspect(|_| self.mark_job_canceled(id))
     }
 
-    /// The things a job targets, in pages: its listed things first, then every thing of its
-    /// types (in name order, after `after`). `None` once done.
-    fn target_page(
+    /// Up to `n` of a job's targets after its progress: its listed things first, then the things
+    /// of its types in name order (at most 10,000 records read). The progress moves past them.
+    fn next_targets(
         &self,
-        targets: &JobTargets,
-        after: Option<String>,
-    ) -> Result<Option<TargetPage>, NodeError> {
-        const PAGE: usize = 1_000;
-        if targets.types.is_empty() {
-            return Ok(None);
+        job: &JobRecord,
+        n: usize,
+        progress: &mut Progress,
+    ) -> Result<Vec<ThingName>, NodeError> {
+        let mut found = Vec::new();
+        let listed = &job.targets.things;
+        while found.len() < n && progress.next_listed < listed.len() {
+            if let Ok(thing) = ThingName::new(&listed[progress.next_listed]) {
+                found.push(thing);
+            }
+            progress.next_listed += 1;
         }
-        let page = self
-            .store()
-            .transact(|tx| self.repos().things.list(tx, after.as_deref(), PAGE))?;
-        if page.is_empty() {
-            return Ok(None);
+        if job.targets.types.is_empty() {
+            progress.done = progress.next_listed >= listed.len();
+            return Ok(found);
         }
-        let next = page.last().map(|r| r.name.to_string());
-        let things = page
-            .into_iter()
-            .filter(|r| {
-                r.device_type
+        for _ in 0..10 {
+            if found.len() >= n {
+                return Ok(found);
+            }
+            let page = self.store().transact(|tx| {
+                self.repos()
+                    .things
+                    .list(tx, progress.after.as_deref(), 1_000)
+            })?;
+            let exhausted = page.len() < 1_000;
+            for record in page {
+                if found.len() >= n {
+                    return Ok(found);
+                }
+                progress.after = Some(record.name.to_string());
+                let targeted = record
+                    .device_type
                     .as_ref()
-                    .is_some_and(|t| targets.types.iter().any(|n| n == t.as_str()))
-                    && !targets.things.iter().any(|n| n == r.name.as_str())
-            })
-            .map(|r| r.name)
-            .collect();
-        Ok(Some((things, next)))
+                    .is_some_and(|t| job.targets.types.iter().any(|n| n == t.as_str()))
+                    && !listed.iter().any(|n| n == record.name.as_str());
+                if targeted {
+                    found.push(record.name);
+                }
+            }
+            if exhausted {
+                progress.done = true;
+                return Ok(found);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Stores a rollout's progress (unless the job was canceled meanwhile).
+    fn save_progress(&self, id: &str, progress: &Progress, now: u64) -> Result<(), NodeError> {
+        let repos = self.repos();
+        self.store().transact(|tx| {
+            if let Some(mut job) = repos.jobs.get(tx, id)?
+                && job.status == "IN_PROGRESS"
+            {
+                job.progress = progress.clone();
+                job.updated_at = now;
+                repos.jobs.put(tx, &job)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
 }
 
 impl Node {
-    /// Creates a job and queues an execution on every targeted twin (a rollout at once; in
-    /// the background for device types).
+    /// Creates a job; the rollout queues its executions (at its rate, if it has one).
     pub async fn create_job(&self, job: NewJob, actor: &str) -> Result<JobRecord, NodeError> {
         let actor = actor.to_owned();
         let record = self
             .with_directory(move |d| d.put_job(job, &actor, crate::now_ms()))
             .await?;
-        let timeout = record.timeout_minutes.map(|m| m * 60_000);
-        let document = record.document.to_string();
-        let input = move |id: &str| JobInput::Queue {
-            job_id: id.to_owned(),
-            document: document.clone(),
-            in_progress_timeout_ms: timeout,
-        };
-        self.for_targets(&record, input).await;
+        self.inner_shared().jobs_changed.notify_one();
         Ok(record)
     }
 
@@ -234,54 +317,217 @@ impl Node {
     ) -> Result<JobRecord, NodeError> {
         let actor = actor.to_owned();
         let record = self
-            .with_directory(move |d| d.cancel_job(&id, force, &actor, crate::now_ms()))
+            .with_directory(move |d| d.cancel_job(&id, force, None, &actor, crate::now_ms()))
             .await?;
-        self.for_targets(&record, move |id: &str| JobInput::Cancel {
-            job_id: id.to_owned(),
-            force,
-        })
-        .await;
+        cancel_executions(self.inner_shared().clone(), record.id.clone(), force).await;
         Ok(record)
     }
+}
 
-    /// Sends `input` to every twin `job` targets: the listed ones now, those of its types in
-    /// the background, page by page.
-    async fn for_targets(
-        &self,
-        job: &JobRecord,
-        input: impl Fn(&str) -> JobInput + Send + Sync + 'static,
-    ) {
-        for thing in &job.targets.things {
-            if let Ok(thing) = ThingName::new(thing) {
-                self.deliver_job(thing, input(&job.id));
+/// Sends a cancel to every twin with an execution of `job` that is queued (or in progress,
+/// with `force`).
+async fn cancel_executions(shared: Arc<Shared>, job: String, force: bool) {
+    let mut after: Option<String> = None;
+    loop {
+        let (for_call, id, from) = (shared.clone(), job.clone(), after.clone());
+        let page = crate::pool::blocking(move || {
+            for_call
+                .directory
+                .job_executions(&id, from.as_deref(), 1_000, None)
+        })
+        .await;
+        let Ok(Ok((page, more))) = page else {
+            tracing::error!(%job, "listing a job's executions to cancel failed");
+            return;
+        };
+        after = page.last().map(|(thing, _)| thing.clone());
+        for (thing, execution) in page {
+            let cancels = match execution.status {
+                ExecStatus::Queued => true,
+                ExecStatus::InProgress => force,
+                _ => false,
+            };
+            if cancels && let Ok(thing) = ThingName::new(&thing) {
+                let input = JobInput::Cancel {
+                    job_id: job.clone(),
+                    force,
+                };
+                shared.route(thing, Deliver::internal(Input::Job(input)));
             }
         }
-        let (node, job) = (self.clone(), job.clone());
-        tokio::spawn(async move {
-            let mut after = None;
-            loop {
-                let targets = job.targets.clone();
-                let page = node
-                    .with_directory(move |d| d.target_page(&targets, after))
-                    .await;
-                match page {
-                    Ok(Some((things, next))) => {
-                        for thing in things {
-                            node.deliver_job(thing, input(&job.id));
-                        }
-                        after = next;
-                    }
-                    Ok(None) => break,
-                    Err(error) => {
-                        tracing::error!(job = %job.id, %error, "listing a job's targets failed");
-                        break;
-                    }
-                }
-            }
-        });
+        if !more {
+            return;
+        }
     }
+}
 
-    fn deliver_job(&self, thing: ThingName, input: JobInput) {
-        self.route(thing, Deliver::internal(Input::Job(input)));
+/// How often the rollout looks at its jobs.
+const ROLLOUT_TICK: Duration = Duration::from_millis(250);
+/// Executions a rollout without a rate queues per tick at most.
+const UNLIMITED_PER_TICK: usize = 1_000;
+
+/// The failures an abort criterion counts, and the executions finished, of `counts`.
+fn abort_reason(criteria: &[AbortCriterion], counts: &BTreeMap<ExecStatus, u64>) -> Option<String> {
+    let count = |s: ExecStatus| counts.get(&s).copied().unwrap_or(0);
+    let executed: u64 = [
+        ExecStatus::Succeeded,
+        ExecStatus::Failed,
+        ExecStatus::Rejected,
+        ExecStatus::TimedOut,
+    ]
+    .into_iter()
+    .map(count)
+    .sum();
+    criteria.iter().find_map(|c| {
+        let failures = match c.failure.as_str() {
+            "FAILED" => count(ExecStatus::Failed),
+            "REJECTED" => count(ExecStatus::Rejected),
+            "TIMED_OUT" => count(ExecStatus::TimedOut),
+            _ => {
+                count(ExecStatus::Failed)
+                    + count(ExecStatus::Rejected)
+                    + count(ExecStatus::TimedOut)
+            }
+        };
+        let share = 100.0 * failures as f64 / executed.max(1) as f64;
+        (executed >= c.min_executed && share >= c.percent).then(|| {
+            format!(
+                "aborted: {failures} of {executed} finished executions {} ({share:.0}% ≥ {}%)",
+                if c.failure == "ALL" {
+                    "failed, were rejected or timed out".to_owned()
+                } else {
+                    c.failure.clone()
+                },
+                c.percent
+            )
+        })
+    })
+}
+
+/// The rollout: on the node that runs what a cluster runs once, every tick, for each job in
+/// progress — abort it if a criterion is crossed, raise its rate when enough succeeded, and
+/// queue its next executions within its rate. Its progress is stored after every step, so a
+/// restart or another node resumes where it was (a twin queues a job once).
+pub(crate) async fn run_rollouts(shared: Arc<Shared>) {
+    let mut ticks = crate::node::leader_ticks(ROLLOUT_TICK);
+    // Executions each rate-limited job may queue now (they accrue with time).
+    let mut budgets: HashMap<String, (f64, Instant)> = HashMap::new();
+    loop {
+        tokio::select! {
+            () = ticks.tick(&shared) => {}
+            () = shared.jobs_changed.notified() => {}
+        }
+        let for_call = shared.clone();
+        let Ok(Ok(jobs)) =
+            crate::pool::blocking(move || for_call.directory.jobs(None, 10_000)).await
+        else {
+            continue;
+        };
+        budgets.retain(|id, _| {
+            jobs.iter()
+                .any(|j| &j.id == id && j.status == "IN_PROGRESS")
+        });
+        for job in jobs.into_iter().filter(|j| j.status == "IN_PROGRESS") {
+            if let Err(error) = step(&shared, job, &mut budgets).await {
+                tracing::warn!(%error, "a rollout step failed; it is retried");
+            }
+        }
     }
+}
+
+/// One rollout step of `job`.
+async fn step(
+    shared: &Arc<Shared>,
+    job: JobRecord,
+    budgets: &mut HashMap<String, (f64, Instant)>,
+) -> Result<(), NodeError> {
+    let watches =
+        !job.abort.is_empty() || job.rollout.as_ref().is_some_and(|r| r.increase.is_some());
+    if job.progress.done && job.abort.is_empty() {
+        return Ok(());
+    }
+    let mut progress = job.progress.clone();
+    if watches {
+        let (for_call, id) = (shared.clone(), job.id.clone());
+        let counts = crate::pool::blocking(move || for_call.directory.job_counts(&id)).await??;
+        if let Some(reason) = abort_reason(&job.abort, &counts) {
+            tracing::warn!(job = %job.id, %reason, "job aborted");
+            metrics::counter!("doppel_jobs_aborted_total").increment(1);
+            let (for_call, id, why) = (shared.clone(), job.id.clone(), reason.clone());
+            crate::pool::blocking(move || {
+                for_call
+                    .directory
+                    .cancel_job(&id, false, Some(why), "node", crate::now_ms())
+            })
+            .await??;
+            cancel_executions(shared.clone(), job.id.clone(), false).await;
+            return Ok(());
+        }
+        if let Some(increase) = job.rollout.as_ref().and_then(|r| r.increase.as_ref()) {
+            let succeeded = counts.get(&ExecStatus::Succeeded).copied().unwrap_or(0);
+            while progress.next_increase > 0 && succeeded >= progress.next_increase {
+                let rate = progress.rate_per_minute.unwrap_or(MAX_RATE_PER_MINUTE);
+                progress.rate_per_minute = Some((rate * increase.factor).min(MAX_RATE_PER_MINUTE));
+                progress.next_increase += increase.every_succeeded;
+            }
+        }
+    }
+    if progress.done {
+        if progress != job.progress {
+            let (for_call, id) = (shared.clone(), job.id.clone());
+            crate::pool::blocking(move || {
+                for_call
+                    .directory
+                    .save_progress(&id, &progress, crate::now_ms())
+            })
+            .await??;
+        }
+        return Ok(());
+    }
+    let allowed = match progress.rate_per_minute {
+        None => UNLIMITED_PER_TICK,
+        Some(rate) => {
+            let now = Instant::now();
+            let (budget, last) = budgets.entry(job.id.clone()).or_insert((1.0, now));
+            let accrued = rate / 60.0 * now.duration_since(*last).as_secs_f64();
+            // A paused rollout does not burst: at most two ticks' worth (or one execution).
+            let cap = (rate / 60.0 * 2.0 * ROLLOUT_TICK.as_secs_f64()).max(1.0);
+            *budget = (*budget + accrued).min(cap.max(*budget));
+            *last = now;
+            let whole = budget.floor();
+            *budget -= whole;
+            whole as usize
+        }
+    };
+    if allowed == 0 {
+        return Ok(());
+    }
+    let (for_call, record) = (shared.clone(), job.clone());
+    let (things, progress) = crate::pool::blocking(move || {
+        let mut progress = progress;
+        let things = for_call
+            .directory
+            .next_targets(&record, allowed, &mut progress)?;
+        progress.queued += things.len() as u64;
+        Ok::<_, NodeError>((things, progress))
+    })
+    .await??;
+    let input = |id: &str| JobInput::Queue {
+        job_id: id.to_owned(),
+        document: job.document.to_string(),
+        in_progress_timeout_ms: job.timeout_minutes.map(|m| m * 60_000),
+    };
+    for thing in things {
+        shared.route(thing, Deliver::internal(Input::Job(input(&job.id))));
+    }
+    metrics::gauge!("doppel_job_rate_per_minute", "job" => job.id.clone())
+        .set(progress.rate_per_minute.unwrap_or(0.0));
+    let (for_call, id) = (shared.clone(), job.id.clone());
+    crate::pool::blocking(move || {
+        for_call
+            .directory
+            .save_progress(&id, &progress, crate::now_ms())
+    })
+    .await??;
+    Ok(())
 }

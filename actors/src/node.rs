@@ -107,6 +107,7 @@ impl Node {
             config,
             hosts: OnceLock::new(),
             stages: crate::stages::Stages::register(),
+            jobs_changed: tokio::sync::Notify::new(),
         });
         let mut hosts = Vec::new();
         let mut arbiters = Vec::new();
@@ -135,6 +136,7 @@ impl Node {
             tokio::spawn(maintain_history(shared.clone()));
         }
         tokio::spawn(watch_certificate_expiry(shared.clone()));
+        tokio::spawn(crate::jobs::run_rollouts(shared.clone()));
         match (&shared.cluster, listener) {
             (Some(cluster), Some(listener)) => {
                 let local: Arc<dyn Local> = shared.clone();
@@ -211,9 +213,9 @@ impl Node {
         }
     }
 
-    /// Sends work to a twin, wherever its shard is.
-    pub(crate) fn route(&self, thing: ThingName, deliver: Deliver) {
-        self.inner.shared.route(thing, deliver);
+    /// What the node's parts share.
+    pub(crate) fn inner_shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
     }
 
     /// Sends a command from inside the node and waits for its reply, which comes once the
@@ -631,9 +633,9 @@ impl Node {
 
 /// Ticks of background work the cluster runs once: on a node alone every period, in a cluster
 /// only on the owner of shard 0.
-struct LeaderTicks(tokio::time::Interval);
+pub(crate) struct LeaderTicks(tokio::time::Interval);
 
-fn leader_ticks(period: std::time::Duration) -> LeaderTicks {
+pub(crate) fn leader_ticks(period: std::time::Duration) -> LeaderTicks {
     LeaderTicks(tokio::time::interval(
         period.max(std::time::Duration::from_millis(10)),
     ))
@@ -641,7 +643,7 @@ fn leader_ticks(period: std::time::Duration) -> LeaderTicks {
 
 impl LeaderTicks {
     /// Waits for the next tick at which this node does the work.
-    async fn tick(&mut self, shared: &Shared) {
+    pub(crate) async fn tick(&mut self, shared: &Shared) {
         loop {
             self.0.tick().await;
             match &shared.cluster {

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub stages: crate::stages::Stages,
     /// The cluster this node is part of, if any.
     pub cluster: Option<Arc<Cluster>>,
+    /// Woken when a job was created here (the rollout looks at once).
+    pub jobs_changed: tokio::sync::Notify,
 }
 
 /// How one host's commits fare, read by `Node::stuck` without asking the host (a stuck host

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use rules_dsl::{Input, TraceEntry, TwinRuleState, engine};
 use serde_json::Value;
 use std::{collections::VecDeque, sync::Arc, time::Instant};
-use twin_core::{Effect, ShadowError, ShadowName, ThingName, Twin};
+use twin_core::{Effect, JobInput, ShadowError, ShadowName, ThingName, Twin};
 
 /// A twin's rule state in memory.
 enum RuleState {
@@ -181,6 +181,26 @@ impl Resident {
                     limits: &shared.limits,
                     device_type: device_type.as_deref(),
                     documents,
+                };
+                let directory = &shared.directory;
+                let input = match input {
+                    // A rollout's queue that arrives after its job was canceled queues nothing.
+                    Input::Job(JobInput::Queue { job_id, .. })
+                        if directory.job_canceled(&job_id) =>
+                    {
+                        done.handled = Instant::now();
+                        return done;
+                    }
+                    // A job canceled since it was queued here never starts.
+                    Input::Job(request @ JobInput::Request { .. }) => {
+                        twin.cancel_jobs_where(
+                            |id| directory.job_canceled(id),
+                            now,
+                            &mut done.effects,
+                        );
+                        Input::Job(request)
+                    }
+                    other => other,
                 };
                 if rules.is_empty() && self.rule_state.is_none() {
                     // No rules: the plain twin (and its job executions, with their timeouts).

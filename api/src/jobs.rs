@@ -9,7 +9,7 @@ use crate::{
 };
 use actors::{
     directory::Role,
-    jobs::{JobRecord, JobTargets, NewJob},
+    jobs::{AbortCriterion, JobRecord, JobTargets, NewJob, RateIncrease, Rollout},
 };
 use axum::{extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
@@ -41,6 +41,38 @@ pub(crate) struct JobBody {
     document: Value,
     /// How long an execution may stay in progress, minutes (1 to 10080).
     timeout_minutes: Option<u64>,
+    /// How fast executions are queued; without it, every target at once.
+    #[schema(value_type = Option<Object>)]
+    rollout: Option<RolloutBody>,
+    /// When to stop the job.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    abort: Vec<AbortBody>,
+}
+
+/// `{"rate_per_minute": 1..1000, "increase"?: {"factor": 1.1..5, "every_succeeded": N}}`.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RolloutBody {
+    rate_per_minute: f64,
+    increase: Option<IncreaseBody>,
+}
+
+/// Multiply the rate by `factor` every `every_succeeded` succeeded executions.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IncreaseBody {
+    factor: f64,
+    every_succeeded: u64,
+}
+
+/// `{"failure": "FAILED"|"REJECTED"|"TIMED_OUT"|"ALL", "percent": 0..100, "min_executed": N}`.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AbortBody {
+    failure: String,
+    percent: f64,
+    min_executed: u64,
 }
 
 /// A job and its executions by state.
@@ -54,6 +86,20 @@ pub(crate) struct JobView {
     targets: TargetsBody,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeout_minutes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    rollout: Option<RolloutBody>,
+    #[schema(value_type = Vec<Object>)]
+    abort: Vec<AbortBody>,
+    /// Executions queued so far, whether every target has one, and the current rate (per
+    /// minute) of a rollout.
+    queued: u64,
+    rollout_done: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_per_minute: Option<f64>,
+    /// Why the node canceled it (an abort criterion).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
     force_canceled: bool,
     /// Executions by state (`QUEUED`, `IN_PROGRESS`, `SUCCEEDED`, …).
     #[schema(value_type = Object)]
@@ -67,11 +113,12 @@ impl JobView {
     fn new(job: JobRecord, counts: Option<BTreeMap<ExecStatus, u64>>) -> Self {
         let counts = counts.unwrap_or_default();
         let pending = counts.iter().any(|(s, n)| !s.is_terminal() && *n > 0);
-        let status = if job.status == "IN_PROGRESS" && !pending && !counts.is_empty() {
-            "COMPLETED".to_owned()
-        } else {
-            job.status
-        };
+        let status =
+            if job.status == "IN_PROGRESS" && job.progress.done && !pending && !counts.is_empty() {
+                "COMPLETED".to_owned()
+            } else {
+                job.status
+            };
         Self {
             id: job.id,
             status,
@@ -81,6 +128,26 @@ impl JobView {
                 types: job.targets.types,
             },
             timeout_minutes: job.timeout_minutes,
+            rollout: job.rollout.map(|r| RolloutBody {
+                rate_per_minute: r.rate_per_minute,
+                increase: r.increase.map(|i| IncreaseBody {
+                    factor: i.factor,
+                    every_succeeded: i.every_succeeded,
+                }),
+            }),
+            abort: job
+                .abort
+                .into_iter()
+                .map(|a| AbortBody {
+                    failure: a.failure,
+                    percent: a.percent,
+                    min_executed: a.min_executed,
+                })
+                .collect(),
+            queued: job.progress.queued,
+            rollout_done: job.progress.done,
+            rate_per_minute: job.progress.rate_per_minute,
+            reason: job.reason,
             force_canceled: job.force_canceled,
             executions: counts
                 .into_iter()
@@ -127,6 +194,22 @@ pub(crate) async fn put(
             types: body.targets.types,
         },
         timeout_minutes: body.timeout_minutes,
+        rollout: body.rollout.map(|r| Rollout {
+            rate_per_minute: r.rate_per_minute,
+            increase: r.increase.map(|i| RateIncrease {
+                factor: i.factor,
+                every_succeeded: i.every_succeeded,
+            }),
+        }),
+        abort: body
+            .abort
+            .into_iter()
+            .map(|a| AbortCriterion {
+                failure: a.failure,
+                percent: a.percent,
+                min_executed: a.min_executed,
+            })
+            .collect(),
     };
     let record = state.node.create_job(job, caller.id()).await?;
     Ok((StatusCode::CREATED, axum::Json(JobView::new(record, None))))

@@ -32,7 +32,8 @@ pub use kv::{
 #[cfg(feature = "postgres")]
 pub use pg::{PgStore, PgTx};
 pub use repo::{
-    AuditEntry, CertRecord, CertStatus, JobRecord, JobTargets, KeyRecord, NodeRecord, Presence,
-    ProvisioningTemplate, Repos, Role, RuleLogEntry, RuleRecord, ShardRecord, ThingRecord,
+    AbortCriterion, AuditEntry, CertRecord, CertStatus, JobRecord, JobTargets, KeyRecord,
+    NodeRecord, Presence, Progress, ProvisioningTemplate, RateIncrease, Repos, Role, Rollout,
+    RuleLogEntry, RuleRecord, ShardRecord, ThingRecord,
 };
 pub use url::StoreUrl;

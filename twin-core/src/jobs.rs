@@ -346,6 +346,36 @@ impl Jobs {
         changed
     }
 
+    /// Cancels the queued executions of jobs `canceled` says were canceled (before the twin
+    /// heard it: a device asking now never starts one); whether any were.
+    pub fn cancel_where(
+        &mut self,
+        thing: &str,
+        canceled: impl Fn(&str) -> bool,
+        now: u64,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        if !self
+            .executions
+            .iter()
+            .any(|e| e.status == ExecStatus::Queued && canceled(&e.job_id))
+        {
+            return false;
+        }
+        let before = self.notices(thing);
+        for e in &mut self.executions {
+            if e.status == ExecStatus::Queued && canceled(&e.job_id) {
+                e.status = ExecStatus::Canceled;
+                e.version += 1;
+                e.updated_at = now;
+                out.push(Effect::Execution(e.change()));
+            }
+        }
+        self.trim();
+        self.notify(thing, before, now, out);
+        true
+    }
+
     /// Times out executions in progress whose deadline passed; whether any did.
     pub fn expire(&mut self, thing: &str, now: u64, out: &mut Vec<Effect>) -> bool {
         let before = self.notices(thing);
@@ -879,6 +909,18 @@ mod tests {
             out.iter()
                 .any(|e| matches!(e, Effect::Execution(c) if c.status == ExecStatus::TimedOut))
         );
+    }
+
+    #[test]
+    fn a_canceled_job_is_never_started() {
+        let mut jobs = Jobs::default();
+        queue(&mut jobs, "old", 0, &mut Vec::new());
+        queue(&mut jobs, "new", 1, &mut Vec::new());
+        let mut out = Vec::new();
+        assert!(jobs.cancel_where("t", |id| id == "old", 2, &mut out));
+        assert!(!jobs.cancel_where("t", |id| id == "old", 3, &mut Vec::new()));
+        let (_, body, _) = ask(&mut jobs, JobOp::StartNext, json!({}), 4);
+        assert_eq!(body["execution"]["jobId"], "new");
     }
 
     #[test]

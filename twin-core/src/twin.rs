@@ -266,6 +266,21 @@ impl Twin {
         }
     }
 
+    /// Cancels queued executions of jobs that `canceled` says were canceled.
+    pub fn cancel_jobs_where(
+        &mut self,
+        canceled: impl Fn(&str) -> bool,
+        now: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        if self
+            .jobs
+            .cancel_where(self.thing.as_str(), canceled, now, out)
+        {
+            self.dirty = true;
+        }
+    }
+
     /// Times out job executions whose deadline passed.
     pub fn expire_jobs(&mut self, now: u64, out: &mut Vec<Effect>) {
         if self.jobs.expire(self.thing.as_str(), now, out) {

@@ -22,6 +22,48 @@ pub struct JobTargets {
     pub types: Vec<String>,
 }
 
+/// How fast a job reaches its targets: `rate_per_minute` executions queued per minute,
+/// multiplied by `factor` every `every_succeeded` succeeded executions (AWS's exponential
+/// rollout), never beyond 1,000 a minute.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub rate_per_minute: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub increase: Option<RateIncrease>,
+}
+
+/// When and by how much a rollout speeds up.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RateIncrease {
+    pub factor: f64,
+    pub every_succeeded: u64,
+}
+
+/// Stop the job when `failure` executions (`FAILED`, `REJECTED`, `TIMED_OUT`, or `ALL` of
+/// them) reach `percent` of the executions finished, once at least `min_executed` finished.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AbortCriterion {
+    pub failure: String,
+    pub percent: f64,
+    pub min_executed: u64,
+}
+
+/// Where a rollout is: the next listed thing, the last thing of the targeted types queued,
+/// how many were queued, whether every target was, the current rate and the succeeded count
+/// that raises it next.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub next_listed: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    pub queued: u64,
+    pub done: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_minute: Option<f64>,
+    #[serde(default)]
+    pub next_increase: u64,
+}
+
 /// A job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -40,6 +82,15 @@ pub struct JobRecord {
     pub created_at: u64,
     pub created_by: String,
     pub updated_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub abort: Vec<AbortCriterion>,
+    #[serde(default)]
+    pub progress: Progress,
+    /// Why it was canceled by the node (an abort criterion crossed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Keyed for JobRecord {

@@ -40,7 +40,9 @@ pub use audit::{Audit, AuditEntry};
 pub use certs::{CertRecord, CertStatus, Certs};
 pub use cluster::{Cluster, NodeRecord, ShardRecord};
 pub use history::{DAY_MS, FieldAgg, HOUR_MS, History, HourAgg, RawSample, day_of};
-pub use jobs::{JobExecutions, JobRecord, JobTargets};
+pub use jobs::{
+    AbortCriterion, JobExecutions, JobRecord, JobTargets, Progress, RateIncrease, Rollout,
+};
 pub use meta::Meta;
 pub use presence::{Presence, Presences};
 pub use records::{KeyRecord, Keyed, ProvisioningTemplate, Records, Role, ThingRecord};
