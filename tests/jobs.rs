@@ -258,3 +258,166 @@ async fn an_execution_in_progress_past_the_jobs_timeout_times_out() {
     assert_eq!(refused["code"], "InvalidStateTransition");
     assert_eq!(refused["executionState"]["status"], "TIMED_OUT");
 }
+
+/// Registers `count` things of `device_type` named `{prefix}-{i:03}`; their tokens.
+async fn fleet(admin: &Api, device_type: &str, prefix: &str, count: usize) -> Vec<String> {
+    admin.put_type(device_type, json!({})).await;
+    let things: Vec<Value> = (0..count)
+        .map(|i| json!({"name": format!("{prefix}-{i:03}"), "type": device_type}))
+        .collect();
+    let (status, body) = admin
+        .post("/v1/things/bulk", json!({ "things": things }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["things"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["token"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn job(admin: &Api, id: &str) -> Value {
+    admin.get(&format!("/v1/jobs/{id}")).await.1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_keeps_to_its_rate_and_resumes_after_a_restart() {
+    let mut node = Node::start(BIN, Options::default());
+    let admin = Api::admin(&node);
+    fleet(&admin, "Probe", "probe", 300).await;
+    let started = std::time::Instant::now();
+    let (status, body) = admin
+        .put(
+            "/v1/jobs/wave",
+            json!({"targets": {"types": ["Probe"]}, "document": {"v": 2},
+                   "rollout": {"rate_per_minute": 600}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // Never faster than 10 a second (one execution of slack at the start).
+    let mut seen = 0;
+    until(
+        "50 executions queued",
+        Duration::from_secs(30),
+        async || {
+            let queued = job(&admin, "wave").await["queued"].as_u64().unwrap();
+            let allowed = 10.0 * started.elapsed().as_secs_f64() + 2.0;
+            assert!(
+                queued as f64 <= allowed,
+                "{queued} queued after {:?}",
+                started.elapsed()
+            );
+            seen = queued;
+            queued >= 50
+        },
+    )
+    .await;
+    assert!(seen < 300, "the rollout was not rate-limited");
+    // A restart mid-rollout: it resumes where it was, and every target gets one execution.
+    assert!(node.terminate().success());
+    node.restart();
+    let admin = Api::admin(&node);
+    let resumed = job(&admin, "wave").await;
+    assert!(!resumed["rollout_done"].as_bool().unwrap(), "{resumed}");
+    until(
+        "the rollout to finish",
+        Duration::from_secs(60),
+        async || {
+            let job = job(&admin, "wave").await;
+            job["rollout_done"] == true && job["executions"] == json!({"QUEUED": 300})
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_aborts_when_failures_cross_its_criterion() {
+    let node = Node::start(BIN, Options::default());
+    let admin = Api::admin(&node);
+    let tokens = fleet(&admin, "Valve", "valve", 200).await;
+    let (status, body) = admin
+        .put(
+            "/v1/jobs/risky",
+            json!({"targets": {"types": ["Valve"]}, "document": {"v": 9},
+                   "rollout": {"rate_per_minute": 1000},
+                   "abort": [{"failure": "FAILED", "percent": 50, "min_executed": 5}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // The first devices reached take their execution and fail it.
+    let mut devices = Vec::new();
+    for (i, token) in tokens.iter().enumerate().take(8) {
+        devices.push((
+            format!("valve-{i:03}"),
+            jobs_device(&node, &format!("valve-{i:03}"), token).await,
+        ));
+    }
+    until(
+        "the first executions queued",
+        Duration::from_secs(10),
+        async || job(&admin, "risky").await["queued"].as_u64().unwrap() >= 8,
+    )
+    .await;
+    for (thing, d) in &mut devices {
+        let started = d
+            .request(
+                &format!("$aws/things/{thing}/jobs/start-next"),
+                &json!({}),
+                &format!("$aws/things/{thing}/jobs/start-next/accepted"),
+            )
+            .await;
+        if started.get("execution").is_none() {
+            break; // aborted already
+        }
+        d.request(
+            &format!("$aws/things/{thing}/jobs/risky/update"),
+            &json!({"status": "FAILED"}),
+            &format!("$aws/things/{thing}/jobs/risky/update/accepted"),
+        )
+        .await;
+    }
+    until("the job to abort", Duration::from_secs(10), async || {
+        job(&admin, "risky").await["status"] == "CANCELED"
+    })
+    .await;
+    let aborted = job(&admin, "risky").await;
+    assert!(
+        aborted["reason"].as_str().unwrap().starts_with("aborted"),
+        "{aborted}"
+    );
+    let failed = aborted["executions"]["FAILED"].as_u64().unwrap();
+    assert!(failed >= 5, "{aborted}");
+    // Remaining executions are canceled, the rollout stops short of the fleet, and no device
+    // starts one after the abort.
+    until(
+        "the queued executions canceled",
+        Duration::from_secs(10),
+        async || {
+            let job = job(&admin, "risky").await;
+            job["executions"]["QUEUED"].is_null() && job["executions"]["IN_PROGRESS"].is_null()
+        },
+    )
+    .await;
+    let after = job(&admin, "risky").await;
+    assert!(after["queued"].as_u64().unwrap() < 200, "{after}");
+    for (thing, d) in &mut devices {
+        let started = d
+            .request(
+                &format!("$aws/things/{thing}/jobs/start-next"),
+                &json!({}),
+                &format!("$aws/things/{thing}/jobs/start-next/accepted"),
+            )
+            .await;
+        assert!(
+            started.get("execution").is_none(),
+            "{thing} started after the abort: {started}"
+        );
+    }
+    let last = job(&admin, "risky").await;
+    assert_eq!(last["executions"]["FAILED"], failed, "{last}");
+    assert_eq!(
+        last["queued"], after["queued"],
+        "nothing queued after the abort"
+    );
+}
