@@ -421,3 +421,23 @@ async fn a_rollout_aborts_when_failures_cross_its_criterion() {
         "nothing queued after the abort"
     );
 }
+
+#[test]
+fn the_jobs_doc_runs_as_written() {
+    doppel_tests::doc::need("mosquitto_rr", "mosquitto-clients");
+    for (program, package) in [("curl", "curl"), ("python3", "python3")] {
+        doppel_tests::doc::need(program, package);
+    }
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/jobs.md"),
+    )
+    .unwrap();
+    let steps = doppel_tests::doc::run_section(
+        &doc,
+        "## A job, step by step",
+        BIN,
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_eq!(steps, 2);
+}
