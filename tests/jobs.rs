@@ -441,3 +441,118 @@ fn the_jobs_doc_runs_as_written() {
     );
     assert_eq!(steps, 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_download_their_jobs_artifacts_resuming_with_range() {
+    use sha2::Digest;
+    let node = Node::start(
+        BIN,
+        Options {
+            config: Some("[node]\nmax_artifact_bytes = 4000000\n".into()),
+            ..Options::default()
+        },
+    );
+    let admin = Api::admin(&node);
+    let a = admin.register("dev-a", None).await;
+    let b = admin.register("dev-b", None).await;
+    // 3 MB of firmware, streamed up (over the 2 MiB an ordinary request body may have).
+    let firmware: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sha256 = hex::encode(sha2::Sha256::digest(&firmware));
+    let client = reqwest::Client::new();
+    let upload = |name: &str, body: Vec<u8>| {
+        client
+            .put(node.url(&format!("/v1/artifacts/{name}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+    };
+    let response = upload("fw-2.0.bin", firmware.clone()).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let stored: Value = response.json().await.unwrap();
+    assert_eq!(stored["size"], 3_000_000);
+    assert_eq!(stored["sha256"], sha256.as_str());
+    // Over the node's limit: refused, and nothing is kept.
+    let response = upload("too-big.bin", vec![0; 4_500_000]).await.unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(admin.get("/v1/artifacts/too-big.bin").await.0, 404);
+    assert_eq!(upload("../etc", vec![1]).await.unwrap().status(), 404);
+
+    // A job that lists it, for dev-a only; an unknown artifact is refused.
+    let (status, body) = admin
+        .put(
+            "/v1/jobs/nope",
+            json!({"targets": {"things": ["dev-a"]}, "document": {}, "artifacts": ["missing.bin"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (404, json!("artifact_not_found"))
+    );
+    admin
+        .put(
+            "/v1/jobs/fw",
+            json!({"targets": {"things": ["dev-a"]}, "artifacts": ["fw-2.0.bin"],
+                   "document": {"url": "/artifacts/fw-2.0.bin", "sha256": sha256}}),
+        )
+        .await;
+    wait_counts(&admin, "fw", json!({"QUEUED": 1})).await;
+
+    let download = |thing: &str, token: &str, range: Option<&str>| {
+        let mut request = client
+            .get(node.url("/artifacts/fw-2.0.bin"))
+            .basic_auth(thing, Some(token));
+        if let Some(range) = range {
+            request = request.header("range", range);
+        }
+        request.send()
+    };
+    // An interrupted download resumes where it stopped.
+    let first = download("dev-a", &a, Some("bytes=0-1199999"))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 206);
+    assert_eq!(first.headers()["content-range"], "bytes 0-1199999/3000000");
+    let mut got = first.bytes().await.unwrap().to_vec();
+    let rest = download("dev-a", &a, Some("bytes=1200000-")).await.unwrap();
+    assert_eq!(rest.status(), 206);
+    assert_eq!(rest.headers()["etag"], format!("\"{sha256}\"").as_str());
+    got.extend_from_slice(&rest.bytes().await.unwrap());
+    assert_eq!(hex::encode(sha2::Sha256::digest(&got)), sha256);
+    let whole = download("dev-a", &a, None).await.unwrap();
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.bytes().await.unwrap().len(), 3_000_000);
+    assert_eq!(
+        download("dev-a", &a, Some("bytes=3000000-"))
+            .await
+            .unwrap()
+            .status(),
+        416
+    );
+    // Not targeted, wrong token, no credentials.
+    assert_eq!(download("dev-b", &b, None).await.unwrap().status(), 403);
+    assert_eq!(download("dev-a", &b, None).await.unwrap().status(), 401);
+    assert_eq!(
+        client
+            .get(node.url("/artifacts/fw-2.0.bin"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // Apps read it with their key, a range too.
+    let tail = client
+        .get(node.url("/v1/artifacts/fw-2.0.bin/content"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("range", "bytes=-100")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), 206);
+    assert_eq!(&tail.bytes().await.unwrap()[..], &firmware[2_999_900..]);
+    // Deleted: gone for everyone.
+    assert_eq!(admin.delete("/v1/artifacts/fw-2.0.bin").await.0, 204);
+    assert_eq!(download("dev-a", &a, None).await.unwrap().status(), 404);
+}

@@ -33,6 +33,8 @@ pub struct NodeConfig {
     /// whose commit has been in flight or failing this long reports the node not ready.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The largest artifact an upload may store, in bytes.
+    pub max_artifact_bytes: u64,
     /// Device certificates expiring within this time are counted and announced.
     #[serde(with = "humantime_serde")]
     pub certificate_warning: Duration,
@@ -54,6 +56,7 @@ impl Default for NodeConfig {
             history: HistoryConfig::default(),
             mqtt: MqttConfig::default(),
             request_timeout: Duration::from_secs(10),
+            max_artifact_bytes: 256 * 1024 * 1024,
             certificate_warning: Duration::from_secs(30 * 86_400),
             certificate_check_every: Duration::from_secs(3_600),
         }

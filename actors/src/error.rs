@@ -26,6 +26,12 @@ pub enum NodeError {
     /// No provisioning template with this name is stored.
     #[error("provisioning template \"{0}\" not found")]
     TemplateNotFound(String),
+    /// No artifact with this name.
+    #[error("artifact \"{0}\" not found")]
+    ArtifactNotFound(String),
+    /// More than a bound allows.
+    #[error("{0}")]
+    TooLarge(String),
     /// A job with this id exists.
     #[error("job \"{0}\" already exists")]
     JobExists(String),

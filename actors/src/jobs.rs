@@ -24,6 +24,8 @@ pub struct NewJob {
     pub id: String,
     pub document: Value,
     pub targets: JobTargets,
+    /// Artifacts its devices may download (they must exist).
+    pub artifacts: Vec<String>,
     pub timeout_minutes: Option<u64>,
     pub rollout: Option<Rollout>,
     pub abort: Vec<AbortCriterion>,
@@ -84,6 +86,18 @@ impl NewJob {
                 ));
             }
         }
+        if self.artifacts.len() > 10 {
+            return Err(invalid("a job lists at most 10 artifacts"));
+        }
+        for name in &self.artifacts {
+            let exists = directory
+                .store()
+                .transact(|tx| directory.repos().artifacts.get(tx, name))?
+                .is_some();
+            if !exists {
+                return Err(NodeError::ArtifactNotFound(name.clone()));
+            }
+        }
         if self.abort.len() > 10 {
             return Err(invalid("at most 10 abort criteria"));
         }
@@ -114,6 +128,7 @@ impl Directory {
             id: job.id,
             document: job.document,
             targets: job.targets,
+            artifacts: job.artifacts,
             timeout_minutes: job.timeout_minutes,
             status: "IN_PROGRESS".into(),
             force_canceled: false,

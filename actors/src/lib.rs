@@ -7,6 +7,7 @@
 //! leaves the node only after the store commit that holds the change returned.
 
 pub mod ack;
+pub mod artifacts;
 pub mod cluster;
 pub mod config;
 pub mod directory;

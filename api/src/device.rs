@@ -30,7 +30,7 @@ pub struct DeviceCertificate(pub Arc<str>);
 /// A refusal, answered in AWS's shape.
 pub(crate) struct Refusal(StatusCode, String);
 
-fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
+pub(crate) fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
     Refusal(status, message.into())
 }
 
@@ -46,6 +46,21 @@ async fn device(
     state: &AppState,
     cert: Option<Extension<DeviceCertificate>>,
     name: &str,
+) -> Result<ThingName, Refusal> {
+    let thing = certified(state, cert).await?;
+    if thing.as_str() != name {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("the certificate is not {name}'s"),
+        ));
+    }
+    Ok(thing)
+}
+
+/// The thing the request's client certificate authenticates.
+async fn certified(
+    state: &AppState,
+    cert: Option<Extension<DeviceCertificate>>,
 ) -> Result<ThingName, Refusal> {
     let Some(Extension(DeviceCertificate(id))) = cert else {
         return Err(refuse(
@@ -65,19 +80,58 @@ async fn device(
         })?;
     match record {
         Some(r) if r.status == CertStatus::Active && actors::now_ms() <= r.not_after => {
-            if r.thing != name {
-                return Err(refuse(
-                    StatusCode::FORBIDDEN,
-                    format!("the certificate is not {name}'s"),
-                ));
-            }
-            ThingName::new(name).map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))
+            ThingName::new(&r.thing).map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string()))
         }
         _ => Err(refuse(
             StatusCode::FORBIDDEN,
             "the certificate is not active",
         )),
     }
+}
+
+/// The device a request comes from: its client certificate, or HTTP Basic authentication with
+/// its thing name and token (for devices on plain HTTP).
+pub(crate) async fn who(
+    state: &AppState,
+    cert: Option<Extension<DeviceCertificate>>,
+    headers: &axum::http::HeaderMap,
+) -> Result<ThingName, Refusal> {
+    if cert.is_some() {
+        return certified(state, cert).await;
+    }
+    use base64::Engine;
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok());
+    let Some((thing, token)) = basic.as_deref().and_then(|b| b.split_once(':')) else {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "a device authenticates with its client certificate, or Basic with its thing name and token",
+        ));
+    };
+    let thing =
+        ThingName::new(thing).map_err(|_| refuse(StatusCode::UNAUTHORIZED, "bad credentials"))?;
+    state
+        .node
+        .authenticate(thing.clone(), token.to_owned())
+        .await
+        .map(|_| thing)
+        .map_err(|failure| match failure {
+            actors::directory::AuthFailure::BadCredentials => {
+                refuse(StatusCode::UNAUTHORIZED, "bad credentials")
+            }
+            actors::directory::AuthFailure::Unavailable => refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the registry is unavailable",
+            ),
+        })
 }
 
 /// `?name=SHADOW`: a named shadow.

@@ -131,6 +131,14 @@ impl From<NodeError> for ApiError {
             }
             NodeError::Invalid(_) => Self::invalid(error.to_string()),
             NodeError::InvalidRequest(message) => Self::invalid(message.clone()),
+            NodeError::ArtifactNotFound(_) => Self::new(
+                StatusCode::NOT_FOUND,
+                "artifact_not_found",
+                error.to_string(),
+            ),
+            NodeError::TooLarge(message) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message.clone())
+            }
             NodeError::JobExists(_) => {
                 Self::new(StatusCode::CONFLICT, "job_exists", error.to_string())
             }

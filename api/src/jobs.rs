@@ -39,6 +39,9 @@ pub(crate) struct JobBody {
     /// object of at most 32 KiB.
     #[schema(value_type = Object)]
     document: Value,
+    /// Artifacts (uploaded at `/v1/artifacts`) the targeted devices may download, at most 10.
+    #[serde(default)]
+    artifacts: Vec<String>,
     /// How long an execution may stay in progress, minutes (1 to 10080).
     timeout_minutes: Option<u64>,
     /// How fast executions are queued; without it, every target at once.
@@ -84,6 +87,8 @@ pub(crate) struct JobView {
     #[schema(value_type = Object)]
     document: Value,
     targets: TargetsBody,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    artifacts: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeout_minutes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,6 +132,7 @@ impl JobView {
                 things: job.targets.things,
                 types: job.targets.types,
             },
+            artifacts: job.artifacts,
             timeout_minutes: job.timeout_minutes,
             rollout: job.rollout.map(|r| RolloutBody {
                 rate_per_minute: r.rate_per_minute,
@@ -193,6 +199,7 @@ pub(crate) async fn put(
             things: body.targets.things,
             types: body.targets.types,
         },
+        artifacts: body.artifacts,
         timeout_minutes: body.timeout_minutes,
         rollout: body.rollout.map(|r| Rollout {
             rate_per_minute: r.rate_per_minute,

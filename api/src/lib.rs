@@ -2,6 +2,7 @@
 //! HTTP and WebSocket wire formats: JSON bodies, status codes, `{code, message, details?}`
 //! errors, bearer tokens, frames.
 
+mod artifacts;
 mod auth;
 mod certs;
 mod cluster;
@@ -194,6 +195,15 @@ pub fn router(state: AppState) -> Router {
             "/v1/provisioning-templates/{name}/claim-certificates/{id}",
             axum::routing::patch(provisioning::set_claim_status),
         )
+        .route("/v1/artifacts", get(artifacts::list))
+        .route(
+            "/v1/artifacts/{name}",
+            axum::routing::put(artifacts::upload)
+                .get(artifacts::get)
+                .delete(artifacts::delete),
+        )
+        .route("/v1/artifacts/{name}/content", get(artifacts::content))
+        .route("/artifacts/{name}", get(artifacts::download))
         .route("/v1/jobs", get(jobs::list))
         .route(
             "/v1/jobs/{id}",

@@ -17,6 +17,7 @@ use utoipa::{
         crate::telemetry::get, crate::metrics::metrics, crate::cluster::get,
         crate::certs::ca, crate::certs::crl, crate::certs::issue, crate::certs::list, crate::certs::set_status,
         crate::provisioning::put, crate::provisioning::list, crate::provisioning::get, crate::provisioning::delete,
+        crate::artifacts::upload, crate::artifacts::list, crate::artifacts::get, crate::artifacts::delete, crate::artifacts::content,
         crate::jobs::put, crate::jobs::list, crate::jobs::get, crate::jobs::executions, crate::jobs::cancel,
         crate::provisioning::issue_claim, crate::provisioning::list_claims, crate::provisioning::set_claim_status,
         crate::rules::put, crate::rules::list, crate::rules::get, crate::rules::delete, crate::rules::check,

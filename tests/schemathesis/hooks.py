@@ -5,7 +5,8 @@ make. The role under test comes from the DOPPEL_ROLE environment variable:
 
 - viewer: reads only (GET, and the POSTs that change nothing: rule checks, tests, dry runs);
 - operator: reads, changes desired state (PATCH /v1/things/{name}/shadow without
-  `reported`) and rules (PUT and DELETE /v1/rules/{name});
+  `reported`), rules (PUT and DELETE /v1/rules/{name}), jobs (PUT /v1/jobs/{id}, POST
+  /v1/jobs/{id}/cancel) and artifacts (PUT and DELETE /v1/artifacts/{name});
 - admin (or unset): everything, so the check passes.
 """
 
@@ -41,7 +42,9 @@ def _allowed(role, method, path, body):
     if method == "POST" and path in READ_ONLY_POSTS:
         return True
     if role == "operator":
-        if path == "/v1/rules/{name}" and method in ("PUT", "DELETE"):
+        if path in ("/v1/rules/{name}", "/v1/artifacts/{name}") and method in ("PUT", "DELETE"):
+            return True
+        if (path, method) in (("/v1/jobs/{id}", "PUT"), ("/v1/jobs/{id}/cancel", "POST")):
             return True
         return (
             method == "PATCH"

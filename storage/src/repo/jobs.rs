@@ -71,6 +71,9 @@ pub struct JobRecord {
     /// What devices are told to do (for firmware: version, artifact, SHA-256, size).
     pub document: serde_json::Value,
     pub targets: JobTargets,
+    /// Artifacts its devices may download.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
     /// How long an execution may stay in progress, minutes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_minutes: Option<u64>,
@@ -164,6 +167,18 @@ impl JobExecutions {
                 _ => return Ok((found, false)),
             }
         }
+    }
+
+    /// A thing's execution of a job, if it has one.
+    pub fn get(
+        &self,
+        tx: &mut impl Transaction,
+        job: &str,
+        thing: &str,
+    ) -> Result<Option<ExecutionChange>, StoreError> {
+        tx.get(&self.space.pack(&(job, thing)))?
+            .map(|bytes| decode(&bytes))
+            .transpose()
     }
 
     /// How many of a job's executions are in each state.

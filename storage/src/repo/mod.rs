@@ -20,9 +20,12 @@
 //! | ptemplate | `(root, "ptemplate", name)` | [`ProvisioningTemplate`] as JSON: what a claim certificate's device becomes |
 //! | job | `(root, "job", id)` | [`JobRecord`] as JSON: document, targets, timeout, status |
 //! | jobexec | `(root, "jobexec", job, thing)` | the latest `twin_core::ExecutionChange` of an execution, as JSON (written in its twin's commit) |
+//! | artifact | `(root, "artifact", name)` | [`ArtifactRecord`] as JSON: size, SHA-256, the upload holding it |
+//! | artchunk | `(root, "artchunk", name, upload, index)` | 64 KiB of an artifact's content |
 //! | nodes | `(root, "node", name)` | [`NodeRecord`] as JSON: a cluster node's address and lease |
 //! | shards | `(root, "shard", n)` | [`ShardRecord`] as JSON: the shard's owner and epoch |
 
+mod artifacts;
 mod audit;
 pub mod blob;
 mod certs;
@@ -36,6 +39,7 @@ mod rules;
 mod timelog;
 mod twins;
 
+pub use artifacts::{ARTIFACT_CHUNK, ArtifactChunks, ArtifactRecord};
 pub use audit::{Audit, AuditEntry};
 pub use certs::{CertRecord, CertStatus, Certs};
 pub use cluster::{Cluster, NodeRecord, ShardRecord};
@@ -93,6 +97,9 @@ pub struct Repos {
     pub jobs: Records<JobRecord>,
     /// The index of job executions.
     pub job_executions: JobExecutions,
+    /// Artifacts and their content.
+    pub artifacts: Records<ArtifactRecord>,
+    pub artifact_chunks: ArtifactChunks,
 }
 
 impl Repos {
@@ -119,6 +126,8 @@ impl Repos {
             templates: Records::new(root.subspace(&"ptemplate")),
             jobs: Records::new(root.subspace(&"job")),
             job_executions: JobExecutions::new(root.subspace(&"jobexec")),
+            artifacts: Records::new(root.subspace(&"artifact")),
+            artifact_chunks: ArtifactChunks::new(root.subspace(&"artchunk")),
         }
     }
 }
