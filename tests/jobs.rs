@@ -2,7 +2,8 @@
 //! on each of its things and none elsewhere, executions survive a restart (they live in the
 //! twins), cancel spares executions in progress unless forced, a device reaches only its own
 //! executions, apps see execution changes over WebSocket, and an execution in progress past
-//! the job's timeout is TIMED_OUT.
+//! the job's timeout is TIMED_OUT; rollouts keep to their rate, resume after a restart and
+//! abort on failures; devices download their jobs' artifacts with Range; `docs/jobs.md` runs.
 
 use doppel_tests::{
     api::Api,
@@ -425,7 +426,11 @@ async fn a_rollout_aborts_when_failures_cross_its_criterion() {
 #[test]
 fn the_jobs_doc_runs_as_written() {
     doppel_tests::doc::need("mosquitto_rr", "mosquitto-clients");
-    for (program, package) in [("curl", "curl"), ("python3", "python3")] {
+    for (program, package) in [
+        ("curl", "curl"),
+        ("python3", "python3"),
+        ("sha256sum", "coreutils"),
+    ] {
         doppel_tests::doc::need(program, package);
     }
     let doc = std::fs::read_to_string(
