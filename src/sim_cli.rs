@@ -94,6 +94,23 @@ pub struct SimArgs {
     /// claim certificate over MQTT (AWS IoT fleet provisioning). Default: 10 (at most all).
     #[arg(long)]
     provision: Option<usize>,
+    /// Devices take jobs (direct mode): start the next execution, download its artifact and
+    /// check it, work `--job-time`, report success (or failure / rejection at the rates given).
+    #[arg(long)]
+    take_jobs: bool,
+    /// Roll out this job over the fleet once it is connected (a `PUT /v1/jobs` body as JSON;
+    /// without `targets`, the fleet's `--type`); implies `--take-jobs`.
+    #[arg(long)]
+    job: Option<PathBuf>,
+    /// How long a device works on a job.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    job_time: Duration,
+    /// Share of jobs a device fails (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    job_fail: f64,
+    /// Share of jobs a device rejects (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    job_reject: f64,
     /// Write the report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -153,6 +170,11 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             (AuthArg::Certificate, None) => args.devices.min(10),
             (AuthArg::Token, None) => 0,
         },
+        take_jobs: args.take_jobs || args.job.is_some(),
+        job: args.job,
+        job_time: args.job_time,
+        job_fail: args.job_fail,
+        job_reject: args.job_reject,
         report: args.report,
         progress: !args.quiet && std::io::stderr().is_terminal(),
     };

@@ -206,3 +206,157 @@ fn devices_with_certificates_some_provisioned_over_mqtt() {
         }
     });
 }
+
+/// Creates device type `name` and writes `job` to a file for `--job`.
+fn job_file(node: &Node, device_type: &str, job: &Value) -> tempfile::NamedTempFile {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        doppel_tests::api::Api::admin(node)
+            .put_type(device_type, serde_json::json!({}))
+            .await;
+    });
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), job.to_string()).unwrap();
+    file
+}
+
+#[test]
+fn simulated_devices_take_a_job_and_download_its_artifact() {
+    let node = Node::start(BIN, Options::default());
+    // The artifact the job hands out.
+    let firmware: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sha256 = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .put(node.url("/v1/artifacts/fw.bin"))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(firmware.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json::<Value>().await.unwrap()["sha256"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    });
+    let job = job_file(
+        &node,
+        "Gauge",
+        &serde_json::json!({"artifacts": ["fw.bin"],
+            "document": {"url": "/artifacts/fw.bin", "sha256": sha256}}),
+    );
+    let (output, report) = sim(
+        &node,
+        ADMIN_TOKEN,
+        &[
+            "--devices",
+            "200",
+            "--rate",
+            "100",
+            "--duration",
+            "8s",
+            "--type",
+            "Gauge",
+            "--prefix",
+            "g",
+            "--job",
+            job.path().to_str().unwrap(),
+            "--job-time",
+            "200ms",
+            "--sample",
+            "0",
+            "--actuator-every",
+            "0",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r = report.unwrap();
+    let j = &r["job"];
+    assert_eq!(j["status"], "COMPLETED", "{stdout}");
+    assert_eq!(
+        j["executions"],
+        serde_json::json!({"SUCCEEDED": 200}),
+        "{stdout}"
+    );
+    assert_eq!(j["device_events"]["downloaded"], 200, "{j}");
+    assert_eq!(j["downloaded_bytes"], 200 * 50_000, "{j}");
+    assert!(j["finished_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["errors"], serde_json::json!({}), "{stdout}");
+    assert!(stdout.contains("job "), "{stdout}");
+}
+
+#[test]
+fn a_rollout_over_a_thousand_simulated_devices_aborts_on_failures() {
+    let node = Node::start(BIN, Options::default());
+    let job = job_file(
+        &node,
+        "Lamp",
+        &serde_json::json!({"document": {"version": "7"},
+            "rollout": {"rate_per_minute": 1000},
+            "abort": [{"failure": "FAILED", "percent": 30, "min_executed": 20}]}),
+    );
+    let (output, report) = sim(
+        &node,
+        ADMIN_TOKEN,
+        &[
+            "--devices",
+            "1000",
+            "--rate",
+            "200",
+            "--duration",
+            "12s",
+            "--type",
+            "Lamp",
+            "--prefix",
+            "l",
+            "--job",
+            job.path().to_str().unwrap(),
+            "--job-time",
+            "100ms",
+            "--job-fail",
+            "0.6",
+            "--sample",
+            "0",
+            "--actuator-every",
+            "0",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r = report.unwrap();
+    let j = &r["job"];
+    assert_eq!(j["status"], "CANCELED", "{stdout}");
+    assert!(j["reason"].as_str().unwrap().starts_with("aborted"), "{j}");
+    let count = |s: &str| j["executions"][s].as_u64().unwrap_or(0);
+    // The rollout stopped short of the fleet; nothing is left queued.
+    let queued = j["queued"].as_u64().unwrap();
+    assert!(queued < 1000, "{j}");
+    assert_eq!(count("QUEUED"), 0, "{j}");
+    assert!(count("FAILED") >= 6, "{j}");
+    // Every execution a device started was started before the abort: each is one of the
+    // executions that finished or is still in progress — none of the canceled ones (the node's
+    // own test cancels queued executions devices had not started; here devices start theirs
+    // at once).
+    let started = j["device_events"]["started"].as_u64().unwrap();
+    let ran = count("SUCCEEDED") + count("FAILED") + count("IN_PROGRESS");
+    assert_eq!(started, ran, "{j}");
+    // While it ran, the rollout kept to 1,000 a minute.
+    let timeline = r["timeline"].as_array().unwrap();
+    for point in timeline {
+        let (t, queued) = (
+            point["t_s"].as_f64().unwrap(),
+            point["job"]["queued"].as_u64().unwrap_or(0),
+        );
+        assert!(queued as f64 <= 1000.0 / 60.0 * (t + 1.0) + 2.0, "{point}");
+    }
+}

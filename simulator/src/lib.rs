@@ -6,6 +6,7 @@
 
 mod error;
 mod fleet;
+mod jobs;
 mod model;
 mod mqtt;
 mod report;
@@ -90,6 +91,17 @@ pub struct SimConfig {
     /// With certificates: how many devices (the last ones) provision themselves with a claim
     /// certificate instead of being registered and issued one through the API.
     pub provision: usize,
+    /// Devices take jobs (direct mode): start the next execution, download its artifact,
+    /// work `job_time`, report.
+    pub take_jobs: bool,
+    /// A job to roll out over the fleet once it is connected (its `PUT /v1/jobs` body).
+    pub job: Option<PathBuf>,
+    /// How long a device works on a job.
+    #[serde(with = "secs")]
+    pub job_time: Duration,
+    /// Share of jobs a device fails, and rejects.
+    pub job_fail: f64,
+    pub job_reject: f64,
     /// Where to write the JSON report.
     #[serde(skip)]
     pub report: Option<PathBuf>,

@@ -29,6 +29,10 @@ pub(crate) struct Stats {
     /// End-to-end latencies since the last timeline point.
     e2e_window: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// What devices did with jobs: started, downloaded, succeeded, failed, rejected.
+    job_events: Mutex<BTreeMap<String, u64>>,
+    /// Artifact bytes devices downloaded.
+    pub job_bytes: AtomicU64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -49,6 +53,8 @@ impl Stats {
             e2e: Mutex::new(histogram()),
             e2e_window: Mutex::new(histogram()),
             errors: Mutex::new(BTreeMap::new()),
+            job_events: Mutex::new(BTreeMap::new()),
+            job_bytes: AtomicU64::new(0),
         }
     }
 
@@ -69,6 +75,26 @@ impl Stats {
         if let Ok(mut h) = self.e2e_window.lock() {
             h.saturating_record(micros.max(1));
         }
+    }
+
+    /// Counts what a device did with a job.
+    pub fn job_event(&self, kind: &str) {
+        if let Ok(mut events) = self.job_events.lock() {
+            *events.entry(kind.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// Counts artifact bytes downloaded.
+    pub fn jobs_downloaded(&self, bytes: u64) {
+        self.job_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// What devices did with jobs.
+    pub fn job_events(&self) -> BTreeMap<String, u64> {
+        self.job_events
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
     }
 
     /// Counts an error of `kind`.
@@ -166,6 +192,9 @@ pub struct TimePoint {
     pub e2e_p99_ms: Option<f64>,
     /// Errors so far, of every kind.
     pub errors: u64,
+    /// The simulation's job: its status, executions queued, and executions by state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<serde_json::Value>,
 }
 
 /// Devices with certificates (`--auth certificate`).
@@ -180,6 +209,29 @@ pub struct Certificates {
     /// Connections per second while the fleet connected: TCP, a TLS 1.3 handshake with the
     /// device's certificate, CONNECT and CONNACK.
     pub handshakes_per_s: f64,
+}
+
+/// The job a simulation rolled out.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    pub id: String,
+    /// `COMPLETED`, `CANCELED` (with the node's `reason` when it aborted) or `IN_PROGRESS`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Executions by state at the end.
+    pub executions: BTreeMap<String, u64>,
+    /// Executions queued by the rollout.
+    pub queued: u64,
+    /// Seconds from the job's creation until every execution finished (if they did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_s: Option<f64>,
+    /// Executions finished per second over that time.
+    pub finished_per_s: f64,
+    /// What the devices did: started, downloaded, succeeded, failed, rejected.
+    pub device_events: BTreeMap<String, u64>,
+    /// Artifact bytes they downloaded.
+    pub downloaded_bytes: u64,
 }
 
 /// What a simulation did and measured.
@@ -223,6 +275,8 @@ pub struct Report {
     pub timeline: Vec<TimePoint>,
     /// With `--auth certificate`: issuance, provisioning and TLS handshakes.
     pub certificates: Option<Certificates>,
+    /// With `--job`: how the rollout went.
+    pub job: Option<JobReport>,
 }
 
 impl Report {
@@ -288,6 +342,32 @@ impl fmt::Display for Report {
             "  end to end   p50 {:.1} ms  p99 {:.1} ms  p99.9 {:.1} ms  max {:.1} ms ({seen})",
             e.p50, e.p99, e.p999, e.max
         )?;
+        if let Some(j) = &self.job {
+            let counts: Vec<String> = j
+                .executions
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            writeln!(
+                f,
+                "  job          {}: {}{}; {} queued; {}; {}",
+                j.id,
+                j.status,
+                j.reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+                j.queued,
+                counts.join(", "),
+                match j.finished_s {
+                    Some(s) => format!(
+                        "all finished in {s:.1} s ({:.0} executions/s)",
+                        j.finished_per_s
+                    ),
+                    None => "not all finished".to_owned(),
+                }
+            )?;
+        }
         if self.reconnects > 0 {
             writeln!(f, "  reconnects   {}", self.reconnects)?;
         }

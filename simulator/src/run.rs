@@ -3,6 +3,7 @@
 
 use crate::{
     Auth, Mode, SimConfig, SimError, fleet,
+    jobs::{self, Taker},
     model::{Actuator, Sensor},
     mqtt::{Connection, Incoming, Login, source_for},
     report::{self, Report, Stats, TimePoint},
@@ -141,6 +142,12 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
         })
         .await;
 
+    // The job to roll out, if any.
+    let job = jobs::create(&http, &config)
+        .await?
+        .map(|id| (id, Instant::now()));
+    let job_finished = Arc::new(Mutex::new(None::<f64>));
+
     // Sending.
     let start = Instant::now();
     let end = start + config.duration;
@@ -152,6 +159,7 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
             start,
             stats.clone(),
             memory.clone(),
+            (job.clone(), job_finished.clone()),
             stop_rx.clone(),
         ))
     });
@@ -185,6 +193,7 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
                     actuator: is_actuator(&config, i),
                     seed: i as u64,
                     config: config.clone(),
+                    http: http.clone(),
                 };
                 tasks.push(tokio::spawn(device.run(
                     connection,
@@ -288,6 +297,33 @@ pub async fn run(config: SimConfig) -> Result<Report, SimError> {
         errors: stats.errors(),
         timeline: memory,
         certificates,
+        job: match &job {
+            Some((id, _)) => {
+                let last = jobs::progress(&http, &config, id)
+                    .await
+                    .unwrap_or(Value::Null);
+                let executions: std::collections::BTreeMap<String, u64> =
+                    serde_json::from_value(last["executions"].clone()).unwrap_or_default();
+                let finished_s = job_finished.lock().ok().and_then(|f| *f);
+                let finished: u64 = executions
+                    .iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "QUEUED" | "IN_PROGRESS"))
+                    .map(|(_, n)| n)
+                    .sum();
+                Some(report::JobReport {
+                    id: id.clone(),
+                    status: last["status"].as_str().unwrap_or("unknown").to_owned(),
+                    reason: last["reason"].as_str().map(str::to_owned),
+                    queued: last["queued"].as_u64().unwrap_or(0),
+                    finished_per_s: finished_s.map_or(0.0, |s| finished as f64 / s.max(0.001)),
+                    finished_s,
+                    executions,
+                    device_events: stats.job_events(),
+                    downloaded_bytes: stats.job_bytes.load(Ordering::Relaxed),
+                })
+            }
+            None => None,
+        },
         config,
     };
     if let Some(path) = &report.config.report {
@@ -316,6 +352,12 @@ fn validate(config: &SimConfig) -> Result<(), SimError> {
     }
     if config.mode != Mode::Broker && config.token.is_empty() {
         return bad("--token (or DOPPEL_ADMIN_TOKEN) is needed to register the fleet");
+    }
+    if config.take_jobs && config.mode != Mode::Direct {
+        return bad("--take-jobs and --job need --mode direct");
+    }
+    if !(0.0..=1.0).contains(&config.job_fail) || !(0.0..=1.0).contains(&config.job_reject) {
+        return bad("--job-fail and --job-reject are shares from 0 to 1");
     }
     if config.auth == Auth::Certificate && config.mode != Mode::Direct {
         return bad("--auth certificate needs --mode direct");
@@ -371,7 +413,7 @@ async fn connect_devices(
             let actuator = is_actuator(config, i);
             let server = config.endpoint(i, 0);
             async move {
-                let connection = open(server, i, &name, &login, actuator).await;
+                let connection = open(server, i, &name, &login, actuator, config.take_jobs).await;
                 bar.inc(1);
                 match connection {
                     Ok(c) => (i, Some(c)),
@@ -402,6 +444,7 @@ async fn open(
     name: &str,
     login: &Login,
     actuator: bool,
+    take_jobs: bool,
 ) -> Result<Connection, SimError> {
     let mut connection = tokio::time::timeout(
         Duration::from_secs(30),
@@ -409,10 +452,19 @@ async fn open(
     )
     .await
     .map_err(|_| SimError::Mqtt("no CONNACK within 30 s".into()))??;
+    let mut filters = Vec::new();
     if actuator {
-        connection.subscribe(&format!("$aws/things/{name}/shadow/update/delta"))?;
-        connection.flush().await?;
-        // The SUBACK comes before anything on the topic.
+        filters.push(format!("$aws/things/{name}/shadow/update/delta"));
+    }
+    if take_jobs {
+        filters.extend(Taker::topics(name));
+    }
+    for filter in &filters {
+        connection.subscribe(filter)?;
+    }
+    connection.flush().await?;
+    // The SUBACKs come before anything on the topics.
+    for _ in &filters {
         tokio::time::timeout(Duration::from_secs(30), connection.next())
             .await
             .map_err(|_| SimError::Mqtt("no SUBACK within 30 s".into()))??;
@@ -467,6 +519,8 @@ struct DirectDevice {
     actuator: bool,
     seed: u64,
     config: SimConfig,
+    /// For artifact downloads.
+    http: reqwest::Client,
 }
 
 impl DirectDevice {
@@ -486,8 +540,15 @@ impl DirectDevice {
         let mut next = first;
         let mut payload = String::with_capacity(128);
         let mut attempt = 0;
+        let mut taker = self.config.take_jobs.then(|| Taker::new(&self.name));
         loop {
+            let job_due = taker.as_ref().and_then(Taker::deadline);
             tokio::select! {
+                _ = sleep_until(job_due.unwrap_or(end + DRAIN).into()), if job_due.is_some() => {
+                    if let Some(taker) = &mut taker {
+                        taker.on_deadline(&mut connection, &stats);
+                    }
+                }
                 _ = sleep_until(next.into()), if next < end => {
                     if connection.inflight() >= MAX_INFLIGHT {
                         stats.error("throttled_inflight_limit");
@@ -510,8 +571,12 @@ impl DirectDevice {
                 _ = sleep_until((end + DRAIN).into()), if next >= end => {}
                 incoming = connection.next() => match incoming {
                     Ok(Incoming::PubAck(latency, messages)) => stats.acked(latency, messages),
-                    Ok(Incoming::Message(_, body)) => {
-                        let delta = serde_json::from_slice::<Value>(&body).ok();
+                    Ok(Incoming::Message(topic, body)) => {
+                        let for_jobs = match &mut taker {
+                            Some(taker) => taker.on_message(&topic, &body, &mut connection, &self.http, &self.login, &self.config, &mut rng, &stats).await,
+                            None => false,
+                        };
+                        let delta = (!for_jobs).then(|| serde_json::from_slice::<Value>(&body).ok()).flatten();
                         let state = delta.as_ref().and_then(|d| d["state"].as_object());
                         // A shadow update, not telemetry: it counts no message.
                         if let Some(reported) = state.and_then(|s| actuator.follow(s))
@@ -563,7 +628,16 @@ impl DirectDevice {
         while Instant::now() < end {
             *attempt += 1;
             let server = self.config.endpoint(self.index, *attempt);
-            match open(server, self.index, &self.name, &self.login, self.actuator).await {
+            match open(
+                server,
+                self.index,
+                &self.name,
+                &self.login,
+                self.actuator,
+                self.config.take_jobs,
+            )
+            .await
+            {
                 Ok(connection) => {
                     stats.reconnects.fetch_add(1, Ordering::Relaxed);
                     return Some(connection);
@@ -725,6 +799,9 @@ async fn check_actuators(
     results.into_iter().filter(|ok| *ok).count() as u64
 }
 
+/// When the simulation's job finished, seconds after it was created.
+type FinishedAt = Arc<Mutex<Option<f64>>>;
+
 /// Adds a timeline point every second (every `duration / 2000` for long runs).
 async fn poll_timeline(
     http: reqwest::Client,
@@ -732,6 +809,7 @@ async fn poll_timeline(
     start: Instant,
     stats: Arc<Stats>,
     into: Arc<Mutex<Vec<TimePoint>>>,
+    (job, finished): (Option<(String, Instant)>, FinishedAt),
     mut stop: signal::Receiver<bool>,
 ) {
     let every = (config.duration / 2000).max(Duration::from_secs(1));
@@ -747,7 +825,25 @@ async fn poll_timeline(
                     / now.duration_since(at).as_secs_f64().max(0.001),
                 e2e_p99_ms: stats.take_window_p99_ms(),
                 errors: stats.errors().values().sum(),
+                job: None,
             };
+            let mut point = point;
+            if let Some((id, created)) = &job
+                && let Some(progress) = jobs::progress(&http, &config, id).await
+            {
+                let done = progress["status"] != "IN_PROGRESS";
+                if done
+                    && let Ok(mut finished) = finished.lock()
+                    && finished.is_none()
+                {
+                    *finished = Some(created.elapsed().as_secs_f64());
+                }
+                point.job = Some(json!({
+                    "status": progress["status"],
+                    "queued": progress["queued"],
+                    "executions": progress["executions"],
+                }));
+            }
             (acked, at) = (now_acked, now);
             if let Ok(mut points) = into.lock() {
                 points.push(point);
