@@ -155,6 +155,12 @@ async fn a_device_reaches_only_its_own_executions_and_apps_see_them_change() {
     let admin = Api::admin(&node);
     let mine = admin.register("cam-1", None).await;
     admin.register("cam-2", None).await;
+    // A rule reacting to the outcome of the camera's executions.
+    let rule = "rule refused for thing \"cam-1\" {\n  when job.status == \"REJECTED\"\n  then { alert JobRefused severity minor \"{job.id} refused\" }\n}\n";
+    let (status, body) = admin
+        .put("/v1/rules/refused", json!({ "source": rule }))
+        .await;
+    assert_eq!(status, 201, "{body}");
     let mut app = ws::connect(&node, Some(ADMIN_TOKEN)).await.unwrap();
     app.send(json!({"type": "subscribe", "id": "s", "things": ["cam-1"]}))
         .await;
@@ -219,6 +225,9 @@ async fn a_device_reaches_only_its_own_executions_and_apps_see_them_change() {
     };
     assert_eq!(changed["payload"]["statusDetails"], json!({"why": "busy"}));
     wait_counts(&admin, "cfg-1", json!({"QUEUED": 1, "REJECTED": 1})).await;
+    let (_, alerts) = admin.get("/v1/alerts?thing=cam-1").await;
+    assert_eq!(alerts["alerts"][0]["name"], "JobRefused", "{alerts}");
+    assert_eq!(alerts["alerts"][0]["message"], "cfg-1 refused", "{alerts}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -189,6 +189,8 @@ pub enum Root {
     Children,
     /// `device.connected`: the device's connection to the node.
     Device,
+    /// `job.id`, `job.status`: the twin's latest job execution change.
+    Job,
 }
 
 impl Root {
@@ -200,6 +202,7 @@ impl Root {
             Root::Desired => "desired",
             Root::Children => "children.reported",
             Root::Device => "device",
+            Root::Job => "job",
         }
     }
 }
@@ -369,6 +372,9 @@ pub enum StepKind {
     Reply(Ident, Option<Expr>),
     /// `connected` / `disconnected`: the device connects or its connection ends.
     Presence(bool),
+    /// `job "ID" STATUS`: the device takes job ID's execution to STATUS (`in_progress`,
+    /// `succeeded`, `failed`, `rejected`).
+    Job(String, String),
     /// `expect …` / `expect no …`.
     Expect(bool, Expectation),
 }

@@ -381,6 +381,29 @@ impl RuleCompiler<'_, '_> {
                     edge: false,
                 };
             }
+            Root::Job => {
+                if path.fields.len() == 1 && matches!(path.fields[0].text.as_str(), "id" | "status")
+                {
+                    // "" until the twin's first execution change.
+                    return Facts {
+                        ty: Ty::Str,
+                        maybe_missing: false,
+                        edge: false,
+                    };
+                }
+                self.diags
+                    .error(
+                        "E020",
+                        path.span,
+                        format!("`{}` is not a field of the job", path.display()),
+                    )
+                    .hint("the job has: id, status");
+                return Facts {
+                    ty: Ty::Any,
+                    maybe_missing: false,
+                    edge: false,
+                };
+            }
         };
         let keys: Vec<&str> = path.fields.iter().map(|f| f.text.as_str()).collect();
         match schema::field(schema, &keys) {
@@ -1121,6 +1144,16 @@ impl RuleCompiler<'_, '_> {
             let input = match &step.kind {
                 ast::StepKind::Telemetry(obj) => self.constant(obj).map(TestInput::Telemetry),
                 ast::StepKind::Presence(connected) => Some(TestInput::Presence(*connected)),
+                ast::StepKind::Job(id, status) => {
+                    if !matches!(
+                        status.as_str(),
+                        "IN_PROGRESS" | "SUCCEEDED" | "FAILED" | "REJECTED"
+                    ) {
+                        self.diags
+                            .error("E021", step.span, format!("a device takes an execution to in_progress, succeeded, failed or rejected, not {}", status.to_ascii_lowercase()));
+                    }
+                    Some(TestInput::Job(id.clone(), status.clone()))
+                }
                 ast::StepKind::Report(obj) => self.constant(obj).map(TestInput::Report),
                 ast::StepKind::Desire(obj) => self.constant(obj).map(TestInput::Desire),
                 ast::StepKind::Child(name, obj) => self

@@ -59,6 +59,8 @@ pub enum Trigger {
     Reply,
     /// The device connected or disconnected.
     Presence,
+    /// A job execution changed.
+    Job,
     /// A deadline.
     Timer,
 }
@@ -297,7 +299,19 @@ pub fn handle(
         }
         Input::Job(job) => {
             twin.handle_job(job, now, effects);
-            return outcome;
+            // Rules see the latest execution change (AWS's status names).
+            let last = effects[before..].iter().rev().find_map(|e| match e {
+                Effect::Execution(c) => Some((c.job_id.clone(), c.status.as_str().to_owned())),
+                _ => None,
+            });
+            match last {
+                Some(job) if rules.iter().any(|r| r.reads_job()) => {
+                    changed = state.job.as_ref() != Some(&job);
+                    state.job = Some(job);
+                    Trigger::Job
+                }
+                _ => return outcome,
+            }
         }
         Input::Child(child, reported) => {
             changed = true;
@@ -572,6 +586,7 @@ fn evaluate(
         rules,
         seq,
         connected,
+        job,
     } = state;
     let created = rules.get(&*rule.name).is_none_or(|s| s.hash != rule.hash);
     let s = entry(rules, rule);
@@ -592,6 +607,7 @@ fn evaluate(
         telemetry,
         children,
         connected: *connected,
+        job: job.as_ref(),
         paths: &rule.paths,
         specs: &rule.windows,
         now,
@@ -824,6 +840,8 @@ pub(crate) struct View<'a> {
     pub(crate) children: &'a BTreeMap<String, BTreeMap<String, Scalar>>,
     /// The device's connection, once known.
     pub(crate) connected: Option<bool>,
+    /// The latest job execution change: id and status.
+    pub(crate) job: Option<&'a (String, String)>,
     pub(crate) paths: &'a [PathRef],
     pub(crate) specs: &'a [WindowSpec],
     pub(crate) now: u64,
@@ -838,6 +856,11 @@ impl View<'_> {
             // A device never seen connected counts as not connected.
             return Val::Bool(self.connected.unwrap_or(false));
         }
+        if path.root == Root::Job {
+            let (id, status) = self.job.map_or(("", ""), |(i, s)| (i.as_str(), s.as_str()));
+            let value = if &*path.key == "id" { id } else { status };
+            return Val::Str(Arc::from(value));
+        }
         read(self.twin, self.telemetry, path)
     }
 }
@@ -850,7 +873,7 @@ fn read(twin: &Twin, telemetry: &BTreeMap<String, Scalar>, path: &PathRef) -> Va
                 .get(&*path.key)
                 .map_or(Val::Missing, Scalar::to_val);
         }
-        Root::Children | Root::Device => return Val::Missing,
+        Root::Children | Root::Device | Root::Job => return Val::Missing,
         Root::Reported | Root::Desired => {
             let Some(shadow) = twin.shadow(&ShadowName::CLASSIC) else {
                 return Val::Missing;

@@ -204,6 +204,11 @@ impl CompiledRule {
         self.paths.iter().any(|p| p.root == Root::Telemetry)
     }
 
+    /// Whether the rule reads the twin's job executions (`job.id`, `job.status`).
+    pub fn reads_job(&self) -> bool {
+        self.paths.iter().any(|p| p.root == Root::Job)
+    }
+
     /// Whether the rule reads the device's connectivity (`device.connected`).
     pub fn reads_device(&self) -> bool {
         self.paths.iter().any(|p| p.root == Root::Device)
@@ -275,6 +280,8 @@ pub enum TestInput {
     Reply(String, Value),
     /// The device connects (`true`) or disconnects.
     Presence(bool),
+    /// The device takes a job's execution to a status.
+    Job(String, String),
     /// An expectation (`true`: `expect no …`).
     Expect(bool, Probe),
 }

@@ -768,7 +768,7 @@ impl<'s> Parser<'s, '_, '_> {
                 );
                 return None;
             }
-            "telemetry" | "reported" | "desired" | "children" | "device" => {
+            "telemetry" | "reported" | "desired" | "children" | "device" | "job" => {
                 return self.path().map(|path| Expr {
                     span: path.span,
                     kind: ExprKind::Path(path),
@@ -782,7 +782,7 @@ impl<'s> Parser<'s, '_, '_> {
         self.bump();
         self.diags
             .error("E020", token.span, format!("unknown name `{text}`"))
-            .hint("fields start with `telemetry.`, `reported.`, `desired.` or `device.`; strings need double quotes");
+            .hint("fields start with `telemetry.`, `reported.`, `desired.`, `device.` or `job.`; strings need double quotes");
         literal(ExprKind::Error)
     }
 
@@ -793,6 +793,7 @@ impl<'s> Parser<'s, '_, '_> {
             "reported" => Root::Reported,
             "desired" => Root::Desired,
             "device" => Root::Device,
+            "job" => Root::Job,
             _ => {
                 // `children.reported.x`
                 self.expect(Tok::Dot, "`.reported`")?;
@@ -1011,6 +1012,13 @@ impl<'s> Parser<'s, '_, '_> {
             StepKind::Presence(true)
         } else if self.eat_word("disconnected") {
             StepKind::Presence(false)
+        } else if self.at_word("job") && self.peek_at(1).tok == Tok::Str {
+            self.bump();
+            let token = self.bump();
+            let id = unescape(self.text(token));
+            let status =
+                self.ident("the execution's status (in_progress, succeeded, failed, rejected)")?;
+            StepKind::Job(id, status.text.to_ascii_uppercase())
         } else if self.eat_word("expect") {
             let negated = self.eat_word("no");
             let expectation = if self.eat_word("alert") {
@@ -1039,7 +1047,7 @@ impl<'s> Parser<'s, '_, '_> {
             StepKind::Expect(negated, expectation)
         } else {
             self.unexpected(
-                "`telemetry`, `report`, `desire`, `child`, `reply`, `connected`, `disconnected` or `expect`",
+                "`telemetry`, `report`, `desire`, `child`, `reply`, `connected`, `disconnected`, `job` or `expect`",
             );
             return None;
         };

@@ -251,9 +251,11 @@ pub struct TwinRuleState {
     pub seq: u64,
     /// Whether the device is connected to the node (`device.connected`), once known.
     pub connected: Option<bool>,
+    /// The twin's latest job execution change (`job.id`, `job.status`), once there was one.
+    pub job: Option<(String, String)>,
 }
 
-/// The format byte of the encoded state (1: before `connected`).
+/// The format byte of the encoded state (1: before `connected` and `job`).
 const FORMAT: u8 = 2;
 
 /// The state as format 1 stored it.
@@ -272,6 +274,7 @@ impl TwinRuleState {
             && self.children.is_empty()
             && self.rules.is_empty()
             && self.connected.is_none()
+            && self.job.is_none()
     }
 
     /// The stored form.
@@ -295,6 +298,7 @@ impl TwinRuleState {
                     rules: old.rules,
                     seq: old.seq,
                     connected: None,
+                    job: None,
                 })
                 .map_err(|e| crate::RulesError::State(e.to_string())),
             Some((other, _)) => Err(crate::RulesError::State(format!(

@@ -149,6 +149,30 @@ fn run_one(
                     ),
                 }
             }
+            TestInput::Job(id, status) => {
+                // The job is queued on the twin (once), then the device reports.
+                run_input(
+                    &mut twin,
+                    &mut state,
+                    EngineInput::Job(twin_core::JobInput::Queue {
+                        job_id: id.clone(),
+                        document: "{}".into(),
+                        in_progress_timeout_ms: None,
+                    }),
+                    now,
+                    &mut log,
+                );
+                run_input(
+                    &mut twin,
+                    &mut state,
+                    EngineInput::Job(twin_core::JobInput::Request {
+                        op: twin_core::JobOp::Update(id.clone()),
+                        payload: serde_json::json!({ "status": status }),
+                    }),
+                    now,
+                    &mut log,
+                );
+            }
             TestInput::Presence(connected) => {
                 run_input(
                     &mut twin,
@@ -262,6 +286,7 @@ fn run_one(
                             telemetry: &state.telemetry,
                             children: &state.children,
                             connected: state.connected,
+                            job: state.job.as_ref(),
                             paths,
                             specs: &[],
                             now,
@@ -343,6 +368,7 @@ fn engine_read(twin: &Twin, state: &TwinRuleState, path: &PathRef) -> String {
         telemetry: &state.telemetry,
         children: &state.children,
         connected: state.connected,
+        job: state.job.as_ref(),
         paths: std::slice::from_ref(path),
         specs: &[],
         now: 0,
