@@ -570,3 +570,39 @@ async fn devices_download_their_jobs_artifacts_resuming_with_range() {
     assert_eq!(admin.delete("/v1/artifacts/fw-2.0.bin").await.0, 204);
     assert_eq!(download("dev-a", &a, None).await.unwrap().status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_continuous_job_reaches_things_that_join_later() {
+    let node = Node::start(BIN, Options::default());
+    let admin = Api::admin(&node);
+    admin.put_type("Sensor", json!({})).await;
+    admin.register("sensor-1", Some("Sensor")).await;
+    let (status, body) = admin
+        .put(
+            "/v1/jobs/baseline",
+            json!({"targets": {"types": ["Sensor"]}, "document": {"config": "v1"}, "continuous": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    wait_counts(&admin, "baseline", json!({"QUEUED": 1})).await;
+    until(
+        "the rollout to finish",
+        Duration::from_secs(10),
+        async || job(&admin, "baseline").await["rollout_done"] == true,
+    )
+    .await;
+    // Registered after the rollout went past: it gets its execution too; others do not.
+    let token = admin.register("sensor-2", Some("Sensor")).await;
+    admin.register("other-1", None).await;
+    wait_counts(&admin, "baseline", json!({"QUEUED": 2})).await;
+    let mut d = jobs_device(&node, "sensor-2", &token).await;
+    d.request(
+        "$aws/things/sensor-2/jobs/baseline/update",
+        &json!({"status": "SUCCEEDED"}),
+        "$aws/things/sensor-2/jobs/baseline/update/accepted",
+    )
+    .await;
+    wait_counts(&admin, "baseline", json!({"QUEUED": 1, "SUCCEEDED": 1})).await;
+    let status = job(&admin, "baseline").await["status"].clone();
+    assert_eq!(status, "IN_PROGRESS", "a continuous job never completes");
+}

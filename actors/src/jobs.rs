@@ -29,6 +29,8 @@ pub struct NewJob {
     pub timeout_minutes: Option<u64>,
     pub rollout: Option<Rollout>,
     pub abort: Vec<AbortCriterion>,
+    /// Also queue on things that join the targets later.
+    pub continuous: bool,
 }
 
 /// The fastest rollout, executions queued per minute.
@@ -146,6 +148,7 @@ impl Directory {
             },
             rollout: job.rollout,
             abort: job.abort,
+            continuous: job.continuous,
             reason: None,
         };
         let repos = self.repos();
@@ -336,6 +339,44 @@ impl Node {
             .await?;
         cancel_executions(self.inner_shared().clone(), record.id.clone(), force).await;
         Ok(record)
+    }
+}
+
+impl Node {
+    /// Queues the executions of continuous jobs in progress that target these things (just
+    /// registered or provisioned).
+    pub async fn join_continuous_jobs(&self, things: Vec<(ThingName, Option<TypeName>)>) {
+        let jobs = match self.with_directory(|d| d.jobs(None, 10_000)).await {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                tracing::warn!(%error, "reading jobs for new things failed");
+                return;
+            }
+        };
+        let continuous: Vec<JobRecord> = jobs
+            .into_iter()
+            .filter(|j| j.continuous && j.status == "IN_PROGRESS")
+            .collect();
+        if continuous.is_empty() {
+            return;
+        }
+        for (thing, device_type) in things {
+            for job in &continuous {
+                let targeted = job.targets.things.iter().any(|t| t == thing.as_str())
+                    || device_type
+                        .as_ref()
+                        .is_some_and(|t| job.targets.types.iter().any(|n| n == t.as_str()));
+                if targeted {
+                    let input = JobInput::Queue {
+                        job_id: job.id.clone(),
+                        document: job.document.to_string(),
+                        in_progress_timeout_ms: job.timeout_minutes.map(|m| m * 60_000),
+                    };
+                    self.inner_shared()
+                        .route(thing.clone(), Deliver::internal(Input::Job(input)));
+                }
+            }
+        }
     }
 }
 

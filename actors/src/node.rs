@@ -308,9 +308,8 @@ impl Node {
 
     /// Registers a thing; the returned token is shown only now.
     pub async fn register(&self, thing: NewThing, actor: &str) -> Result<Registered, NodeError> {
-        let actor = actor.to_owned();
-        self.with_directory(move |d| d.register(thing, &actor, crate::now_ms()))
-            .await
+        let mut done = self.register_many(vec![thing], actor).await?;
+        Ok(done.remove(0))
     }
 
     /// Registers many things in one transaction (all or none).
@@ -320,8 +319,16 @@ impl Node {
         actor: &str,
     ) -> Result<Vec<Registered>, NodeError> {
         let actor = actor.to_owned();
-        self.with_directory(move |d| d.register_many(things, &actor, crate::now_ms()))
-            .await
+        let registered = self
+            .with_directory(move |d| d.register_many(things, &actor, crate::now_ms()))
+            .await?;
+        // Continuous jobs that target them queue their executions now.
+        let joined: Vec<_> = registered
+            .iter()
+            .map(|r| (r.record.name.clone(), r.record.device_type.clone()))
+            .collect();
+        self.join_continuous_jobs(joined).await;
+        Ok(registered)
     }
 
     /// The record of a registered thing.

@@ -163,6 +163,7 @@ pub fn check_template(template: &ProvisioningTemplate) -> Result<(), NodeError> 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provisioned {
     pub thing: ThingName,
+    pub device_type: Option<TypeName>,
     pub device_configuration: BTreeMap<String, String>,
     /// Whether the thing was registered now (else it existed and got the certificate).
     pub registered: bool,
@@ -444,6 +445,7 @@ impl Directory {
             .map_err(unavailable)??;
         Ok(Provisioned {
             thing,
+            device_type,
             device_configuration: template.device_configuration,
             registered: outcome,
         })

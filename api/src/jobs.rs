@@ -51,6 +51,10 @@ pub(crate) struct JobBody {
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
     abort: Vec<AbortBody>,
+    /// Also queue on things that join the targets later (registered or provisioned); the job
+    /// never completes.
+    #[serde(default)]
+    continuous: bool,
 }
 
 /// `{"rate_per_minute": 1..1000, "increase"?: {"factor": 1.1..5, "every_succeeded": N}}`.
@@ -105,6 +109,7 @@ pub(crate) struct JobView {
     /// Why the node canceled it (an abort criterion).
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    continuous: bool,
     force_canceled: bool,
     /// Executions by state (`QUEUED`, `IN_PROGRESS`, `SUCCEEDED`, …).
     #[schema(value_type = Object)]
@@ -154,6 +159,7 @@ impl JobView {
             rollout_done: job.progress.done,
             rate_per_minute: job.progress.rate_per_minute,
             reason: job.reason,
+            continuous: job.continuous,
             force_canceled: job.force_canceled,
             executions: counts
                 .into_iter()
@@ -217,6 +223,7 @@ pub(crate) async fn put(
                 min_executed: a.min_executed,
             })
             .collect(),
+        continuous: body.continuous,
     };
     let record = state.node.create_job(job, caller.id()).await?;
     Ok((StatusCode::CREATED, axum::Json(JobView::new(record, None))))

@@ -907,6 +907,11 @@ impl Session {
             let (accepted, body) = match outcome {
                 Ok(provisioned) => {
                     info!(thing = %provisioned.thing, %template, registered = provisioned.registered, "provisioned a device");
+                    if provisioned.registered {
+                        let joined =
+                            vec![(provisioned.thing.clone(), provisioned.device_type.clone())];
+                        node.join_continuous_jobs(joined).await;
+                    }
                     metrics::counter!("doppel_provisioning_total", "outcome" => "accepted")
                         .increment(1);
                     (

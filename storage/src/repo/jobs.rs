@@ -91,6 +91,9 @@ pub struct JobRecord {
     pub abort: Vec<AbortCriterion>,
     #[serde(default)]
     pub progress: Progress,
+    /// Also for things that join its targets later (it never completes).
+    #[serde(default)]
+    pub continuous: bool,
     /// Why it was canceled by the node (an abort criterion crossed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
