@@ -37,9 +37,20 @@ fn announce(line: std::fmt::Arguments<'_>) {
     println!("doppel: {line}");
 }
 
-async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     // Installed first, so that a SIGTERM during start-up also stops the node cleanly.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Every device connection is a descriptor: take what the system allows, and keep 2,048
+    // of them for the store's files and the HTTP API.
+    let descriptors = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1_024);
+    if config.node.mqtt.max_connections == 0 {
+        config.node.mqtt.max_connections = (descriptors.saturating_sub(2_048) as usize).max(1_024);
+    }
+    info!(
+        descriptors,
+        max_device_connections = config.node.mqtt.max_connections,
+        "file descriptors"
+    );
     // The store, the directory and the admin token are reached through blocking calls: off the
     // async threads (a database client runs its own runtime).
     let store_url = config.store.clone();

@@ -170,3 +170,73 @@ async fn a_reconnect_storm_is_refused_at_the_connack() {
     // Another device is not affected.
     assert!(device::connect(node.mqtt(), "calm-1", &other).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_endpoint_and_the_http_listener_hold_a_bounded_number_of_connections() {
+    use tokio::io::AsyncReadExt;
+    let node = node("[node.mqtt]\nmax_connections = 3\n[http]\nmax_connections = 2\n");
+    let admin = Api::admin(&node);
+    let mut tokens = Vec::new();
+    for i in 0..4 {
+        tokens.push(admin.register(&format!("conn-{i}"), None).await);
+    }
+    let mut held = Vec::new();
+    for (i, token) in tokens.iter().enumerate().take(3) {
+        held.push(
+            device::connect(node.mqtt(), &format!("conn-{i}"), token)
+                .await
+                .unwrap(),
+        );
+    }
+    // The fourth is closed at once; the node says why in /metrics.
+    assert!(
+        device::try_connect(node.mqtt(), "conn-3", &tokens[3])
+            .await
+            .is_err()
+    );
+    // One leaves: there is room again.
+    let mut first = held.remove(0);
+    first.client.disconnect().await.unwrap();
+    doppel_tests::until("a free connection", Duration::from_secs(10), async || {
+        device::try_connect(node.mqtt(), "conn-3", &tokens[3])
+            .await
+            .is_ok()
+    })
+    .await;
+    // HTTP: two idle connections fill the listener; a third is closed unanswered.
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(tokio::net::TcpStream::connect(node.http).await.unwrap());
+    }
+    let mut third = tokio::net::TcpStream::connect(node.http).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("the third connection is closed, not left waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    drop(idle);
+    let metrics = doppel_tests::eventually(
+        Duration::from_secs(10),
+        "the HTTP listener to answer again",
+        async || {
+            let response = node
+                .client()
+                .get(node.url("/metrics"))
+                .bearer_auth(doppel_tests::node::ADMIN_TOKEN)
+                .send()
+                .await
+                .ok()?;
+            response.text().await.ok()
+        },
+    )
+    .await;
+    assert!(
+        metrics.contains("doppel_mqtt_refused_total{reason=\"connections\"}"),
+        "the refusal is counted: {}",
+        metrics.lines().filter(|l| l.contains("refused")).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        metrics.contains("doppel_http_refused_total{reason=\"connections\"}"),
+        "the refusal is counted"
+    );
+}

@@ -103,6 +103,10 @@ pub struct MqttConfig {
     pub max_connect_rate: f64,
     /// Connections one client id may open at once before `max_connect_rate` applies.
     pub connect_burst: f64,
+    /// Device connections the endpoint holds at once (its listeners together); beyond, a new
+    /// connection is closed at once. 0: derived from the process's file-descriptor limit,
+    /// keeping 2,048 for the store and the HTTP API.
+    pub max_connections: usize,
     /// How devices authenticate on the TLS listener: `either` (a certificate of the
     /// deployment's CA, or a token), `certificate` (only), `token` (only; no client
     /// certificate is asked for). The plain listener takes tokens.
@@ -145,6 +149,7 @@ impl Default for MqttConfig {
             publish_rate_by_type: std::collections::BTreeMap::new(),
             max_connect_rate: 5.0,
             connect_burst: 20.0,
+            max_connections: 0,
             tls_auth: TlsAuth::Either,
         }
     }

@@ -26,6 +26,8 @@ pub struct ServeLimits {
     pub header_timeout: Duration,
     /// Connections one source address may hold at once.
     pub max_connections_per_ip: usize,
+    /// Connections the HTTP listener holds at once, from every address.
+    pub max_connections: usize,
 }
 
 impl Default for ServeLimits {
@@ -33,6 +35,7 @@ impl Default for ServeLimits {
         Self {
             header_timeout: Duration::from_secs(10),
             max_connections_per_ip: 64,
+            max_connections: 1_024,
         }
     }
 }
@@ -56,6 +59,7 @@ pub async fn serve(
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
     let per_ip = Slots::<IpAddr>::default();
+    let all = Slots::<()>::default();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -70,6 +74,11 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(overall) = all.take(&(), limits.max_connections) else {
+            metrics::counter!("doppel_http_refused_total", "reason" => "connections").increment(1);
+            debug!(%peer, "refused an HTTP connection: the listener holds its maximum");
+            continue;
+        };
         let Some(slot) = per_ip.take(&peer.ip(), limits.max_connections_per_ip) else {
             metrics::counter!("doppel_http_refused_total", "reason" => "connections_per_ip")
                 .increment(1);
@@ -81,7 +90,7 @@ pub async fn serve(
         let router = router.clone();
         let stopping = stopping.clone();
         connections.spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, overall);
             let served = match acceptor {
                 None => serve_one(&builder, stream, service, stopping).await,
                 Some(acceptor) => {

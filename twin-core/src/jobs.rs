@@ -994,7 +994,11 @@ mod tests {
             with - empty,
             document.len()
         );
-        assert!(with - empty < document.len() + 100, "{} bytes", with - empty);
+        assert!(
+            with - empty < document.len() + 100,
+            "{} bytes",
+            with - empty
+        );
     }
 
     #[test]

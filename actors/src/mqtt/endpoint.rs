@@ -64,14 +64,24 @@ pub async fn serve(
         config.connect_burst,
         config.max_connect_rate,
     ));
+    let max_connections = config.max_connections.max(1);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Bounded, so that devices never take the descriptors the store needs.
+                    let Some(open) = OpenConnection::take(&sessions.open, max_connections) else {
+                        metrics::counter!("doppel_mqtt_refused_total", "reason" => "connections")
+                            .increment(1);
+                        debug!(%peer, "refused a connection: the endpoint holds its maximum");
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let (node, sessions, shutdown) = (node.clone(), sessions.clone(), shutdown.clone());
                     let (acceptor, throttle) = (acceptor.clone(), (throttle.clone(), connects.clone()));
                     tokio::spawn(async move {
+                        let _open = open;
                         let Some(acceptor) = acceptor else {
                             return connection(stream, peer, None, node, sessions, throttle, shutdown).await;
                         };
@@ -99,6 +109,25 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         }
+    }
+}
+
+/// One of the endpoint's open connections, counted until dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<OpenConnection> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| OpenConnection(open.clone()))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -62,6 +62,8 @@ impl SessionHandle {
 pub struct Sessions {
     map: RwLock<HashMap<ThingName, SessionHandle>>,
     next_id: AtomicU64,
+    /// Connections the endpoint's listeners hold (with or without a session yet).
+    pub(crate) open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Sessions {
