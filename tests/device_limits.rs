@@ -195,7 +195,7 @@ async fn the_endpoint_and_the_http_listener_hold_a_bounded_number_of_connections
             .is_err()
     );
     // One leaves: there is room again.
-    let mut first = held.remove(0);
+    let first = held.remove(0);
     first.client.disconnect().await.unwrap();
     doppel_tests::until("a free connection", Duration::from_secs(10), async || {
         device::try_connect(node.mqtt(), "conn-3", &tokens[3])
