@@ -233,7 +233,11 @@ async fn the_endpoint_and_the_http_listener_hold_a_bounded_number_of_connections
     assert!(
         metrics.contains("doppel_mqtt_refused_total{reason=\"connections\"}"),
         "the refusal is counted: {}",
-        metrics.lines().filter(|l| l.contains("refused")).collect::<Vec<_>>().join("\n")
+        metrics
+            .lines()
+            .filter(|l| l.contains("refused"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(
         metrics.contains("doppel_http_refused_total{reason=\"connections\"}"),

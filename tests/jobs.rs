@@ -295,35 +295,35 @@ async fn job(admin: &Api, id: &str) -> Value {
 async fn a_rollout_keeps_to_its_rate_and_resumes_after_a_restart() {
     let mut node = Node::start(BIN, Options::default());
     let admin = Api::admin(&node);
-    fleet(&admin, "Probe", "probe", 300).await;
+    fleet(&admin, "Probe", "probe", 1000).await;
     let started = std::time::Instant::now();
     let (status, body) = admin
         .put(
             "/v1/jobs/wave",
             json!({"targets": {"types": ["Probe"]}, "document": {"v": 2},
-                   "rollout": {"rate_per_minute": 600}}),
+                   "rollout": {"rate_per_minute": 1000}}),
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    // Never faster than 10 a second (one execution of slack at the start).
+    // Never faster than 1,000 a minute (one execution of slack at the start).
     let mut seen = 0;
     until(
-        "50 executions queued",
+        "100 executions queued",
         Duration::from_secs(30),
         async || {
             let queued = job(&admin, "wave").await["queued"].as_u64().unwrap();
-            let allowed = 10.0 * started.elapsed().as_secs_f64() + 2.0;
+            let allowed = 1000.0 / 60.0 * started.elapsed().as_secs_f64() + 2.0;
             assert!(
                 queued as f64 <= allowed,
                 "{queued} queued after {:?}",
                 started.elapsed()
             );
             seen = queued;
-            queued >= 50
+            queued >= 100
         },
     )
     .await;
-    assert!(seen < 300, "the rollout was not rate-limited");
+    assert!(seen < 1000, "the rollout was not rate-limited");
     // A restart mid-rollout: it resumes where it was, and every target gets one execution.
     assert!(node.terminate().success());
     node.restart();
@@ -332,10 +332,10 @@ async fn a_rollout_keeps_to_its_rate_and_resumes_after_a_restart() {
     assert!(!resumed["rollout_done"].as_bool().unwrap(), "{resumed}");
     until(
         "the rollout to finish",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         async || {
             let job = job(&admin, "wave").await;
-            job["rollout_done"] == true && job["executions"] == json!({"QUEUED": 300})
+            job["rollout_done"] == true && job["executions"] == json!({"QUEUED": 1000})
         },
     )
     .await;
