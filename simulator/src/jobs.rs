@@ -50,6 +50,17 @@ impl Taker {
         ]
     }
 
+    /// Just connected (or reconnected): ask for the next pending execution, as AWS IoT's device
+    /// samples do, so that one queued while the device was away is not missed.
+    pub(crate) fn on_connect(&mut self, connection: &mut Connection) {
+        if matches!(self.state, State::Idle | State::Starting) {
+            let start = format!("$aws/things/{}/jobs/start-next", self.thing);
+            if connection.publish(&start, b"{}".to_vec(), 0).is_ok() {
+                self.state = State::Starting;
+            }
+        }
+    }
+
     /// When the job in progress is done.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match &self.state {

@@ -541,6 +541,9 @@ impl DirectDevice {
         let mut payload = String::with_capacity(128);
         let mut attempt = 0;
         let mut taker = self.config.take_jobs.then(|| Taker::new(&self.name));
+        if let Some(taker) = &mut taker {
+            taker.on_connect(&mut connection);
+        }
         loop {
             let job_due = taker.as_ref().and_then(Taker::deadline);
             tokio::select! {
@@ -593,6 +596,9 @@ impl DirectDevice {
                         match self.reconnect(&mut attempt, end, &stats).await {
                             Some(again) => {
                                 connection = again;
+                                if let Some(taker) = &mut taker {
+                                    taker.on_connect(&mut connection);
+                                }
                                 continue;
                             }
                             None => return,
@@ -606,6 +612,9 @@ impl DirectDevice {
                     stats.errors_of("unacknowledged_at_loss", connection.inflight() as u64);
                     if let Some(again) = self.reconnect(&mut attempt, end, &stats).await {
                         connection = again;
+                        if let Some(taker) = &mut taker {
+                            taker.on_connect(&mut connection);
+                        }
                         continue;
                     }
                 }
