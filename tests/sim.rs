@@ -360,3 +360,87 @@ fn a_rollout_over_a_thousand_simulated_devices_aborts_on_failures() {
         assert!(queued as f64 <= 1000.0 / 60.0 * (t + 1.0) + 2.0, "{point}");
     }
 }
+
+#[test]
+fn a_rollout_over_a_thousand_simulated_devices_resumes_after_a_node_restart() {
+    let mut node = Node::start(BIN, Options::default());
+    let job = job_file(
+        &node,
+        "Meter",
+        &serde_json::json!({"document": {"version": "8"}, "rollout": {"rate_per_minute": 1000}}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let mut sim = Command::new(BIN)
+        .arg("sim")
+        .args(["--mqtt", &node.mqtt().to_string()])
+        .args(["--api", node.url("").trim_end_matches('/')])
+        .args(["--token", ADMIN_TOKEN])
+        .args([
+            "--devices",
+            "1000",
+            "--rate",
+            "100",
+            "--duration",
+            "75s",
+            "--type",
+            "Meter",
+        ])
+        .args([
+            "--prefix",
+            "m",
+            "--job",
+            job.path().to_str().unwrap(),
+            "--job-time",
+            "200ms",
+        ])
+        .args(["--sample", "0", "--actuator-every", "0", "--quiet"])
+        .arg("--report")
+        .arg(&report)
+        .env_remove("DOPPEL_ADMIN_TOKEN")
+        .spawn()
+        .expect("doppel sim runs");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let progress = |node: &Node| {
+        runtime.block_on(async {
+            let api = doppel_tests::api::Api::admin(node);
+            api.get("/v1/jobs/m-job").await.1
+        })
+    };
+    // Mid-rollout (100 of 1,000 queued at 1,000 a minute), the node restarts in place.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while progress(&node)["queued"].as_u64().unwrap_or(0) < 100 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rollout did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(node.terminate().success());
+    node.restart_in_place();
+    let output = sim.wait_with_output_status();
+    assert!(output.success(), "the simulation failed");
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    // The rollout resumed where it was: every device ran the job once, and it completed.
+    let j = progress(&node);
+    assert_eq!(j["status"], "COMPLETED", "{j}\n{}", r["job"]);
+    assert_eq!(
+        j["executions"],
+        serde_json::json!({"SUCCEEDED": 1000}),
+        "{j}"
+    );
+    assert!(
+        r["reconnects"].as_u64().unwrap() > 0,
+        "the devices reconnected"
+    );
+}
+
+trait WaitStatus {
+    fn wait_with_output_status(&mut self) -> std::process::ExitStatus;
+}
+
+impl WaitStatus for std::process::Child {
+    fn wait_with_output_status(&mut self) -> std::process::ExitStatus {
+        self.wait().expect("the simulator ends")
+    }
+}

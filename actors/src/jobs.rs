@@ -573,8 +573,35 @@ async fn step(
         document: job.document.to_string(),
         in_progress_timeout_ms: job.timeout_minutes.map(|m| m * 60_000),
     };
+    // The progress is stored only once every queue sent is durable in its twin: a stop in
+    // between sends the same targets again from the stored progress (a twin queues a job once).
+    let mut waits = Vec::with_capacity(things.len());
     for thing in things {
-        shared.route(thing, Deliver::internal(Input::Job(input(&job.id))));
+        let (ack, done) = crate::ack::Ack::new();
+        let deliver = Deliver::new(
+            Input::Job(input(&job.id)),
+            crate::work::Origin::Node,
+            Some(ack),
+        );
+        shared.route(thing, deliver);
+        waits.push(done);
+    }
+    let settled = tokio::time::timeout(
+        shared.config.request_timeout,
+        futures::future::join_all(waits),
+    )
+    .await;
+    let durable = settled.is_ok_and(|all| {
+        all.iter().all(|s| {
+            matches!(
+                s,
+                Ok(crate::ack::Settled::Done | crate::ack::Settled::Refused(_))
+            )
+        })
+    });
+    if !durable {
+        tracing::warn!(job = %job.id, "some executions were not queued; sending them again");
+        return Ok(());
     }
     metrics::gauge!("doppel_job_rate_per_minute", "job" => job.id.clone())
         .set(progress.rate_per_minute.unwrap_or(0.0));

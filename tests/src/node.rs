@@ -84,8 +84,10 @@ impl Node {
             Some(url) => cmd.args(["--store", url]),
             None => cmd.arg("--data-dir").arg(&self.data_dir),
         };
-        cmd.args(["--http-listen", "127.0.0.1:0"])
-            .env("DOPPEL_LOG", "info,fjall=warn,lsm_tree=warn")
+        if !self.options.args.iter().any(|a| a == "--http-listen") {
+            cmd.args(["--http-listen", "127.0.0.1:0"]);
+        }
+        cmd.env("DOPPEL_LOG", "info,fjall=warn,lsm_tree=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new()
@@ -275,6 +277,18 @@ impl Node {
         assert!(self.child.is_none(), "stop the node first");
         self.mqtt = None;
         self.spawn();
+    }
+
+    /// Starts the node again on the addresses it had (its clients reconnect to them).
+    pub fn restart_in_place(&mut self) {
+        let (http, mqtt) = (self.http, self.mqtt.expect("an MQTT endpoint"));
+        self.options.args.extend([
+            "--http-listen".to_owned(),
+            http.to_string(),
+            "--mqtt-listen".to_owned(),
+            mqtt.to_string(),
+        ]);
+        self.restart();
     }
 
     /// The data directory.
