@@ -3,7 +3,7 @@
 //! the twins (`twin_core::jobs`) and are written in their commits.
 
 use crate::shared::Shared;
-use crate::{directory::Directory, error::NodeError, node::Node, work::Deliver};
+use crate::{directory::Directory, error::NodeError, work::Deliver};
 use rules_dsl::Input;
 use serde_json::{Value, json};
 use std::{
@@ -315,66 +315,69 @@ impl Directory {
     }
 }
 
-impl Node {
-    /// Creates a job; the rollout queues its executions (at its rate, if it has one).
-    pub async fn create_job(&self, job: NewJob, actor: &str) -> Result<JobRecord, NodeError> {
-        let actor = actor.to_owned();
-        let record = self
-            .with_directory(move |d| d.put_job(job, &actor, crate::now_ms()))
-            .await?;
-        self.inner_shared().jobs_changed.notify_one();
-        Ok(record)
-    }
-
-    /// Cancels a job: queued executions are canceled, and with `force` those in progress too.
-    pub async fn cancel_job(
-        &self,
-        id: String,
-        force: bool,
-        actor: &str,
-    ) -> Result<JobRecord, NodeError> {
-        let actor = actor.to_owned();
-        let record = self
-            .with_directory(move |d| d.cancel_job(&id, force, None, &actor, crate::now_ms()))
-            .await?;
-        cancel_executions(self.inner_shared().clone(), record.id.clone(), force).await;
-        Ok(record)
-    }
+/// Creates a job; the rollout queues its executions (at its rate, if it has one).
+pub(crate) async fn create(
+    shared: &Arc<Shared>,
+    job: NewJob,
+    actor: &str,
+) -> Result<JobRecord, NodeError> {
+    let (for_call, actor) = (shared.clone(), actor.to_owned());
+    let record =
+        crate::pool::blocking(move || for_call.directory.put_job(job, &actor, crate::now_ms()))
+            .await??;
+    shared.jobs_changed.notify_one();
+    Ok(record)
 }
 
-impl Node {
-    /// Queues the executions of continuous jobs in progress that target these things (just
-    /// registered or provisioned).
-    pub async fn join_continuous_jobs(&self, things: Vec<(ThingName, Option<TypeName>)>) {
-        let jobs = match self.with_directory(|d| d.jobs(None, 10_000)).await {
-            Ok(jobs) => jobs,
-            Err(error) => {
-                tracing::warn!(%error, "reading jobs for new things failed");
-                return;
-            }
-        };
-        let continuous: Vec<JobRecord> = jobs
-            .into_iter()
-            .filter(|j| j.continuous && j.status == "IN_PROGRESS")
-            .collect();
-        if continuous.is_empty() {
+/// Cancels a job: queued executions are canceled, and with `force` those in progress too.
+pub(crate) async fn cancel(
+    shared: &Arc<Shared>,
+    id: String,
+    force: bool,
+    actor: &str,
+) -> Result<JobRecord, NodeError> {
+    let (for_call, actor) = (shared.clone(), actor.to_owned());
+    let record = crate::pool::blocking(move || {
+        for_call
+            .directory
+            .cancel_job(&id, force, None, &actor, crate::now_ms())
+    })
+    .await??;
+    cancel_executions(shared.clone(), record.id.clone(), force).await;
+    Ok(record)
+}
+
+/// Queues the executions of continuous jobs in progress that target these things (just
+/// registered or provisioned).
+pub(crate) async fn join_continuous(
+    shared: &Arc<Shared>,
+    things: Vec<(ThingName, Option<TypeName>)>,
+) {
+    let for_call = shared.clone();
+    let jobs = match crate::pool::blocking(move || for_call.directory.jobs(None, 10_000)).await {
+        Ok(Ok(jobs)) => jobs,
+        _ => {
+            tracing::warn!("reading jobs for new things failed");
             return;
         }
-        for (thing, device_type) in things {
-            for job in &continuous {
-                let targeted = job.targets.things.iter().any(|t| t == thing.as_str())
-                    || device_type
-                        .as_ref()
-                        .is_some_and(|t| job.targets.types.iter().any(|n| n == t.as_str()));
-                if targeted {
-                    let input = JobInput::Queue {
-                        job_id: job.id.clone(),
-                        document: job.document.to_string(),
-                        in_progress_timeout_ms: job.timeout_minutes.map(|m| m * 60_000),
-                    };
-                    self.inner_shared()
-                        .route(thing.clone(), Deliver::internal(Input::Job(input)));
-                }
+    };
+    let continuous: Vec<JobRecord> = jobs
+        .into_iter()
+        .filter(|j| j.continuous && j.status == "IN_PROGRESS")
+        .collect();
+    for (thing, device_type) in things {
+        for job in &continuous {
+            let targeted = job.targets.things.iter().any(|t| t == thing.as_str())
+                || device_type
+                    .as_ref()
+                    .is_some_and(|t| job.targets.types.iter().any(|n| n == t.as_str()));
+            if targeted {
+                let input = JobInput::Queue {
+                    job_id: job.id.clone(),
+                    document: job.document.to_string(),
+                    in_progress_timeout_ms: job.timeout_minutes.map(|m| m * 60_000),
+                };
+                shared.route(thing.clone(), Deliver::internal(Input::Job(input)));
             }
         }
     }
@@ -465,7 +468,7 @@ fn abort_reason(criteria: &[AbortCriterion], counts: &BTreeMap<ExecStatus, u64>)
 /// queue its next executions within its rate. Its progress is stored after every step, so a
 /// restart or another node resumes where it was (a twin queues a job once).
 pub(crate) async fn run_rollouts(shared: Arc<Shared>) {
-    let mut ticks = crate::node::leader_ticks(ROLLOUT_TICK);
+    let mut ticks = crate::shared::leader_ticks(ROLLOUT_TICK);
     // Executions each rate-limited job may queue now (they accrue with time).
     let mut budgets: HashMap<String, (f64, Instant)> = HashMap::new();
     loop {

@@ -25,7 +25,7 @@ use std::sync::{
 };
 use storage::Store;
 use tokio::sync::oneshot;
-use twin_core::{BatchEntry, Command, Reply, ShadowName, ThingName};
+use twin_core::{BatchEntry, Command, Reply, ShadowName, ThingName, TypeName};
 
 struct Inner {
     hosts: Vec<Addr<ShardHost>>,
@@ -213,9 +213,29 @@ impl Node {
         }
     }
 
-    /// What the node's parts share.
-    pub(crate) fn inner_shared(&self) -> &Arc<Shared> {
-        &self.inner.shared
+    /// Creates a job (see [`crate::jobs`]); the rollout queues its executions.
+    pub async fn create_job(
+        &self,
+        job: crate::jobs::NewJob,
+        actor: &str,
+    ) -> Result<crate::jobs::JobRecord, NodeError> {
+        crate::jobs::create(&self.inner.shared, job, actor).await
+    }
+
+    /// Cancels a job: queued executions are canceled, and with `force` those in progress too.
+    pub async fn cancel_job(
+        &self,
+        id: String,
+        force: bool,
+        actor: &str,
+    ) -> Result<crate::jobs::JobRecord, NodeError> {
+        crate::jobs::cancel(&self.inner.shared, id, force, actor).await
+    }
+
+    /// Queues the executions of continuous jobs that target these things (just registered
+    /// or provisioned).
+    pub async fn join_continuous_jobs(&self, things: Vec<(ThingName, Option<TypeName>)>) {
+        crate::jobs::join_continuous(&self.inner.shared, things).await;
     }
 
     /// Sends a command from inside the node and waits for its reply, which comes once the
@@ -638,35 +658,12 @@ impl Node {
     }
 }
 
-/// Ticks of background work the cluster runs once: on a node alone every period, in a cluster
-/// only on the owner of shard 0.
-pub(crate) struct LeaderTicks(tokio::time::Interval);
-
-pub(crate) fn leader_ticks(period: std::time::Duration) -> LeaderTicks {
-    LeaderTicks(tokio::time::interval(
-        period.max(std::time::Duration::from_millis(10)),
-    ))
-}
-
-impl LeaderTicks {
-    /// Waits for the next tick at which this node does the work.
-    pub(crate) async fn tick(&mut self, shared: &Shared) {
-        loop {
-            self.0.tick().await;
-            match &shared.cluster {
-                Some(cluster) if cluster.epoch(0).is_none() => continue,
-                _ => return,
-            }
-        }
-    }
-}
-
 /// Counts the active device certificates that expire within `certificate_warning`
 /// (`doppel_certificates_expiring`), and announces each once per run to the apps watching its
 /// thing (an `event` frame of kind `certificate_expiring`), now and every
 /// `certificate_check_every`; in a cluster, on the owner of shard 0.
 async fn watch_certificate_expiry(shared: Arc<Shared>) {
-    let mut every = leader_ticks(shared.config.certificate_check_every);
+    let mut every = crate::shared::leader_ticks(shared.config.certificate_check_every);
     loop {
         every.tick(&shared).await;
         let now = crate::now_ms();
@@ -731,7 +728,7 @@ async fn watch_certificate_expiry(shared: Arc<Shared>) {
 /// Rolls telemetry history up and expires it, now and every `maintenance_every`, for as long as
 /// the node runs.
 async fn maintain_history(shared: Arc<Shared>) {
-    let mut every = leader_ticks(shared.config.history.maintenance_every);
+    let mut every = crate::shared::leader_ticks(shared.config.history.maintenance_every);
     loop {
         every.tick(&shared).await;
         let for_job = shared.clone();

@@ -232,3 +232,26 @@ impl Local for Shared {
         tokio::spawn(self.resume_rule_deadlines(Some(shards)));
     }
 }
+
+/// Ticks of background work the cluster runs once: on a node alone every period, in a cluster
+/// only on the owner of shard 0.
+pub(crate) struct LeaderTicks(tokio::time::Interval);
+
+pub(crate) fn leader_ticks(period: std::time::Duration) -> LeaderTicks {
+    LeaderTicks(tokio::time::interval(
+        period.max(std::time::Duration::from_millis(10)),
+    ))
+}
+
+impl LeaderTicks {
+    /// Waits for the next tick at which this node does the work.
+    pub(crate) async fn tick(&mut self, shared: &Shared) {
+        loop {
+            self.0.tick().await;
+            match &shared.cluster {
+                Some(cluster) if cluster.epoch(0).is_none() => continue,
+                _ => return,
+            }
+        }
+    }
+}

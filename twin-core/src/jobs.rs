@@ -4,7 +4,6 @@
 //! rollout sends (queue, cancel). Pure: time comes in as `now` (epoch ms); AWS's payloads carry
 //! epoch seconds.
 
-use crate::twin::Effect;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -225,6 +224,17 @@ pub struct JobReply {
     pub payload: bytes::Bytes,
 }
 
+/// What handling a job input produces (the twin turns each into one of its effects).
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobEffect {
+    /// Answer the device's request.
+    Reply(JobReply),
+    /// `jobs/notify` (or `jobs/notify-next` when `next`).
+    Notify { next: bool, payload: bytes::Bytes },
+    /// An execution changed.
+    Execution(ExecutionChange),
+}
+
 /// The executions of one twin.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Jobs {
@@ -328,7 +338,7 @@ impl Jobs {
         thing: &str,
         input: JobInput,
         now: u64,
-        out: &mut Vec<Effect>,
+        out: &mut Vec<JobEffect>,
     ) -> bool {
         let before = self.notices(thing);
         let changed = match input {
@@ -353,7 +363,7 @@ impl Jobs {
         thing: &str,
         canceled: impl Fn(&str) -> bool,
         now: u64,
-        out: &mut Vec<Effect>,
+        out: &mut Vec<JobEffect>,
     ) -> bool {
         if !self
             .executions
@@ -368,7 +378,7 @@ impl Jobs {
                 e.status = ExecStatus::Canceled;
                 e.version += 1;
                 e.updated_at = now;
-                out.push(Effect::Execution(e.change()));
+                out.push(JobEffect::Execution(e.change()));
             }
         }
         self.trim();
@@ -377,7 +387,7 @@ impl Jobs {
     }
 
     /// Times out executions in progress whose deadline passed; whether any did.
-    pub fn expire(&mut self, thing: &str, now: u64, out: &mut Vec<Effect>) -> bool {
+    pub fn expire(&mut self, thing: &str, now: u64, out: &mut Vec<JobEffect>) -> bool {
         let before = self.notices(thing);
         let mut changed = false;
         for e in &mut self.executions {
@@ -386,7 +396,7 @@ impl Jobs {
                 e.deadline = None;
                 e.version += 1;
                 e.updated_at = now;
-                out.push(Effect::Execution(e.change()));
+                out.push(JobEffect::Execution(e.change()));
                 changed = true;
             }
         }
@@ -431,7 +441,7 @@ impl Jobs {
         document: String,
         in_progress_timeout_ms: Option<u64>,
         now: u64,
-        out: &mut Vec<Effect>,
+        out: &mut Vec<JobEffect>,
     ) -> bool {
         if self.executions.iter().any(|e| e.job_id == job_id)
             || self.pending().count() >= MAX_PENDING
@@ -458,12 +468,12 @@ impl Jobs {
             deadline: None,
             document,
         };
-        out.push(Effect::Execution(execution.change()));
+        out.push(JobEffect::Execution(execution.change()));
         self.executions.push(execution);
         true
     }
 
-    fn cancel(&mut self, job_id: &str, force: bool, now: u64, out: &mut Vec<Effect>) -> bool {
+    fn cancel(&mut self, job_id: &str, force: bool, now: u64, out: &mut Vec<JobEffect>) -> bool {
         let Some(e) = self.executions.iter_mut().find(|e| e.job_id == job_id) else {
             return false;
         };
@@ -479,13 +489,13 @@ impl Jobs {
         e.deadline = None;
         e.version += 1;
         e.updated_at = now;
-        out.push(Effect::Execution(e.change()));
+        out.push(JobEffect::Execution(e.change()));
         self.trim();
         true
     }
 
-    fn reply(op: JobOp, accepted: bool, body: Value, out: &mut Vec<Effect>) {
-        out.push(Effect::JobReply(JobReply {
+    fn reply(op: JobOp, accepted: bool, body: Value, out: &mut Vec<JobEffect>) {
+        out.push(JobEffect::Reply(JobReply {
             op,
             accepted,
             payload: bytes::Bytes::from(body.to_string()),
@@ -499,7 +509,7 @@ impl Jobs {
         state: Option<Value>,
         token: &Option<Value>,
         now: u64,
-        out: &mut Vec<Effect>,
+        out: &mut Vec<JobEffect>,
     ) {
         let mut body = json!({ "code": error.code(), "message": message });
         if let Some(state) = state {
@@ -514,7 +524,7 @@ impl Jobs {
         op: JobOp,
         payload: &Value,
         now: u64,
-        out: &mut Vec<Effect>,
+        out: &mut Vec<JobEffect>,
     ) -> bool {
         let token = token(payload);
         match op.clone() {
@@ -572,7 +582,7 @@ impl Jobs {
                 if changed {
                     e.version += 1;
                     e.updated_at = now;
-                    out.push(Effect::Execution(e.change()));
+                    out.push(JobEffect::Execution(e.change()));
                 }
                 let body = json!({ "execution": e.full(thing, true) });
                 Self::reply(op, true, with_token(body, &token, now), out);
@@ -613,7 +623,7 @@ impl Jobs {
         payload: &Value,
         token: &Option<Value>,
         now: u64,
-        out: &mut Vec<Effect>,
+        out: &mut Vec<JobEffect>,
     ) -> bool {
         let status = match payload
             .get("status")
@@ -701,7 +711,7 @@ impl Jobs {
         }
         e.version += 1;
         e.updated_at = now;
-        out.push(Effect::Execution(e.change()));
+        out.push(JobEffect::Execution(e.change()));
         let mut body = json!({});
         if payload
             .get("includeJobExecutionState")
@@ -748,12 +758,18 @@ impl Jobs {
 
     /// Tells the device what changed in its pending executions (AWS's `jobs/notify` and
     /// `jobs/notify-next`), only when it did.
-    fn notify(&self, thing: &str, (list, next): (Value, Value), now: u64, out: &mut Vec<Effect>) {
+    fn notify(
+        &self,
+        thing: &str,
+        (list, next): (Value, Value),
+        now: u64,
+        out: &mut Vec<JobEffect>,
+    ) {
         let (list_now, next_now) = self.notices(thing);
         if list_now != list {
             let mut body = list_now;
             body["timestamp"] = secs(now).into();
-            out.push(Effect::JobNotify {
+            out.push(JobEffect::Notify {
                 next: false,
                 payload: bytes::Bytes::from(body.to_string()),
             });
@@ -768,7 +784,7 @@ impl Jobs {
         if key(&next_now) != key(&next) {
             let mut body = next_now;
             body["timestamp"] = secs(now).into();
-            out.push(Effect::JobNotify {
+            out.push(JobEffect::Notify {
                 next: true,
                 payload: bytes::Bytes::from(body.to_string()),
             });
@@ -780,7 +796,7 @@ impl Jobs {
 mod tests {
     use super::*;
 
-    fn queue(jobs: &mut Jobs, id: &str, now: u64, out: &mut Vec<Effect>) -> bool {
+    fn queue(jobs: &mut Jobs, id: &str, now: u64, out: &mut Vec<JobEffect>) -> bool {
         jobs.handle(
             "t",
             JobInput::Queue {
@@ -793,11 +809,11 @@ mod tests {
         )
     }
 
-    fn ask(jobs: &mut Jobs, op: JobOp, payload: Value, now: u64) -> (bool, Value, Vec<Effect>) {
+    fn ask(jobs: &mut Jobs, op: JobOp, payload: Value, now: u64) -> (bool, Value, Vec<JobEffect>) {
         let mut out = Vec::new();
         jobs.handle("t", JobInput::Request { op, payload }, now, &mut out);
         let reply = out.iter().find_map(|e| match e {
-            Effect::JobReply(r) => Some((r.accepted, serde_json::from_slice(&r.payload).unwrap())),
+            JobEffect::Reply(r) => Some((r.accepted, serde_json::from_slice(&r.payload).unwrap())),
             _ => None,
         });
         let (accepted, body) = reply.expect("a reply");
@@ -815,11 +831,11 @@ mod tests {
         );
         assert!(
             out.iter()
-                .any(|e| matches!(e, Effect::JobNotify { next: true, .. }))
+                .any(|e| matches!(e, JobEffect::Notify { next: true, .. }))
         );
         assert!(
             out.iter()
-                .any(|e| matches!(e, Effect::JobNotify { next: false, .. }))
+                .any(|e| matches!(e, JobEffect::Notify { next: false, .. }))
         );
         let (ok, body, _) = ask(
             &mut jobs,
@@ -856,7 +872,7 @@ mod tests {
         assert!(ok);
         assert!(
             out.iter()
-                .any(|e| matches!(e, Effect::Execution(c) if c.status == ExecStatus::Succeeded))
+                .any(|e| matches!(e, JobEffect::Execution(c) if c.status == ExecStatus::Succeeded))
         );
         // Terminal: no more transitions; nothing pending.
         let (ok, body, _) = ask(
@@ -907,7 +923,7 @@ mod tests {
         assert!(jobs.expire("t", 60_200, &mut out));
         assert!(
             out.iter()
-                .any(|e| matches!(e, Effect::Execution(c) if c.status == ExecStatus::TimedOut))
+                .any(|e| matches!(e, JobEffect::Execution(c) if c.status == ExecStatus::TimedOut))
         );
     }
 
@@ -954,51 +970,6 @@ mod tests {
         let (ok, body, _) = ask(&mut jobs, JobOp::Describe("$next".into()), json!({}), 1);
         assert!(ok);
         assert_eq!(body["execution"]["jobId"], "a");
-    }
-
-    #[test]
-    fn an_execution_costs_a_twin_record_little() {
-        use crate::{ThingName, Twin};
-        let mut twin = Twin::new(ThingName::new("meter-000001").unwrap());
-        let empty = twin.encode().len();
-        let mut out = Vec::new();
-        let document = r#"{"version":"2.0","url":"/artifacts/fw-2.0.bin","sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}"#;
-        twin.handle_job(
-            JobInput::Queue {
-                job_id: "fw-2-0".into(),
-                document: document.into(),
-                in_progress_timeout_ms: Some(1_800_000),
-            },
-            1_796_000_000_000,
-            &mut out,
-        );
-        twin.handle_job(
-            JobInput::Request {
-                op: JobOp::Update("fw-2-0".into()),
-                payload: json!({"status": "SUCCEEDED", "statusDetails": {"installed": "2.0"}}),
-            },
-            1_796_000_060_000,
-            &mut out,
-        );
-        let with = twin.encode().len();
-        let change = out
-            .iter()
-            .rev()
-            .find_map(|e| match e {
-                Effect::Execution(c) => Some(serde_json::to_vec(c).unwrap().len()),
-                _ => None,
-            })
-            .unwrap();
-        println!(
-            "a finished execution adds {} bytes to the twin record (document {} bytes); its index entry holds {change} bytes",
-            with - empty,
-            document.len()
-        );
-        assert!(
-            with - empty < document.len() + 100,
-            "{} bytes",
-            with - empty
-        );
     }
 
     #[test]

@@ -167,6 +167,16 @@ pub enum Effect {
     },
 }
 
+impl From<crate::jobs::JobEffect> for Effect {
+    fn from(effect: crate::jobs::JobEffect) -> Self {
+        match effect {
+            crate::jobs::JobEffect::Reply(reply) => Effect::JobReply(reply),
+            crate::jobs::JobEffect::Notify { next, payload } => Effect::JobNotify { next, payload },
+            crate::jobs::JobEffect::Execution(change) => Effect::Execution(change),
+        }
+    }
+}
+
 /// A device's twin: its classic and named shadows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Twin {
@@ -261,9 +271,14 @@ impl Twin {
 
     /// Handles a job input (a device's request, a rollout's queue or cancel) at `now`.
     pub fn handle_job(&mut self, input: crate::jobs::JobInput, now: u64, out: &mut Vec<Effect>) {
-        if self.jobs.handle(self.thing.as_str(), input, now, out) {
+        let mut effects = Vec::new();
+        if self
+            .jobs
+            .handle(self.thing.as_str(), input, now, &mut effects)
+        {
             self.dirty = true;
         }
+        out.extend(effects.into_iter().map(Effect::from));
     }
 
     /// Cancels queued executions of jobs that `canceled` says were canceled.
@@ -273,19 +288,23 @@ impl Twin {
         now: u64,
         out: &mut Vec<Effect>,
     ) {
+        let mut effects = Vec::new();
         if self
             .jobs
-            .cancel_where(self.thing.as_str(), canceled, now, out)
+            .cancel_where(self.thing.as_str(), canceled, now, &mut effects)
         {
             self.dirty = true;
         }
+        out.extend(effects.into_iter().map(Effect::from));
     }
 
     /// Times out job executions whose deadline passed.
     pub fn expire_jobs(&mut self, now: u64, out: &mut Vec<Effect>) {
-        if self.jobs.expire(self.thing.as_str(), now, out) {
+        let mut effects = Vec::new();
+        if self.jobs.expire(self.thing.as_str(), now, &mut effects) {
             self.dirty = true;
         }
+        out.extend(effects.into_iter().map(Effect::from));
     }
 
     /// The thing this twin mirrors.
