@@ -298,6 +298,22 @@ impl Directory {
         Ok(found)
     }
 
+    /// Marks a job in progress complete (every execution finished).
+    fn complete_job(&self, id: &str, now: u64) -> Result<(), NodeError> {
+        let repos = self.repos();
+        self.store().transact(|tx| {
+            if let Some(mut job) = repos.jobs.get(tx, id)?
+                && job.status == "IN_PROGRESS"
+            {
+                job.status = "COMPLETED".into();
+                job.updated_at = now;
+                repos.jobs.put(tx, &job)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     /// Stores a rollout's progress (unless the job was canceled meanwhile).
     fn save_progress(&self, id: &str, progress: &Progress, now: u64) -> Result<(), NodeError> {
         let repos = self.repos();
@@ -420,6 +436,17 @@ async fn cancel_executions(shared: Arc<Shared>, job: String, force: bool) {
     }
 }
 
+/// A rate-limited job's executions that may be queued now (they accrue with time), and when its
+/// executions were last counted.
+struct Pace {
+    budget: f64,
+    last: Instant,
+    counted: Option<Instant>,
+}
+
+/// How often a job's executions are counted (abort criteria, rate increases, completion).
+const COUNT_EVERY: Duration = Duration::from_secs(1);
+
 /// How often the rollout looks at its jobs.
 const ROLLOUT_TICK: Duration = Duration::from_millis(250);
 /// Executions a rollout without a rate queues per tick at most.
@@ -470,7 +497,7 @@ fn abort_reason(criteria: &[AbortCriterion], counts: &BTreeMap<ExecStatus, u64>)
 pub(crate) async fn run_rollouts(shared: Arc<Shared>) {
     let mut ticks = crate::shared::leader_ticks(ROLLOUT_TICK);
     // Executions each rate-limited job may queue now (they accrue with time).
-    let mut budgets: HashMap<String, (f64, Instant)> = HashMap::new();
+    let mut paces: HashMap<String, Pace> = HashMap::new();
     loop {
         tokio::select! {
             () = ticks.tick(&shared) => {}
@@ -482,12 +509,12 @@ pub(crate) async fn run_rollouts(shared: Arc<Shared>) {
         else {
             continue;
         };
-        budgets.retain(|id, _| {
+        paces.retain(|id, _| {
             jobs.iter()
                 .any(|j| &j.id == id && j.status == "IN_PROGRESS")
         });
         for job in jobs.into_iter().filter(|j| j.status == "IN_PROGRESS") {
-            if let Err(error) = step(&shared, job, &mut budgets).await {
+            if let Err(error) = step(&shared, job, &mut paces).await {
                 tracing::warn!(%error, "a rollout step failed; it is retried");
             }
         }
@@ -498,15 +525,24 @@ pub(crate) async fn run_rollouts(shared: Arc<Shared>) {
 async fn step(
     shared: &Arc<Shared>,
     job: JobRecord,
-    budgets: &mut HashMap<String, (f64, Instant)>,
+    paces: &mut HashMap<String, Pace>,
 ) -> Result<(), NodeError> {
     let watches =
         !job.abort.is_empty() || job.rollout.as_ref().is_some_and(|r| r.increase.is_some());
     if job.progress.done && job.abort.is_empty() {
         return Ok(());
     }
+    let now = Instant::now();
+    let pace = paces.entry(job.id.clone()).or_insert(Pace {
+        budget: 1.0,
+        last: now,
+        counted: None,
+    });
+    // Counting scans the job's execution index: at most once a COUNT_EVERY per job.
+    let count_now = watches && pace.counted.is_none_or(|at| now - at >= COUNT_EVERY);
     let mut progress = job.progress.clone();
-    if watches {
+    if count_now {
+        pace.counted = Some(now);
         let (for_call, id) = (shared.clone(), job.id.clone());
         let counts = crate::pool::blocking(move || for_call.directory.job_counts(&id)).await??;
         if let Some(reason) = abort_reason(&job.abort, &counts) {
@@ -520,6 +556,16 @@ async fn step(
             })
             .await??;
             cancel_executions(shared.clone(), job.id.clone(), false).await;
+            return Ok(());
+        }
+        let pending = counts
+            .iter()
+            .any(|(status, n)| !status.is_terminal() && *n > 0);
+        if progress.done && !pending && !job.continuous && !counts.is_empty() {
+            // Every execution finished: the job is complete and leaves the rollout.
+            let (for_call, id) = (shared.clone(), job.id.clone());
+            crate::pool::blocking(move || for_call.directory.complete_job(&id, crate::now_ms()))
+                .await??;
             return Ok(());
         }
         if let Some(increase) = job.rollout.as_ref().and_then(|r| r.increase.as_ref()) {
@@ -546,15 +592,13 @@ async fn step(
     let allowed = match progress.rate_per_minute {
         None => UNLIMITED_PER_TICK,
         Some(rate) => {
-            let now = Instant::now();
-            let (budget, last) = budgets.entry(job.id.clone()).or_insert((1.0, now));
-            let accrued = rate / 60.0 * now.duration_since(*last).as_secs_f64();
+            let accrued = rate / 60.0 * now.duration_since(pace.last).as_secs_f64();
             // A paused rollout does not burst: at most two ticks' worth (or one execution).
             let cap = (rate / 60.0 * 2.0 * ROLLOUT_TICK.as_secs_f64()).max(1.0);
-            *budget = (*budget + accrued).min(cap.max(*budget));
-            *last = now;
-            let whole = budget.floor();
-            *budget -= whole;
+            pace.budget = (pace.budget + accrued).min(cap.max(pace.budget));
+            pace.last = now;
+            let whole = pace.budget.floor();
+            pace.budget -= whole;
             whole as usize
         }
     };

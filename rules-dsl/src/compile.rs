@@ -350,6 +350,33 @@ impl RuleCompiler<'_, '_> {
         (self.paths.len() - 1) as u16
     }
 
+    /// A field of a root with fixed fields (`device.connected`, `job.status`): its type, or a
+    /// diagnostic naming the fields there are.
+    fn fixed_field(&mut self, path: &ast::Path, what: &str, fields: &[(&str, Ty)]) -> Facts {
+        let ty = match path.fields.as_slice() {
+            [field] => fields
+                .iter()
+                .find(|(name, _)| *name == field.text)
+                .map(|(_, ty)| *ty),
+            _ => None,
+        };
+        if ty.is_none() {
+            let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+            self.diags
+                .error(
+                    "E020",
+                    path.span,
+                    format!("`{}` is not a field of {what}", path.display()),
+                )
+                .hint(format!("{what} has: {}", names.join(", ")));
+        }
+        Facts {
+            ty: ty.unwrap_or(Ty::Any),
+            maybe_missing: false,
+            edge: false,
+        }
+    }
+
     /// Checks a field against its schema; its type and whether it may be missing.
     fn field(&mut self, path: &ast::Path) -> Facts {
         let (schema, section) = match path.root {
@@ -360,49 +387,12 @@ impl RuleCompiler<'_, '_> {
                 self.children.as_ref().and_then(|c| c.reported.as_ref()),
                 "the children's reported",
             ),
+            // Never missing: `false` before the first connect, "" before the first execution.
             Root::Device => {
-                if path.fields.len() == 1 && path.fields[0].text == "connected" {
-                    return Facts {
-                        ty: Ty::Bool,
-                        maybe_missing: false,
-                        edge: false,
-                    };
-                }
-                self.diags
-                    .error(
-                        "E020",
-                        path.span,
-                        format!("`{}` is not a field of the device", path.display()),
-                    )
-                    .hint("the device has: connected");
-                return Facts {
-                    ty: Ty::Any,
-                    maybe_missing: false,
-                    edge: false,
-                };
+                return self.fixed_field(path, "the device", &[("connected", Ty::Bool)]);
             }
             Root::Job => {
-                if path.fields.len() == 1 && matches!(path.fields[0].text.as_str(), "id" | "status")
-                {
-                    // "" until the twin's first execution change.
-                    return Facts {
-                        ty: Ty::Str,
-                        maybe_missing: false,
-                        edge: false,
-                    };
-                }
-                self.diags
-                    .error(
-                        "E020",
-                        path.span,
-                        format!("`{}` is not a field of the job", path.display()),
-                    )
-                    .hint("the job has: id, status");
-                return Facts {
-                    ty: Ty::Any,
-                    maybe_missing: false,
-                    edge: false,
-                };
+                return self.fixed_field(path, "the job", &[("id", Ty::Str), ("status", Ty::Str)]);
             }
         };
         let keys: Vec<&str> = path.fields.iter().map(|f| f.text.as_str()).collect();

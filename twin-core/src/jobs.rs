@@ -307,6 +307,17 @@ impl Jobs {
         self.executions.iter().filter(|e| !e.status.is_terminal())
     }
 
+    /// AWS's summaries of the executions in `status`, oldest first.
+    fn summaries(&self, status: ExecStatus) -> Vec<Value> {
+        let mut of: Vec<&Execution> = self
+            .executions
+            .iter()
+            .filter(|e| e.status == status)
+            .collect();
+        of.sort_by_key(|e| (e.queued_at, e.execution_number));
+        of.into_iter().map(Execution::summary).collect()
+    }
+
     /// The next pending execution: the oldest in progress, else the oldest queued.
     fn next(&self) -> Option<&Execution> {
         let oldest = |status| {
@@ -529,18 +540,9 @@ impl Jobs {
         let token = token(payload);
         match op.clone() {
             JobOp::GetPending => {
-                let list = |status| -> Vec<Value> {
-                    let mut of: Vec<&Execution> = self
-                        .executions
-                        .iter()
-                        .filter(|e| e.status == status)
-                        .collect();
-                    of.sort_by_key(|e| (e.queued_at, e.execution_number));
-                    of.into_iter().map(Execution::summary).collect()
-                };
                 let body = json!({
-                    "inProgressJobs": list(ExecStatus::InProgress),
-                    "queuedJobs": list(ExecStatus::Queued),
+                    "inProgressJobs": self.summaries(ExecStatus::InProgress),
+                    "queuedJobs": self.summaries(ExecStatus::Queued),
                 });
                 Self::reply(op, true, with_token(body, &token, now), out);
                 false
@@ -730,21 +732,12 @@ impl Jobs {
 
     /// What `notify` and `notify-next` would say now (without timestamps).
     fn notices(&self, thing: &str) -> (Value, Value) {
-        let list = |status| -> Vec<Value> {
-            let mut of: Vec<&Execution> = self
-                .executions
-                .iter()
-                .filter(|e| e.status == status)
-                .collect();
-            of.sort_by_key(|e| (e.queued_at, e.execution_number));
-            of.into_iter().map(Execution::summary).collect()
-        };
         let mut jobs = Map::new();
         for (name, status) in [
             ("QUEUED", ExecStatus::Queued),
             ("IN_PROGRESS", ExecStatus::InProgress),
         ] {
-            let of = list(status);
+            let of = self.summaries(status);
             if !of.is_empty() {
                 jobs.insert(name.to_owned(), Value::Array(of));
             }

@@ -77,7 +77,8 @@ pub struct JobRecord {
     /// How long an execution may stay in progress, minutes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_minutes: Option<u64>,
-    /// `IN_PROGRESS` or `CANCELED` (a job is complete when every execution is).
+    /// `IN_PROGRESS`, `CANCELED`, or `COMPLETED` (stored once every execution of a job the
+    /// rollout watches finished; apps see any finished job as complete).
     pub status: String,
     /// Canceled with `force`: executions in progress were canceled too.
     #[serde(default)]
