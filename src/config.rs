@@ -17,7 +17,7 @@ use storage::StoreUrl;
   NO_COLOR            no colour in logs even on a terminal
 
 Every flag can also be set in the --config file (TOML), which sets the limits too:
-[node], [node.limits], [node.mqtt], [node.history], [ws], [http], [cluster]. Flags win over the
+[node], [node.limits], [node.mqtt], [node.history], [ws], [http], [cors], [cluster]. Flags win over the
 file.")]
 pub struct ServeArgs {
     /// Directory of the embedded store [default: ./doppel-data]; short for --store fjall:DIR.
@@ -147,6 +147,7 @@ struct FileConfig {
     node: NodeConfig,
     ws: api::WsConfig,
     http: api::ServeLimits,
+    cors: api::CorsConfig,
     cluster: ClusterFile,
 }
 
@@ -166,6 +167,7 @@ impl Default for FileConfig {
             node: NodeConfig::default(),
             ws: api::WsConfig::default(),
             http: api::ServeLimits::default(),
+            cors: api::CorsConfig::default(),
             cluster: ClusterFile::default(),
         }
     }
@@ -201,6 +203,8 @@ pub struct ServeConfig {
     pub node: NodeConfig,
     pub ws: api::WsConfig,
     pub http: api::ServeLimits,
+    /// Other origins whose pages may call the API.
+    pub cors: api::CorsConfig,
     /// Cluster membership, if the node is part of one.
     pub cluster: Option<ClusterSettings>,
     /// The operator's CA for device certificates (certificate chain, key).
@@ -314,6 +318,7 @@ impl ServeConfig {
             node: file.node,
             ws: file.ws,
             http: file.http,
+            cors: file.cors,
         })
     }
 }

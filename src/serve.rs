@@ -208,7 +208,8 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
         }
     };
 
-    let state = api::AppState::new(node.clone(), Some(metrics), config.ws);
+    let state =
+        api::AppState::new(node.clone(), Some(metrics), config.ws).with_cors(config.cors.clone());
     let http = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding the HTTP API to {}", config.http_listen))?;

@@ -12,23 +12,12 @@ use doppel_tests::{
     device::{self, WAIT},
     eventually,
     node::{Node, Options},
+    python,
 };
 use serde_json::{Value, json};
 use std::{net::SocketAddr, path::PathBuf, process::Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_doppel");
-
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("DOPPEL_PYTHON") {
-        return python.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with awsiotsdk in .venv: `scripts/test` creates it from tests/requirements.txt (or set DOPPEL_PYTHON)"
-    );
-    venv
-}
 
 fn run_sdk(addr: SocketAddr, thing: &str, token: &str, extra: &[&str]) -> Value {
     run_sdk_on(&addr.ip().to_string(), addr.port(), thing, token, extra)

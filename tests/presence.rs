@@ -64,6 +64,19 @@ async fn connects_and_disconnects_reach_apps_with_their_reason() {
     assert_eq!(taken["payload"]["disconnectReason"], "DUPLICATE_CLIENTID");
     assert_eq!(taken["payload"]["clientInitiatedDisconnect"], false);
     drop(d);
+    // The device is still connected, through its new session: the old one's end, reported
+    // after the new connect, does not mark it offline.
+    // (A negative: watched for a second and a half, far longer than the record's write takes;
+    // before the fix it read offline within milliseconds.)
+    let watch = std::time::Instant::now();
+    while watch.elapsed() < Duration::from_millis(1_500) {
+        let c = admin.get("/v1/things/door-1").await.1["connectivity"].clone();
+        assert_eq!(
+            c["connected"], true,
+            "a taken-over session marked the device offline: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A clean DISCONNECT.
     second.client.disconnect().await.unwrap();

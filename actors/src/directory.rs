@@ -11,7 +11,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, RwLock},
 };
-use storage::{AnyStore, Repos, Store, Transaction};
+use storage::{AnyStore, Presence, Repos, Store, Transaction};
 use twin_core::{CompiledType, DeviceType, ThingName, TypeName};
 
 pub use storage::{
@@ -114,6 +114,33 @@ pub struct ThingQuery {
     pub device_type: Option<TypeName>,
     /// Only things with all these attributes.
     pub attributes: BTreeMap<String, String>,
+    /// Only things whose names start with this.
+    pub prefix: Option<String>,
+    /// Only things connected (`true`) or not (`false`: disconnected or never connected).
+    pub connected: Option<bool>,
+}
+
+/// A listed thing and its connectivity (`None`: it never connected).
+pub type Listed = (ThingRecord, Option<Presence>);
+
+/// Things counted by type and connectivity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FleetSummary {
+    /// Things the principal sees.
+    pub things: u64,
+    /// Of them, connected now.
+    pub connected: u64,
+    /// Per device type (`""`: things without one): things and connected.
+    pub by_type: BTreeMap<String, TypeCount>,
+}
+
+/// Things of one type.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TypeCount {
+    /// Things of the type.
+    pub things: u64,
+    /// Of them, connected now.
+    pub connected: u64,
 }
 
 /// A new API key: its record and the key to hand out, shown only now.
@@ -617,17 +644,12 @@ impl Directory {
         &self,
         query: &ThingQuery,
         principal: &Principal,
-    ) -> Result<(Vec<ThingRecord>, bool), NodeError> {
-        const PAGE: usize = 1_000;
+    ) -> Result<(Vec<Listed>, bool), NodeError> {
         let mut found = Vec::new();
-        let mut after = query.after.clone();
-        loop {
-            let page = self
-                .store
-                .transact(|tx| self.repos.things.list(tx, after.as_deref(), PAGE))?;
-            let exhausted = page.len() < PAGE;
-            after = page.last().map(|r| r.name.to_string());
-            for record in page {
+        let more = self.scan_things(
+            query.prefix.as_deref(),
+            query.after.clone(),
+            |record, presence| {
                 let matches = principal.sees(record.device_type.as_ref())
                     && query
                         .device_type
@@ -636,16 +658,72 @@ impl Directory {
                     && query
                         .attributes
                         .iter()
-                        .all(|(k, v)| record.attributes.get(k) == Some(v));
-                if matches {
-                    if found.len() == query.limit {
-                        return Ok((found, true));
-                    }
-                    found.push(record);
+                        .all(|(k, v)| record.attributes.get(k) == Some(v))
+                    && query
+                        .connected
+                        .is_none_or(|c| presence.as_ref().is_some_and(|p| p.connected) == c);
+                if !matches {
+                    return true;
+                }
+                if found.len() == query.limit {
+                    return false;
+                }
+                found.push((record, presence));
+                true
+            },
+        )?;
+        Ok((found, more))
+    }
+
+    /// Counts the things `principal` sees, by type and connectivity (reads every thing).
+    pub fn fleet_summary(&self, principal: &Principal) -> Result<FleetSummary, NodeError> {
+        let mut summary = FleetSummary::default();
+        self.scan_things(None, None, |record, presence| {
+            if principal.sees(record.device_type.as_ref()) {
+                let connected = u64::from(presence.is_some_and(|p| p.connected));
+                let kind = record.device_type.as_ref().map_or("", |t| t.as_str());
+                let count = summary.by_type.entry(kind.to_owned()).or_default();
+                count.things += 1;
+                count.connected += connected;
+                summary.things += 1;
+                summary.connected += connected;
+            }
+            true
+        })?;
+        Ok(summary)
+    }
+
+    /// Feeds `visit` every thing whose name starts with `prefix`, after `after`, with its
+    /// connectivity, in name order, a page of a thousand per transaction, until it answers
+    /// `false`; returns whether it stopped early.
+    fn scan_things(
+        &self,
+        prefix: Option<&str>,
+        mut after: Option<String>,
+        mut visit: impl FnMut(ThingRecord, Option<Presence>) -> bool,
+    ) -> Result<bool, NodeError> {
+        const PAGE: usize = 1_000;
+        loop {
+            let page = self.store.transact(|tx| {
+                let records = self.repos.things.list_prefixed(
+                    tx,
+                    prefix.unwrap_or(""),
+                    after.as_deref(),
+                    PAGE,
+                )?;
+                let names: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
+                let presence = self.repos.presence.get_many(tx, &names)?;
+                Ok(records.into_iter().zip(presence).collect::<Vec<_>>())
+            })?;
+            let exhausted = page.len() < PAGE;
+            after = page.last().map(|(r, _)| r.name.to_string());
+            for (record, presence) in page {
+                if !visit(record, presence) {
+                    return Ok(true);
                 }
             }
             if exhausted {
-                return Ok((found, false));
+                return Ok(false);
             }
         }
     }
@@ -1156,7 +1234,9 @@ mod tests {
         };
         let (seen, _) = d.list_things(&all, &principal).unwrap();
         assert_eq!(
-            seen.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            seen.iter()
+                .map(|(r, _)| r.name.as_str())
+                .collect::<Vec<_>>(),
             ["p-1"]
         );
         let (seen, _) = d.list_things(&all, &Principal::bootstrap()).unwrap();
@@ -1182,11 +1262,14 @@ mod tests {
             limit,
             device_type: Some(TypeName::new("Pump").unwrap()),
             attributes: [("site".to_owned(), "north".to_owned())].into(),
+            ..ThingQuery::default()
         };
         let (page, more) = d.list_things(&query(None, 2), &admin).unwrap();
         assert_eq!(
             (
-                page.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+                page.iter()
+                    .map(|(r, _)| r.name.as_str())
+                    .collect::<Vec<_>>(),
                 more
             ),
             (vec!["p-0", "p-2"], true)
@@ -1194,7 +1277,9 @@ mod tests {
         let (page, more) = d.list_things(&query(Some("p-2"), 2), &admin).unwrap();
         assert_eq!(
             (
-                page.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+                page.iter()
+                    .map(|(r, _)| r.name.as_str())
+                    .collect::<Vec<_>>(),
                 more
             ),
             (vec!["p-4"], false)

@@ -206,6 +206,37 @@ impl Directory {
         })?)
     }
 
+    /// A thing's executions of the newest jobs (at most `jobs`, by creation time), newest
+    /// first: one index read per job.
+    pub fn thing_executions(
+        &self,
+        thing: &str,
+        jobs: usize,
+    ) -> Result<Vec<(JobRecord, ExecutionChange)>, NodeError> {
+        Ok(self.store().transact(|tx| {
+            let mut records = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = self.repos().jobs.list(tx, after.as_deref(), 1_000)?;
+                let exhausted = page.len() < 1_000;
+                after = page.last().map(|j| j.id.clone());
+                records.extend(page);
+                if exhausted {
+                    break;
+                }
+            }
+            records.sort_by_key(|j| std::cmp::Reverse(j.created_at));
+            records.truncate(jobs);
+            let mut found = Vec::new();
+            for job in records {
+                if let Some(execution) = self.repos().job_executions.get(tx, &job.id, thing)? {
+                    found.push((job, execution));
+                }
+            }
+            Ok(found)
+        })?)
+    }
+
     /// Marks a job canceled (audited); its record after.
     fn cancel_job(
         &self,

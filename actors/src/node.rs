@@ -510,14 +510,19 @@ impl Node {
                 payload,
             },
         };
+        // A session taken over by a new one of the same device: the event is sent (as AWS IoT
+        // sends it), but the device is still connected, through its new session, which
+        // connected first; recording this end would mark it offline.
+        let taken_over = disconnected == Some("DUPLICATE_CLIENTID");
         // Rules reading `device.connected` see it change (only their twins get the input: a
         // reconnect storm does not wake every twin).
-        if self
-            .directory()
-            .rules()
-            .for_twin(thing, meta.device_type.as_ref())
-            .iter()
-            .any(|rule| rule.reads_device())
+        if !taken_over
+            && self
+                .directory()
+                .rules()
+                .for_twin(thing, meta.device_type.as_ref())
+                .iter()
+                .any(|rule| rule.reads_device())
         {
             self.inner
                 .shared
@@ -532,6 +537,9 @@ impl Node {
             )));
         metrics::counter!("doppel_presence_events_total", "event" => if connected { "connected" } else { "disconnected" })
             .increment(1);
+        if taken_over {
+            return;
+        }
         let presence = storage::Presence {
             connected,
             since: now,

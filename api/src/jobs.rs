@@ -365,3 +365,44 @@ pub(crate) async fn cancel(
     let record = state.node.cancel_job(id, body.force, caller.id()).await?;
     Ok(axum::Json(JobView::new(record, None)))
 }
+
+/// A thing's executions.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ThingExecutions {
+    /// Newest job first: `jobId`, `jobStatus`, `status`, `versionNumber`, `statusDetails`,
+    /// `updatedAt`.
+    #[schema(value_type = Vec<Object>)]
+    executions: Vec<Value>,
+}
+
+/// A thing's executions of the 100 newest jobs (AWS's ListJobExecutionsForThing).
+#[utoipa::path(get, path = "/v1/things/{name}/jobs", tag = "jobs", params(("name" = String, Path, pattern = "^[a-zA-Z0-9:_-]{1,128}$")),
+    security(("bearer" = [])),
+    responses((status = 200, body = ThingExecutions), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn for_thing(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<axum::Json<ThingExecutions>, ApiError> {
+    let record = crate::things::visible_thing(&state, &caller, &name).await?;
+    let thing = record.name.to_string();
+    let found = state
+        .node
+        .with_directory(move |d| d.thing_executions(&thing, 100))
+        .await?;
+    let executions = found
+        .into_iter()
+        .map(|(job, e)| {
+            serde_json::json!({
+                "jobId": job.id,
+                "jobStatus": job.status,
+                "status": e.status.as_str(),
+                "versionNumber": e.version,
+                "statusDetails": e.status_details,
+                "updatedAt": e.updated_at,
+            })
+        })
+        .collect();
+    Ok(axum::Json(ThingExecutions { executions }))
+}

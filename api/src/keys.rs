@@ -283,3 +283,29 @@ pub(crate) async fn audit(
         next,
     }))
 }
+
+/// The calling key: what it may do.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Me {
+    /// The key's id (`bootstrap` for the bootstrap admin token).
+    id: String,
+    #[schema(value_type = crate::schemas::RoleName)]
+    role: Role,
+    /// The device types it is limited to; absent: every thing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    types: Option<Vec<String>>,
+}
+
+/// Describes the calling key (any valid key): the console shows what its role and scope allow.
+#[utoipa::path(get, path = "/v1/me", tag = "keys", security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = 401, body = crate::error::ErrorBody)))]
+pub(crate) async fn me(caller: Caller) -> axum::Json<Me> {
+    let p = caller.0;
+    axum::Json(Me {
+        id: p.id,
+        role: p.role,
+        types: p
+            .types
+            .map(|t| t.into_iter().map(|t| t.to_string()).collect()),
+    })
+}

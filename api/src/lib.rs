@@ -6,6 +6,7 @@ mod artifacts;
 mod auth;
 mod certs;
 mod cluster;
+mod console;
 mod device;
 mod error;
 mod extract;
@@ -20,6 +21,7 @@ mod serve;
 mod slots;
 mod telemetry;
 mod things;
+mod tickets;
 mod ws;
 
 pub use auth::Caller;
@@ -50,6 +52,18 @@ pub struct AppState {
     ws: WsConfig,
     /// WebSocket connections per API key.
     ws_connections: slots::Slots<String>,
+    /// Unused WebSocket tickets.
+    tickets: tickets::Tickets,
+    cors: CorsConfig,
+}
+
+/// Which other origins' pages may call the API from a browser (the `[cors]` table of the
+/// configuration file). None by default: the console is served from the API's own origin.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed, exactly as browsers send them (`https://app.example.com`).
+    pub allowed_origins: Vec<String>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -68,7 +82,15 @@ impl AppState {
             metrics,
             ws,
             ws_connections: slots::Slots::default(),
+            tickets: tickets::Tickets::default(),
+            cors: CorsConfig::default(),
         }
+    }
+
+    /// Allows the pages of `cors.allowed_origins` to call the API.
+    pub fn with_cors(mut self, cors: CorsConfig) -> Self {
+        self.cors = cors;
+        self
     }
 
     /// Marks the node ready (store open, listeners up): `/readyz` answers 200 from now on.
@@ -140,11 +162,14 @@ fn log_cursor((at, seq): (u64, u64)) -> String {
 
 /// The HTTP routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
+        .merge(console::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/me", get(keys::me))
+        .route("/v1/fleet/summary", get(things::summary))
         .route("/v1/things", post(things::register).get(things::list))
         .route("/v1/things/bulk", post(things::register_bulk))
         .route(
@@ -160,6 +185,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(things::delete_shadow),
         )
         .route("/v1/things/{name}/telemetry", get(telemetry::get))
+        .route("/v1/things/{name}/jobs", get(jobs::for_thing))
         .route("/v1/types", get(things::list_types))
         .route(
             "/v1/types/{type}",
@@ -222,6 +248,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/things/{name}/rules/trace", get(rules::trace))
         .route("/v1/alerts", get(rules::alerts))
         .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/ws/ticket", post(tickets::issue))
         // The device HTTP API (AWS IoT's HTTPS device endpoint; client certificates).
         .route(
             "/things/{name}/shadow",
@@ -232,7 +259,44 @@ pub fn router(state: AppState) -> Router {
         .route("/topics/{*topic}", post(device::publish))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(identity_encoding_only))
-        .with_state(state)
+        .layer(axum::middleware::from_fn(console::security_headers));
+    let router = match cors_layer(&state.cors) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(state)
+}
+
+/// CORS for the configured origins (none: no layer, so no preflight is answered).
+fn cors_layer(config: &CorsConfig) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<_> = config
+        .allowed_origins
+        .iter()
+        .filter_map(|o| o.parse().ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::RANGE,
+        ])
+        .expose_headers([header::ETAG, header::CONTENT_RANGE])
+        .max_age(std::time::Duration::from_secs(600));
+    Some(layer)
 }
 
 /// Refuses request bodies in a content coding (`Content-Encoding: gzip`, …) with 415: the API

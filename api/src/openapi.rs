@@ -22,9 +22,10 @@ use utoipa::{
         crate::provisioning::issue_claim, crate::provisioning::list_claims, crate::provisioning::set_claim_status,
         crate::rules::put, crate::rules::list, crate::rules::get, crate::rules::delete, crate::rules::check,
         crate::rules::test, crate::rules::dry_run, crate::rules::trace, crate::rules::alerts,
+        crate::keys::me, crate::things::summary, crate::tickets::issue, crate::jobs::for_thing,
     ),
     modifiers(&Bearer),
-    tags((name = "things"), (name = "shadows"), (name = "types"), (name = "telemetry"), (name = "keys"), (name = "audit"), (name = "rules"), (name = "certificates"), (name = "provisioning"), (name = "jobs"), (name = "operations")),
+    tags((name = "things"), (name = "shadows"), (name = "types"), (name = "telemetry"), (name = "keys"), (name = "audit"), (name = "rules"), (name = "certificates"), (name = "provisioning"), (name = "jobs"), (name = "stream"), (name = "operations")),
 )]
 pub(crate) struct ApiDoc;
 

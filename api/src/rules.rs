@@ -257,6 +257,18 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A source to check and, if asked, test.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckBody {
+    /// The rules (and their tests) in the rule language.
+    #[schema(max_length = 65536)]
+    source: String,
+    /// Also run the source's tests when it has no errors (the editor's "run tests").
+    #[serde(default)]
+    tests: bool,
+}
+
 /// The result of a check.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct CheckResult {
@@ -265,26 +277,53 @@ pub(crate) struct CheckResult {
     /// Errors and warnings, in source order: code, severity, message, line, column, span, hint.
     #[schema(value_type = Vec<Object>)]
     diagnostics: Vec<Diagnostic>,
+    /// The tests' results, when asked for and the source has no errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tests: Option<TestResults>,
 }
 
-/// Checks a source against the deployment without saving anything.
-#[utoipa::path(post, path = "/v1/rules/check", tag = "rules", request_body = SourceBody, security(("bearer" = [])),
+/// Checks a source against the deployment, and runs its tests if asked, without saving anything.
+#[utoipa::path(post, path = "/v1/rules/check", tag = "rules", request_body = CheckBody, security(("bearer" = [])),
     responses((status = 200, body = CheckResult), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
         (status = 415, body = crate::error::ErrorBody)))]
 pub(crate) async fn check(
     State(state): State<AppState>,
     _caller: Caller,
-    Json(body): Json<SourceBody>,
+    Json(body): Json<CheckBody>,
 ) -> Result<Json<CheckResult>, ApiError> {
     source_size(&body.source)?;
-    let checked = state
+    state
         .node
-        .with_directory(move |d| Ok(rules_dsl::check(&body.source, d, true)))
-        .await?;
-    Ok(Json(CheckResult {
-        ok: !checked.has_errors(),
-        diagnostics: checked.diagnostics,
-    }))
+        .with_directory(move |d| {
+            let checked = rules_dsl::check(&body.source, d, true);
+            let ok = !checked.has_errors();
+            let tests = match &checked.program {
+                Some(program) if body.tests && ok => {
+                    // The twin of the tests is of the first rule's device type, if any.
+                    let device_type = program
+                        .rules
+                        .iter()
+                        .find_map(|r| match &r.target {
+                            RuleTarget::Type(t) => TypeName::new(t.as_ref()).ok(),
+                            RuleTarget::Thing(_) => None,
+                        })
+                        .and_then(|t| d.device_type(&t));
+                    let reports = rules_dsl::testing::run(program, device_type.as_deref());
+                    Some(TestResults {
+                        passed: reports.iter().all(|r| r.passed),
+                        tests: reports,
+                    })
+                }
+                _ => None,
+            };
+            Ok(Json(CheckResult {
+                ok,
+                diagnostics: checked.diagnostics,
+                tests,
+            }))
+        })
+        .await
+        .map_err(ApiError::from)
 }
 
 /// Test results.

@@ -75,7 +75,7 @@ pub(crate) struct ThingView {
     created_at: u64,
     /// Whether the device is connected: `{connected, since, last_seen, disconnect_reason?}`
     /// (times epoch ms; the reason in AWS IoT's vocabulary, e.g. `MQTT_KEEP_ALIVE_TIMEOUT`).
-    /// Only on `GET /v1/things/{name}`, once the device has connected.
+    /// Once the device has connected.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     connectivity: Option<actors::Presence>,
@@ -213,6 +213,11 @@ pub(crate) struct ListQuery {
     /// Only things with this attribute value, as `key:value`.
     #[param(pattern = "^[^:]*:")]
     attribute: Option<String>,
+    /// Only things whose names start with this.
+    #[param(pattern = "^[a-zA-Z0-9:_-]{1,128}$")]
+    prefix: Option<String>,
+    /// Only things connected now (`true`) or not (`false`).
+    connected: Option<bool>,
 }
 
 /// A page of things.
@@ -251,11 +256,20 @@ pub(crate) async fn list(
     {
         return Err(ApiError::invalid("cursor must come from a previous page"));
     }
+    if let Some(prefix) = &q.prefix
+        && ThingName::new(prefix).is_err()
+    {
+        return Err(ApiError::invalid(
+            "prefix must be 1 to 128 of the characters of thing names (a-z A-Z 0-9 : _ -)",
+        ));
+    }
     let query = ThingQuery {
         after: q.cursor,
         limit,
         device_type: q.device_type.as_deref().map(type_name).transpose()?,
         attributes,
+        prefix: q.prefix,
+        connected: q.connected,
     };
     let principal = caller.0.clone();
     let (records, more) = state
@@ -263,10 +277,16 @@ pub(crate) async fn list(
         .with_directory(move |d| d.list_things(&query, &principal))
         .await?;
     let next = more
-        .then(|| records.last().map(|r| r.name.to_string()))
+        .then(|| records.last().map(|(r, _)| r.name.to_string()))
         .flatten();
     Ok(Json(ThingPage {
-        things: records.into_iter().map(ThingView::from).collect(),
+        things: records
+            .into_iter()
+            .map(|(record, presence)| ThingView {
+                connectivity: presence,
+                ..ThingView::from(record)
+            })
+            .collect(),
         next,
     }))
 }
@@ -592,4 +612,36 @@ pub(crate) async fn list_types(State(state): State<AppState>, caller: Caller) ->
         .map(TypeView::from)
         .collect();
     Json(TypeList { types })
+}
+
+/// Things counted by type and connectivity.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct FleetSummaryView {
+    /// Things the key sees.
+    things: u64,
+    /// Of them, connected now.
+    connected: u64,
+    /// Per device type (`""`: things without one): `{things, connected}`.
+    #[schema(value_type = Object)]
+    by_type: BTreeMap<String, actors::directory::TypeCount>,
+}
+
+/// Counts the things the key sees by type and connectivity. Reads every thing: it answers in
+/// about a tenth of a second per 100,000 things on the embedded store.
+#[utoipa::path(get, path = "/v1/fleet/summary", tag = "things", security(("bearer" = [])),
+    responses((status = 200, body = FleetSummaryView), (status = 401, body = crate::error::ErrorBody)))]
+pub(crate) async fn summary(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<FleetSummaryView>, ApiError> {
+    let principal = caller.0;
+    let summary = state
+        .node
+        .with_directory(move |d| d.fleet_summary(&principal))
+        .await?;
+    Ok(Json(FleetSummaryView {
+        things: summary.things,
+        connected: summary.connected,
+        by_type: summary.by_type,
+    }))
 }

@@ -1,5 +1,6 @@
-//! The WebSocket change stream, `/v1/ws`. Authenticated on upgrade (`Authorization: Bearer`),
-//! JSON text frames, each an object whose `type` names it.
+//! The WebSocket change stream, `/v1/ws`. Authenticated on upgrade (`Authorization: Bearer`,
+//! or `?ticket=` from `POST /v1/ws/ticket` for browsers), JSON text frames, each an object
+//! whose `type` names it.
 //!
 //! Client → server: `subscribe {id, things?, thing_type?, filter?, since?}`, `unsubscribe {id}`,
 //! `get {id?, thing, shadow?}`, `update {id?, thing, shadow?, desired, version?}`.
@@ -111,9 +112,28 @@ pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let mut parts = parts;
-    let caller = match Caller::from_request_parts(&mut parts, &state).await {
-        Ok(caller) => caller,
-        Err(error) => return error.into_response(),
+    // A browser opens the stream with a ticket (it cannot set `Authorization` on an upgrade).
+    let ticket = parts.uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("ticket="))
+            .map(str::to_owned)
+    });
+    let caller = match ticket {
+        Some(ticket) => match state.tickets.redeem(&ticket) {
+            Some(principal) => Caller(principal),
+            None => {
+                return ApiError::new(
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "the ticket is unknown, used or expired; ask POST /v1/ws/ticket for another",
+                )
+                .into_response();
+            }
+        },
+        None => match Caller::from_request_parts(&mut parts, &state).await {
+            Ok(caller) => caller,
+            Err(error) => return error.into_response(),
+        },
     };
     let Some(slot) = state
         .ws_connections

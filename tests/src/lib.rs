@@ -12,7 +12,25 @@ pub mod tls;
 pub mod twins;
 pub mod ws;
 
-use std::time::{Duration, Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+/// The Python that runs the outside clients (the AWS IoT Device SDK, schemathesis, selenium):
+/// `DOPPEL_PYTHON`, or the workspace's `.venv` that `scripts/test` makes from
+/// `tests/requirements.txt`.
+pub fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("DOPPEL_PYTHON") {
+        return python.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with the test clients in .venv: `scripts/test` creates it from tests/requirements.txt (or set DOPPEL_PYTHON)"
+    );
+    venv
+}
 
 /// Waits until `check` returns `Some`, polling every 20 ms, for at most `timeout`.
 pub async fn eventually<T>(

@@ -43,6 +43,25 @@ impl Presences {
             .transpose()
     }
 
+    /// The connectivity of each of `things`, in order (`None`: never connected).
+    pub fn get_many(
+        &self,
+        tx: &mut impl Transaction,
+        things: &[&str],
+    ) -> Result<Vec<Option<Presence>>, StoreError> {
+        let keys: Vec<Vec<u8>> = things.iter().map(|t| self.space.pack(t)).collect();
+        tx.get_many(&keys)?
+            .into_iter()
+            .map(|bytes| {
+                bytes
+                    .map(|b| {
+                        serde_json::from_slice(&b).map_err(|e| StoreError::corrupt("presence", e))
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
     /// Writes a thing's connectivity.
     pub fn put(
         &self,

@@ -109,10 +109,34 @@ impl<T: Keyed + Serialize + DeserializeOwned> Records<T> {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<T>, StoreError> {
-        let (mut begin, end) = self.space.range();
+        self.list_prefixed(tx, "", after, limit)
+    }
+
+    /// Up to `limit` records whose names start with `prefix`, in name order, starting after
+    /// `after` (cursor paging).
+    pub fn list_prefixed(
+        &self,
+        tx: &mut impl Transaction,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let (mut begin, mut end) = self.space.range();
+        if !prefix.is_empty() {
+            // A name packs as its bytes and a terminator: without the terminator, the packed
+            // prefix begins the key of every name that starts with it (names hold no NUL and
+            // UTF-8 never holds 0xff).
+            begin = self.space.pack(&prefix);
+            begin.pop();
+            end = begin.clone();
+            end.push(0xff);
+        }
         if let Some(after) = after {
             // The first key after `after`'s own key.
-            begin = key_after(self.space.pack(&after));
+            begin = begin.max(key_after(self.space.pack(&after)));
+        }
+        if begin >= end {
+            return Ok(Vec::new());
         }
         let options = RangeOptions::first(limit);
         tx.get_range(&KeyRange::new(begin, end), options)?
