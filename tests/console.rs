@@ -89,7 +89,8 @@ async fn register_many(api: &Api, prefix: &str, count: usize, device_type: &str)
     tokens
 }
 
-/// Publishes telemetry samples as the device, one acknowledged message each.
+/// Publishes telemetry samples as the device, one acknowledged message each, then
+/// disconnects.
 async fn telemetry(node: &Node, thing: &str, token: &str, samples: &[Value]) {
     let mut device = device::connect(node.mqtt(), thing, token).await.unwrap();
     for sample in samples {
@@ -97,15 +98,19 @@ async fn telemetry(node: &Node, thing: &str, token: &str, samples: &[Value]) {
             .publish_acked(&format!("things/{thing}/telemetry"), sample)
             .await;
     }
+    device.client.disconnect().await.unwrap();
     let thing = thing.to_owned();
     let api = Api::admin(node);
     let want = samples.last().cloned().unwrap_or_default();
     eventually(
-        Duration::from_secs(10),
-        "the last sample in reported",
+        Duration::from_secs(15),
+        "the samples in reported, the device gone",
         async || {
             let (_, shadow) = api.get(&format!("/v1/things/{thing}/shadow")).await;
-            (shadow["state"]["reported"]["temp"] == want["temp"]).then_some(())
+            let (_, record) = api.get(&format!("/v1/things/{thing}")).await;
+            (shadow["state"]["reported"]["temp"] == want["temp"]
+                && record["connectivity"]["connected"] == false)
+                .then_some(())
         },
     )
     .await;
@@ -399,20 +404,24 @@ async fn the_fleet_page_pages_through_10000_things_watching_only_the_rows_on_scr
     let admin = Api::admin(&node);
     admin.put_type("Sensor", json!({"schemas": {}})).await;
     admin.put_type("Valve", json!({"schemas": {}})).await;
+    // Valves first in name order, then 10,000 sensors: the list ends on t-09999.
+    let valves = register_many(&admin, "a-", 25, "Valve").await;
     let tokens = register_many(&admin, "t-", 10_000, "Sensor").await;
-    register_many(&admin, "v-", 25, "Valve").await;
-    telemetry(&node, "t-00000", &tokens[0], &[json!({"temp": 20})]).await;
+    telemetry(&node, "a-00000", &valves[0], &[json!({"temp": 20})]).await;
     telemetry(&node, "t-09999", &tokens[9_999], &[json!({"temp": 21})]).await;
     let figures = browser(
         &node,
         "fleet",
         json!({
-            "count": 10_000, "extra": 25, "first": "t-00000", "last": "t-09999",
+            "count": 10_000, "extra": 25, "first": "a-00000", "last": "t-09999",
             "last_token": tokens[9_999], "prefix": "t-0500", "prefix_count": 10,
         }),
     )
     .await;
-    assert_eq!(figures["subscriptions_max"], 1);
+    assert!(
+        figures["subscriptions_max"].as_u64().unwrap() <= 1,
+        "{figures}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,6 +13,7 @@ fn the_readme_tour_runs_as_written() {
         ("curl", "curl"),
         ("mosquitto_rr", "mosquitto-clients"),
         ("mosquitto_pub", "mosquitto-clients"),
+        ("chromium", "chromium"),
     ] {
         doc::need(program, package);
     }

@@ -342,6 +342,7 @@ impl Session {
                     self.things -= selector.things.as_ref().map_or(0, Vec::len);
                     self.watcher.unsubscribe(&id);
                     self.sent.retain(|(sub, _, _), _| **sub != *id);
+                    metrics::gauge!("doppel_ws_subscriptions").decrement(1.0);
                     Vec::new()
                 } else {
                     vec![error_frame(Some(&id), "not_found", "no such subscription")]

@@ -158,7 +158,7 @@ def fleet(b):
 
     # Page through every thing by scrolling; the page holds one subscription all along, for
     # the rows on screen only.
-    most_subs, most_watched, most_node_subs, scrolls = 0, 0, 0, 0
+    most_subs, most_watched, most_node_subs, scrolls, pauses = 0, 0, 0, 0, 0
     box = b.one("#fleet-list")
     while True:
         b.d.execute_script("arguments[0].scrollTop += arguments[0].clientHeight * 4;", box)
@@ -167,11 +167,16 @@ def fleet(b):
         most_subs = max(most_subs, int(live.get_attribute("data-subscriptions")))
         most_watched = max(most_watched, int(live.get_attribute("data-things")))
         if scrolls % 10 == 0:
+            # Pause as a reader would: the rows on screen get their subscription.
+            until("the rows on screen watched", lambda: b.one("#live").get_attribute("data-subscriptions") == "1"
+                  and int(b.one("#live").get_attribute("data-things")) > 0)
+            most_watched = max(most_watched, int(b.one("#live").get_attribute("data-things")))
             most_node_subs = max(most_node_subs, metric("doppel_ws_subscriptions"))
+            pauses += 1
         loaded = int(box.get_attribute("data-loaded"))
         at_end = b.d.execute_script(
             "return arguments[0].scrollTop + arguments[0].clientHeight >= arguments[0].scrollHeight - 2;", box)
-        if loaded == count and box.get_attribute("data-more") == "false" and at_end:
+        if loaded == count + P["extra"] and box.get_attribute("data-more") == "false" and at_end:
             break
         assert scrolls < 2000, f"still scrolling after {scrolls} steps ({loaded} loaded)"
     last = P["last"]
@@ -181,15 +186,18 @@ def fleet(b):
     until("one subscription on the node", lambda: metric("doppel_ws_subscriptions") == 1)
     watched = int(b.one("#live").get_attribute("data-things"))
     rendered = len(b.css("#fleet-list .vrow[data-thing]"))
-    assert most_subs == 1, f"the page held {most_subs} subscriptions at once"
-    assert most_node_subs <= 1, f"the node held {most_node_subs} subscriptions for the page"
+    assert most_subs <= 1, f"the page held {most_subs} subscriptions at once"
+    assert most_node_subs == 1, f"the node held {most_node_subs} subscriptions for the page"
+    assert b.one("#live").get_attribute("data-subscriptions") == "1"
     assert 0 < watched <= rendered, f"{watched} things watched for {rendered} rows"
     assert most_watched <= 80, f"at most the rows on screen are watched, not {most_watched}"
-    FIGURES.update(scrolls=scrolls, subscriptions_max=most_subs, things_watched_max=most_watched,
+    FIGURES.update(scrolls=scrolls, pauses=pauses, subscriptions_max=most_subs, things_watched_max=most_watched,
+                   node_subscriptions_max=most_node_subs,
                    js_heap_mb=round(b.d.execute_script("return performance.memory.usedJSHeapSize") / 1e6, 1),
                    dom_nodes=b.d.execute_script("return document.getElementsByTagName('*').length"))
     # A change to a thing on screen shows up in its row.
     device = Device(last, P["last_token"])
+    until("the row shows the device connected", lambda: "connected" == b.text(f'#fleet-list .vrow[data-thing="{last}"] .conn'))
     device.telemetry({"temp": 99})
     until("the row's new value", lambda: "temp=99" in b.text(f'#fleet-list .vrow[data-thing="{last}"] .live'))
     b.shot("fleet-end")
@@ -310,7 +318,7 @@ def rules(b):
     editor.click()
     editor.send_keys(Keys.CONTROL, Keys.END)
     editor.send_keys(Keys.ENTER, "rule x for type Nope")
-    lines = P["source"].count("\n") + 1
+    lines = P["source"].count("\n") + 2  # the line typed after the last
     until("a diagnostic on the typed line", lambda: b.css(f'#diagnostics .diag[data-line="{lines}"]'))
     editor.send_keys(*([Keys.BACKSPACE] * len("rule x for type Nope")))
     until("no errors again", lambda: b.one("#diagnostics").get_attribute("data-errors") == "0")

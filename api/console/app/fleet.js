@@ -127,13 +127,18 @@ export function Fleet({ ctx }) {
       const keep = new Set(names);
       for (const k of live.current.keys()) if (!keep.has(k)) live.current.delete(k);
       end = ctx.stream.subscribe({ things: names }, (f) => {
-        const known = live.current.get(f.thing);
-        if (f.shadow !== "") return;
-        if (f.type === "snapshot" || f.type === "resync") {
-          live.current.set(f.thing, { version: f.version, reported: f.state?.reported || {}, at: Date.now() });
-        } else if (f.type === "change" && (!known || f.version > known.version)) {
-          const reported = merge(structuredClone(known?.reported || {}), f.changed?.reported || {});
-          live.current.set(f.thing, { version: f.version, reported, at: Date.now(), flash: true });
+        const known = live.current.get(f.thing) || {};
+        if (f.type === "event" && f.rule === "presence") {
+          // A session taken over leaves the device connected through its new session.
+          if (f.payload?.disconnectReason === "DUPLICATE_CLIENTID") return;
+          live.current.set(f.thing, { ...known, connected: f.kind === "connected" });
+        } else if (f.shadow !== "") {
+          return;
+        } else if (f.type === "snapshot" || f.type === "resync") {
+          live.current.set(f.thing, { ...known, version: f.version, reported: f.state?.reported || {} });
+        } else if (f.type === "change" && !(f.version <= known.version)) {
+          const reported = merge(structuredClone(known.reported || {}), f.changed?.reported || {});
+          live.current.set(f.thing, { ...known, version: f.version, reported, flash: true });
         } else {
           return;
         }
@@ -157,14 +162,16 @@ export function Fleet({ ctx }) {
       <div class="spacer" style=${{ height: `${rows.length * ROW + (next ? ROW : 0)}px` }}>
         ${visible.map((r, i) => {
           const l = live.current.get(r.name);
-          const c = r.connectivity;
+          // Connectivity as listed, then as the stream reports it while the row is watched.
+          const connected = l?.connected ?? r.connectivity?.connected;
           return html`<div class=${"vrow" + (l?.flash ? " flash" : "")} key=${r.name} data-thing=${r.name}
               style=${{ top: `${(first + i) * ROW}px` }}>
             <a href=${`#/things/${encodeURIComponent(r.name)}`}>${r.name}</a>
             <span>${r.type || html`<span class="muted">—</span>`}</span>
-            <span>${c ? html`<span class=${"badge " + (c.connected ? "on" : "off")}>${c.connected ? "connected" : "offline"}</span>` : html`<span class="muted">never</span>`}</span>
-            <span class="mono">${l ? l.version : ""}</span>
-            <span class="mono live" title=${l ? JSON.stringify(l.reported) : ""}>${l ? brief(l.reported) : ""}</span>
+            <span class="conn">${connected === undefined ? html`<span class="muted">never</span>`
+              : html`<span class=${"badge " + (connected ? "on" : "off")}>${connected ? "connected" : "offline"}</span>`}</span>
+            <span class="mono">${l?.version ?? ""}</span>
+            <span class="mono live" title=${l?.reported ? JSON.stringify(l.reported) : ""}>${l?.reported ? brief(l.reported) : ""}</span>
           </div>`;
         })}
         ${next && html`<div class="vrow muted" style=${{ top: `${rows.length * ROW}px` }}>loading more…</div>`}

@@ -21,6 +21,9 @@ test "hot after a minute above 30" {
 }
 `;
 
+/** A message for the next Rules page (a new rule, once deployed, opens at its own address). */
+let carried = null;
+
 /** The name of the first rule a source defines. */
 const ruleName = (source) => source.match(/^\s*rule\s+([A-Za-z0-9_]+)/m)?.[1] || "";
 
@@ -143,7 +146,11 @@ export function Rules({ name, ctx }) {
   const [text, setText] = useState(null);
   const [diag, setDiag] = useState({ diagnostics: null, error: null });
   const [tests, setTests] = useState(null);
-  const [status, setStatus] = useState(null);
+  const [status, setStatus] = useState(() => {
+    const message = carried;
+    carried = null;
+    return message;
+  });
   const [error, setError] = useState(null);
   const view = useRef(null);
   const readOnly = !ctx.canEdit;
@@ -181,11 +188,16 @@ export function Rules({ name, ctx }) {
     setStatus(null);
     try {
       await call("PUT", `/v1/rules/${encodeURIComponent(target)}`, { body: { source } });
-      setStatus(`Deployed ${target} at ${new Date().toLocaleTimeString()}.`);
+      const message = `Deployed ${target} at ${new Date().toLocaleTimeString()}.`;
+      if (loaded.isNew) {
+        carried = message;
+        location.hash = `#/rules/${encodeURIComponent(target)}`;
+        return;
+      }
+      setStatus(message);
       setText(null);
-      setLoaded({ source, isNew: false });
+      setLoaded({ ...loaded, source });
       refreshList();
-      if (loaded.isNew) location.hash = `#/rules/${encodeURIComponent(target)}`;
     } catch (e) {
       setError(e.details?.diagnostics ? new Error(`${e.message}: ${e.details.diagnostics.map((d) => `${d.line}:${d.column} ${d.message}`).join("; ")}`) : e);
     }
