@@ -265,6 +265,7 @@ impl ServeConfig {
             file.node.mqtt.dev = true;
         }
         file.node.limits.validate()?;
+        file.cors.validate().map_err(anyhow::Error::msg)?;
         let cluster = match args.cluster_listen.or(file.cluster.listen) {
             None => None,
             Some(listen) => {

@@ -511,3 +511,47 @@ async fn a_viewer_sees_no_edit_controls_and_a_scoped_key_only_its_types() {
         .await;
     assert_eq!(status, 403);
 }
+
+#[test]
+fn the_console_doc_runs_as_written() {
+    doppel_tests::doc::need("curl", "curl");
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console.md"),
+    )
+    .unwrap();
+    let steps = doppel_tests::doc::run_section(
+        &doc,
+        "## From another origin, step by step",
+        BIN,
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_eq!(steps, 1);
+}
+
+#[test]
+fn a_cors_origin_that_is_not_one_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("doppel.toml");
+    for bad in [
+        "*",
+        "https://app.example.com/console",
+        "app.example.com",
+        "null",
+    ] {
+        std::fs::write(&config, format!("[cors]\nallowed_origins = [\"{bad}\"]\n")).unwrap();
+        let output = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{bad} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("cors.allowed_origins") && stderr.contains(bad),
+            "{stderr}"
+        );
+    }
+}

@@ -66,6 +66,30 @@ pub struct CorsConfig {
     pub allowed_origins: Vec<String>,
 }
 
+impl CorsConfig {
+    /// Checks that every origin is `http(s)://host[:port]`, as browsers send it (no path, no
+    /// wildcard: a key is a credential, so every origin is named).
+    pub fn validate(&self) -> Result<(), String> {
+        for origin in &self.allowed_origins {
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let valid = rest.is_some_and(|host| {
+                !host.is_empty()
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+            });
+            if !valid {
+                return Err(format!(
+                    "cors.allowed_origins: {origin:?} is not an origin like \"https://app.example.com\" (scheme and host, optional port, no path, no wildcard)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState").finish_non_exhaustive()
