@@ -120,6 +120,9 @@ pub struct ThingQuery {
     pub connected: Option<bool>,
 }
 
+/// Things read per transaction when listing or counting.
+const SCAN_PAGE: usize = 1_000;
+
 /// A listed thing and its connectivity (`None`: it never connected).
 pub type Listed = (ThingRecord, Option<Presence>);
 
@@ -646,9 +649,12 @@ impl Directory {
         principal: &Principal,
     ) -> Result<(Vec<Listed>, bool), NodeError> {
         let mut found = Vec::new();
+        // A first page one longer than asked tells whether more follow when nothing is
+        // filtered out; filtered listings read on, a thousand at a time.
         let more = self.scan_things(
             query.prefix.as_deref(),
             query.after.clone(),
+            query.limit.saturating_add(1),
             |record, presence| {
                 let matches = principal.sees(record.device_type.as_ref())
                     && query
@@ -678,7 +684,7 @@ impl Directory {
     /// Counts the things `principal` sees, by type and connectivity (reads every thing).
     pub fn fleet_summary(&self, principal: &Principal) -> Result<FleetSummary, NodeError> {
         let mut summary = FleetSummary::default();
-        self.scan_things(None, None, |record, presence| {
+        self.scan_things(None, None, SCAN_PAGE, |record, presence| {
             if principal.sees(record.device_type.as_ref()) {
                 let connected = u64::from(presence.is_some_and(|p| p.connected));
                 let kind = record.device_type.as_ref().map_or("", |t| t.as_str());
@@ -694,28 +700,30 @@ impl Directory {
     }
 
     /// Feeds `visit` every thing whose name starts with `prefix`, after `after`, with its
-    /// connectivity, in name order, a page of a thousand per transaction, until it answers
-    /// `false`; returns whether it stopped early.
+    /// connectivity, in name order, a page per transaction (`first` things, then a thousand),
+    /// until it answers `false`; returns whether it stopped early.
     fn scan_things(
         &self,
         prefix: Option<&str>,
         mut after: Option<String>,
+        first: usize,
         mut visit: impl FnMut(ThingRecord, Option<Presence>) -> bool,
     ) -> Result<bool, NodeError> {
-        const PAGE: usize = 1_000;
+        let mut page_size = first.clamp(1, SCAN_PAGE);
         loop {
             let page = self.store.transact(|tx| {
                 let records = self.repos.things.list_prefixed(
                     tx,
                     prefix.unwrap_or(""),
                     after.as_deref(),
-                    PAGE,
+                    page_size,
                 )?;
                 let names: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
                 let presence = self.repos.presence.get_many(tx, &names)?;
                 Ok(records.into_iter().zip(presence).collect::<Vec<_>>())
             })?;
-            let exhausted = page.len() < PAGE;
+            let exhausted = page.len() < page_size;
+            page_size = SCAN_PAGE;
             after = page.last().map(|(r, _)| r.name.to_string());
             for (record, presence) in page {
                 if !visit(record, presence) {

@@ -160,6 +160,7 @@ def fleet(b):
     # the rows on screen only.
     most_subs, most_watched, most_node_subs, scrolls, pauses = 0, 0, 0, 0, 0
     box = b.one("#fleet-list")
+    scrolling = time.monotonic()
     while True:
         b.d.execute_script("arguments[0].scrollTop += arguments[0].clientHeight * 4;", box)
         scrolls += 1
@@ -179,6 +180,7 @@ def fleet(b):
         if loaded == count + P["extra"] and box.get_attribute("data-more") == "false" and at_end:
             break
         assert scrolls < 2000, f"still scrolling after {scrolls} steps ({loaded} loaded)"
+    FIGURES["scroll_to_end_s"] = round(time.monotonic() - scrolling, 1)
     last = P["last"]
     b.one(f'#fleet-list .vrow[data-thing="{last}"]')
     until("the last row's live value", lambda: "temp=" in b.text(f'#fleet-list .vrow[data-thing="{last}"] .live'))
@@ -201,6 +203,14 @@ def fleet(b):
     device.telemetry({"temp": 99})
     until("the row's new value", lambda: "temp=99" in b.text(f'#fleet-list .vrow[data-thing="{last}"] .live'))
     b.shot("fleet-end")
+
+    # A reload (the key stays with the tab): time to the first rows and to the counts.
+    start = time.monotonic()
+    b.d.refresh()
+    b.one("#fleet-list .vrow[data-thing]")
+    FIGURES["reload_to_rows_ms"] = round((time.monotonic() - start) * 1000)
+    until("the counts after reload", lambda: b.css("#count-things"))
+    FIGURES["reload_to_counts_ms"] = round((time.monotonic() - start) * 1000)
 
     # Server-side search: name prefix, type, connected.
     prefix = b.one("#filter-prefix")

@@ -2,8 +2,11 @@
 // never grows the page without bound.
 import { html, useEffect, useRef, uPlot } from "/console/vendor/vendor.js";
 
-/** `points`: [[ts ms, value], …] in time order; `live` points are appended as they come. */
-export function Chart({ title, points, max = 2000, height = 160, id }) {
+/**
+ * `points`: [[ts ms, value], …] in time order; `live` points are appended as they come. The
+ * time axis ends now (or at the last point) and spans `span` ms when given.
+ */
+export function Chart({ title, points, max = 2000, height = 160, span, id }) {
   const el = useRef(null);
   const plot = useRef(null);
   useEffect(() => {
@@ -12,7 +15,15 @@ export function Chart({ title, points, max = 2000, height = 160, id }) {
       width,
       height,
       legend: { show: false },
-      scales: { x: { time: true } },
+      scales: {
+        x: {
+          time: true,
+          range: (u, min, max) => {
+            const hi = Math.max(max ?? 0, Date.now() / 1000);
+            return [span ? hi - span / 1000 : Math.min(min ?? hi, hi - 60), hi];
+          },
+        },
+      },
       series: [{}, { label: title, stroke: "#2f6feb", width: 1.5, points: { show: false } }],
       axes: [{}, { size: 50 }],
     };

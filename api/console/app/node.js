@@ -83,7 +83,7 @@ export function NodePage({ ctx }) {
     <div class="spark">
       ${SERIES.map(([k, label]) => html`<div class="panel" data-series=${k}>
         <div class="muted">${label}</div><div class="stat" id=${`stat-${k}`}>${fmt(latest[k])}</div>
-        <${Chart} title="" points=${series[k]} height=${90} max=${POINTS} />
+        <${Chart} title="" points=${series[k]} height=${90} max=${POINTS} span=${POINTS * 2000} />
       </div>`)}
     </div>
     <div class="panel" id="cluster"><h2>Cluster</h2>

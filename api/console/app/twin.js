@@ -133,7 +133,7 @@ function Telemetry({ name, live }) {
     <${Err} error=${error} />
     ${series && !fields.length && html`<p class="muted">No numeric telemetry in this range.</p>`}
     <div class="charts" id="charts">
-      ${fields.map((f) => html`<${Chart} key=${f} title=${f} points=${series[f]} id=${`chart-${f}`} />`)}
+      ${fields.map((f) => html`<${Chart} key=${`${f}-${range}`} title=${f} points=${series[f]} span=${range} id=${`chart-${f}`} />`)}
     </div>
   </div>`;
 }
