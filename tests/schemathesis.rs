@@ -63,7 +63,7 @@ fn fuzz(node: &Node, role: &str, key: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("Tested: 51"),
+        stdout.contains("Tested: 55"),
         "every operation was tested:\n{stdout}"
     );
 }

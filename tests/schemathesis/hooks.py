@@ -3,7 +3,8 @@
 `role_allows_request` fails a test case when a key got a 2xx for a request its role may not
 make. The role under test comes from the DOPPEL_ROLE environment variable:
 
-- viewer: reads only (GET, and the POSTs that change nothing: rule checks, tests, dry runs);
+- viewer: reads only (GET, and the POSTs that change nothing: rule checks, tests, dry runs,
+  WebSocket tickets);
 - operator: reads, changes desired state (PATCH /v1/things/{name}/shadow without
   `reported`), rules (PUT and DELETE /v1/rules/{name}), jobs (PUT /v1/jobs/{id}, POST
   /v1/jobs/{id}/cancel) and artifacts (PUT and DELETE /v1/artifacts/{name});
@@ -32,8 +33,9 @@ def _touches_reported(body):
     return state is None or (isinstance(state, dict) and "reported" in state)
 
 
-# POSTs that change nothing: checking a rule, running its tests, a dry run.
-READ_ONLY_POSTS = {"/v1/rules/check", "/v1/rules/{name}/test", "/v1/rules/{name}/dry-run"}
+# POSTs that change nothing: checking a rule, running its tests, a dry run, a ticket for the
+# change stream (which any key may open).
+READ_ONLY_POSTS = {"/v1/rules/check", "/v1/rules/{name}/test", "/v1/rules/{name}/dry-run", "/v1/ws/ticket"}
 
 
 def _allowed(role, method, path, body):
