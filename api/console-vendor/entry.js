@@ -7,5 +7,6 @@ export const html = htm.bind(h);
 export { default as uPlot } from "uplot";
 export { EditorView, basicSetup } from "codemirror";
 export { EditorState } from "@codemirror/state";
+export { StreamLanguage } from "@codemirror/language";
 export { keymap } from "@codemirror/view";
 export { linter, lintGutter, setDiagnostics, forceLinting } from "@codemirror/lint";

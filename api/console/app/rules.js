@@ -4,7 +4,7 @@
 // deploys and deletes.
 import {
   html, useState, useEffect, useRef,
-  EditorView, EditorState, basicSetup, linter, lintGutter,
+  EditorView, EditorState, StreamLanguage, basicSetup, linter, lintGutter,
 } from "/console/vendor/vendor.js";
 import { call, get } from "./api.js";
 import { when, Err } from "./util.js";
@@ -26,6 +26,30 @@ let carried = null;
 
 /** The name of the first rule a source defines. */
 const ruleName = (source) => source.match(/^\s*rule\s+([A-Za-z0-9_]+)/m)?.[1] || "";
+
+const KEYWORDS = new Set(("rule test for type thing when clear cooldown then on children set command alert " +
+  "emit severity at expect no firing resolved and or not over of event reply report connected " +
+  "disconnected timeout true false null").split(" "));
+const ROOTS = new Set(["telemetry", "reported", "desired", "device", "job", "child", "children"]);
+
+/** Highlighting of the rule language: comments, strings, durations and numbers, keywords, and
+ * the roots of fields (`telemetry.temp`). The checker, not this, decides what is valid. */
+const ruleLanguage = StreamLanguage.define({
+  token(stream) {
+    if (stream.eatSpace()) return null;
+    if (stream.match("//")) {
+      stream.skipToEnd();
+      return "comment";
+    }
+    if (stream.match(/^"(?:[^"\\]|\\.)*"?/)) return "string";
+    if (stream.match(/^\d+(?:\.\d+)?(?:ms|s|m|h|d)\b/)) return "number";
+    if (stream.match(/^\d+(?:\.\d+)?/)) return "number";
+    const word = stream.match(/^[A-Za-z_][A-Za-z0-9_]*/);
+    if (word) return KEYWORDS.has(word[0]) ? "keyword" : ROOTS.has(word[0]) ? "variableName.special" : "variableName";
+    stream.next();
+    return "operator";
+  },
+});
 
 /** The checker's diagnostics as CodeMirror's: `line`/`column` (from 1) and the span's length. */
 function toEditor(doc, diagnostics) {
@@ -64,6 +88,7 @@ function Editor({ source, readOnly, onChange, onDiagnostics, viewRef }) {
         doc: source,
         extensions: [
           basicSetup,
+          ruleLanguage,
           lintGutter(),
           linter(check, { delay: 300 }),
           EditorState.readOnly.of(readOnly),
@@ -227,7 +252,7 @@ export function Rules({ name, ctx }) {
     <div>
       <div class="panel">
         <div class="row">
-          <h2 style=${{ margin: 0 }}>${loaded?.isNew ? "New rule" : name}</h2>
+          <h2 class="name">${loaded?.isNew ? "New rule" : name}</h2>
           ${loaded?.isNew && html`<span class="muted">will be deployed as <b id="rule-target">${target || "?"}</b></span>`}
           ${loaded && !loaded.isNew && loaded.updated_by && html`<span class="muted">by ${loaded.updated_by}, ${when(loaded.updated_at)}</span>`}
           ${readOnly && html`<span class="badge">read only</span>`}
