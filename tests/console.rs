@@ -555,3 +555,33 @@ fn a_cors_origin_that_is_not_one_is_refused_at_start() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn across_a_cluster_the_node_page_lists_the_nodes_and_a_twin_is_live_on_any_node() {
+    use doppel_tests::cluster;
+    let server = storage::pg_server::LocalServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let nodes: Vec<Node> = ["a", "b"]
+        .into_iter()
+        .map(|name| Node::start(BIN, cluster::options(&server, "console", name, None)))
+        .collect();
+    cluster::settled(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(30)).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // A thing whose twin lives on a, its device on a, the console on b.
+    let thing = cluster::name_owned_by(a, "a", "meter").await;
+    let admin = Api::admin(a);
+    admin.put_type("Sensor", json!({"schemas": {}})).await;
+    let token = admin.register(&thing, Some("Sensor")).await;
+    telemetry(
+        a,
+        &thing,
+        &token,
+        &[json!({"temp": 20}), json!({"temp": 21})],
+    )
+    .await;
+    browser(
+        b,
+        "cluster",
+        json!({"thing": thing, "token": token, "device_mqtt": a.mqtt().to_string(), "nodes": ["a", "b"]}),
+    )
+    .await;
+}

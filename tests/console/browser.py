@@ -4,7 +4,7 @@ chromium-driver), against a running doppel node that tests/console.rs started an
 
 Usage: browser.py SCENARIO PARAMS_JSON
 
-Scenarios: fleet, twin, rules, viewer. Each signs in, works the pages as a user would, asserts
+Scenarios: fleet, twin, rules, viewer, cluster. Each signs in, works the pages as a user would, asserts
 what the page must show, and writes screenshots to PARAMS.shots. The device is the AWS IoT
 Device SDK's MQTT client (awscrt) over plain TCP with the thing's token. Prints one JSON line
 of figures and exits 0, or raises (exit 1) with what went wrong.
@@ -105,8 +105,8 @@ def metric(name):
 class Device:
     """A device on the node's MQTT endpoint: the AWS IoT Device SDK's MQTT client."""
 
-    def __init__(self, thing, token):
-        host, port = P["mqtt"].rsplit(":", 1)
+    def __init__(self, thing, token, addr=None):
+        host, port = (addr or P["mqtt"]).rsplit(":", 1)
         elg = io.EventLoopGroup(1)
         bootstrap = io.ClientBootstrap(elg, io.DefaultHostResolver(elg))
         self.thing = thing
@@ -390,8 +390,30 @@ def viewer(b):
     b.shot("viewer-scoped-fleet")
 
 
+def cluster(b):
+    """The console on node b: the node page lists both nodes and their shards; a twin whose
+    device and owner are on node a is live on b's twin page."""
+    b.signin(P["admin"])
+    b.go("node")
+    table = b.one("#cluster-nodes")
+    until("both nodes", lambda: all(f"\n{n} " in "\n" + b.text("#cluster-nodes") for n in P["nodes"]))
+    counts = [int(row.find_elements(By.TAG_NAME, "td")[2].text) for row in table.find_elements(By.CSS_SELECTOR, "tr")[1:]]
+    cluster_doc = api("GET", "/v1/cluster").json()
+    assert sum(counts) == len(cluster_doc["shards"]), f"shard counts {counts} of {len(cluster_doc['shards'])}"
+    assert all(c > 0 for c in counts), counts
+    b.shot("node-cluster")
+    thing = P["thing"]
+    b.go(f"things/{thing}")
+    until("the reported state", lambda: '"temp": 21' in (b.text("#reported") or ""))
+    device = Device(thing, P["token"], P["device_mqtt"])
+    device.telemetry({"temp": 55})
+    until("the report through the other node", lambda: '"temp": 55' in b.text("#reported"), timeout=5)
+    b.shot("twin-cluster")
+    device.close()
+
+
 def main():
-    scenario = {"fleet": fleet, "twin": twin, "rules": rules, "viewer": viewer}[sys.argv[1]]
+    scenario = {"fleet": fleet, "twin": twin, "rules": rules, "viewer": viewer, "cluster": cluster}[sys.argv[1]]
     b = Browser()
     try:
         scenario(b)
