@@ -318,6 +318,21 @@ async fn a_ticket_opens_one_websocket_as_its_key() {
             other => panic!("a used or unknown ticket opened a stream: {other:?}"),
         }
     }
+    // A ticket does not outlive its key.
+    let operator = admin.create_key("operator", None).await;
+    let (_, body) = Api::with(&node, Some(&operator))
+        .post("/v1/ws/ticket", json!({}))
+        .await;
+    let orphan = body["ticket"].as_str().unwrap().to_owned();
+    let id = operator.split('_').nth(1).unwrap();
+    let (status, _) = admin.delete(&format!("/v1/keys/{id}")).await;
+    assert_eq!(status, 204);
+    match tokio_tungstenite::connect_async(ws_url(&orphan).into_client_request().unwrap()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401)
+        }
+        other => panic!("a revoked key's ticket opened a stream: {other:?}"),
+    }
     // A key holds a bounded number of unused tickets.
     let mut statuses = Vec::new();
     for _ in 0..20 {
@@ -431,6 +446,18 @@ async fn the_twin_page_is_live_and_shows_a_conflicting_edit() {
     admin.put_type("Sensor", json!({"schemas": {}})).await;
     let token = admin.register("pump-1", Some("Sensor")).await;
     let (status, body) = admin.put("/v1/rules/hot", json!({ "source": HOT })).await;
+    assert_eq!(status, 201, "{body}");
+    // A job and a certificate for the twin page's lists.
+    let (status, body) = admin
+        .put(
+            "/v1/jobs/fw-7",
+            json!({"targets": {"things": ["pump-1"]}, "document": {"version": "7"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = admin
+        .post("/v1/things/pump-1/certificates", json!({"generate": true}))
+        .await;
     assert_eq!(status, 201, "{body}");
     telemetry(
         &node,

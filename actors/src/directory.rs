@@ -915,6 +915,11 @@ impl Directory {
         Ok(existed)
     }
 
+    /// Whether the API key `id` exists (it has not been revoked).
+    pub fn key_exists(&self, id: &str) -> bool {
+        self.keys.read().is_ok_and(|keys| keys.contains_key(id))
+    }
+
     /// The principal behind a presented API key (`dk_<id>_<secret>`), if the key is valid.
     pub fn authenticate_key(&self, presented: &str) -> Option<Principal> {
         let (id, secret) = presented.strip_prefix("dk_")?.split_once('_')?;

@@ -119,7 +119,11 @@ pub(crate) async fn upgrade(
             .map(str::to_owned)
     });
     let caller = match ticket {
-        Some(ticket) => match state.tickets.redeem(&ticket) {
+        // The key must still exist: a ticket does not outlive a revocation.
+        Some(ticket) => match state.tickets.redeem(&ticket).filter(|p| {
+            p.id == actors::directory::Principal::bootstrap().id
+                || state.node.directory().key_exists(&p.id)
+        }) {
             Some(principal) => Caller(principal),
             None => {
                 return ApiError::new(

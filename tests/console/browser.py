@@ -293,6 +293,9 @@ def twin(b):
     # Alerts and jobs of this twin (the node raised one from the rule deployed by the harness).
     b.go(f"things/{thing}")
     until("the twin's alert", lambda: b.css("#twin-alerts") and "Hot" in b.text("#twin-alerts"))
+    until("the twin's job execution", lambda: b.css("#twin-jobs") and "fw-7" in b.text("#twin-jobs"))
+    until("the twin's certificate", lambda: b.css("#twin-certs") and "active" in b.text("#twin-certs"))
+    b.d.execute_script("document.getElementById('twin-jobs').scrollIntoView()")
     b.shot("twin-lists")
     device.close()
 
