@@ -17,7 +17,7 @@ import time
 import requests
 from awscrt import io, mqtt
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
@@ -35,7 +35,7 @@ def until(what, check, timeout=10.0):
             last = check()
             if last:
                 return last
-        except StaleElementReferenceException:
+        except (StaleElementReferenceException, NoAlertPresentException):
             pass
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for: {what} (last: {last!r})")
@@ -360,12 +360,26 @@ def rules(b):
     device.telemetry({"temp": 35})
     until("the firing alert", lambda: b.css("#alerts-firing") and P["thing"] in b.text("#alerts-firing"), timeout=15)
     b.shot("alerts")
+    # It resolves when the temperature falls; filtered to resolved, only that entry is left.
+    device.telemetry({"temp": 20})
+    until("the alert resolved", lambda: not b.css("#alerts-firing") and "resolved" in b.text("#alerts-history"), timeout=15)
+    b.d.execute_script("arguments[0].value = 'resolved'; arguments[0].dispatchEvent(new Event('change'));",
+                       b.one("#alerts-state"))
+    until("only resolved entries", lambda: [r.text for r in b.css("#alerts-history tr[data-thing]")] != []
+          and all("resolved" in r.text for r in b.css("#alerts-history tr[data-thing]")))
+    b.shot("alerts-resolved")
     device.close()
 
     b.go("node")
     until("node figures", lambda: b.text("#stat-mqtt") not in (None, "—") and b.text("#stat-rss") not in (None, "—"))
     until("a second scrape", lambda: b.text("#stat-msgs") not in (None, "—"), timeout=6)
     b.shot("node")
+
+    # Delete the rule (after the browser's confirmation).
+    b.go("rules/hot")
+    b.one("#delete-rule").click()
+    until("the confirmation", lambda: b.d.switch_to.alert).accept()
+    until("the rule gone", lambda: "hot" not in b.text("#rule-list") and api("GET", "/v1/rules/hot").status_code == 404)
 
 
 def viewer(b):

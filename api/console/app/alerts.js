@@ -69,7 +69,7 @@ export function Alerts() {
     <div class="row panel">
       <input placeholder="thing starts with…" value=${f.thing} onInput=${set("thing")} />
       <input placeholder="rule or alert" value=${f.rule} onInput=${set("rule")} />
-      <select value=${f.state} onChange=${set("state")}><option value="">firing or resolved</option><option>firing</option><option>resolved</option></select>
+      <select id="alerts-state" value=${f.state} onChange=${set("state")}><option value="">firing or resolved</option><option>firing</option><option>resolved</option></select>
       <select value=${f.severity} onChange=${set("severity")}><option value="">any severity</option>
         ${["critical", "major", "minor", "warning", "info"].map((s) => html`<option>${s}</option>`)}</select>
       <span class="muted">last 24 hours · live</span>
