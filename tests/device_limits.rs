@@ -215,6 +215,31 @@ async fn the_endpoint_and_the_http_listener_hold_a_bounded_number_of_connections
         .expect("the third connection is closed, not left waiting");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     drop(idle);
+    drop(third);
+    // Room again once the node has seen the idle connections go: probed with plain sockets and
+    // deadlines (an HTTP client's pool may wait on a connection the node refused).
+    doppel_tests::until(
+        "the HTTP listener to take a connection again",
+        Duration::from_secs(20),
+        async || {
+            use tokio::io::AsyncWriteExt;
+            let probe = async {
+                let mut s = tokio::net::TcpStream::connect(node.http).await.ok()?;
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+                    .await
+                    .ok()?;
+                let mut answer = Vec::new();
+                s.read_to_end(&mut answer).await.ok()?;
+                Some(answer.starts_with(b"HTTP/1.1 200"))
+            };
+            tokio::time::timeout(Duration::from_secs(2), probe)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(false)
+        },
+    )
+    .await;
     let metrics = doppel_tests::eventually(
         Duration::from_secs(10),
         "the HTTP listener to answer again",

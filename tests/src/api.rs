@@ -30,6 +30,8 @@ impl Api {
     /// Over HTTPS (a node started with `--tls-cert`), trusting `server_pem` for `localhost`.
     pub fn over_tls(node: &Node, token: Option<&str>, server_pem: &str) -> Api {
         let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(60))
             .add_root_certificate(reqwest::Certificate::from_pem(server_pem.as_bytes()).unwrap())
             .resolve("localhost", node.http)
             .build()

@@ -169,8 +169,12 @@ impl Node {
     }
 
     /// An HTTP client for [`Node::url`]s (trusting the node's certificate when it has one).
+    /// Its requests give up after a minute (connecting after five seconds), so a request the
+    /// node never answers fails its test instead of hanging it.
     pub fn client(&self) -> reqwest::Client {
-        let mut builder = reqwest::Client::builder();
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60));
         if let Some(pem) = &self.options.trust {
             builder = builder
                 .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
