@@ -171,6 +171,18 @@ async fn the_console_is_served_with_its_security_headers() {
         .unwrap();
     assert_eq!(gzipped.headers()["content-encoding"], "gzip");
     assert!(gzipped.bytes().await.unwrap().len() < 200_000);
+    // The bundled libraries' licenses are served beside them.
+    let licenses = client
+        .get(node.url("/console/vendor/LICENSES.txt"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for package in ["preact", "htm", "uplot", "@codemirror/view"] {
+        assert!(licenses.contains(&format!("== {package} ")), "{package}");
+    }
     let missing = client
         .get(node.url("/console/app/nope.js"))
         .send()
