@@ -534,10 +534,12 @@ async fn a_node_paused_past_its_lease_writes_nothing_for_the_shards_it_lost_and_
     .await;
     println!("b's shards moved {:?} after SIGSTOP", paused.elapsed());
     let at_pause = acked(&load);
-    // The devices on a keep going against the new owners.
+    // The devices on a keep going against the new owners. (Liveness, not speed: 10 s here
+    // alone; a CI run under full parallel load took more than 20 s once.)
+    let going = Instant::now();
     until(
         "the devices on a to go on",
-        Duration::from_secs(20),
+        Duration::from_secs(45),
         async || {
             acked(&load)
                 .iter()
@@ -547,6 +549,10 @@ async fn a_node_paused_past_its_lease_writes_nothing_for_the_shards_it_lost_and_
         },
     )
     .await;
+    println!(
+        "the devices on a went on {:?} after the move",
+        going.elapsed()
+    );
 
     b.resume();
     cluster::settled(&[a, b, c], Duration::from_secs(20)).await;
