@@ -207,7 +207,8 @@ impl Directory {
     }
 
     /// A thing's executions of the newest jobs (at most `jobs`, by creation time), newest
-    /// first: one index read per job.
+    /// first: one index read per job. Jobs are read a thousand at a time and only the newest
+    /// `jobs` kept, so the memory a call holds does not grow with the number of jobs.
     pub fn thing_executions(
         &self,
         thing: &str,
@@ -221,12 +222,12 @@ impl Directory {
                 let exhausted = page.len() < 1_000;
                 after = page.last().map(|j| j.id.clone());
                 records.extend(page);
+                records.sort_by_key(|j| std::cmp::Reverse(j.created_at));
+                records.truncate(jobs);
                 if exhausted {
                     break;
                 }
             }
-            records.sort_by_key(|j| std::cmp::Reverse(j.created_at));
-            records.truncate(jobs);
             let mut found = Vec::new();
             for job in records {
                 if let Some(execution) = self.repos().job_executions.get(tx, &job.id, thing)? {
@@ -553,6 +554,21 @@ pub(crate) async fn run_rollouts(shared: Arc<Shared>) {
 }
 
 /// One rollout step of `job`.
+/// Stores a job's rollout progress (on the blocking pool).
+async fn store_progress(
+    shared: &Arc<Shared>,
+    job: &str,
+    progress: Progress,
+) -> Result<(), NodeError> {
+    let (shared, id) = (shared.clone(), job.to_owned());
+    crate::pool::blocking(move || {
+        shared
+            .directory
+            .save_progress(&id, &progress, crate::now_ms())
+    })
+    .await?
+}
+
 async fn step(
     shared: &Arc<Shared>,
     job: JobRecord,
@@ -610,13 +626,7 @@ async fn step(
     }
     if progress.done {
         if progress != job.progress {
-            let (for_call, id) = (shared.clone(), job.id.clone());
-            crate::pool::blocking(move || {
-                for_call
-                    .directory
-                    .save_progress(&id, &progress, crate::now_ms())
-            })
-            .await??;
+            store_progress(shared, &job.id, progress).await?;
         }
         return Ok(());
     }
@@ -683,12 +693,5 @@ async fn step(
     }
     metrics::gauge!("doppel_job_rate_per_minute", "job" => job.id.clone())
         .set(progress.rate_per_minute.unwrap_or(0.0));
-    let (for_call, id) = (shared.clone(), job.id.clone());
-    crate::pool::blocking(move || {
-        for_call
-            .directory
-            .save_progress(&id, &progress, crate::now_ms())
-    })
-    .await??;
-    Ok(())
+    store_progress(shared, &job.id, progress).await
 }

@@ -1,6 +1,6 @@
 // The console's third-party libraries, re-exported from one ES module (bundled by build.sh).
-export { h, render } from "preact";
-export { useState, useEffect, useRef, useMemo, useCallback } from "preact/hooks";
+export { render } from "preact";
+export { useState, useEffect, useRef, useMemo } from "preact/hooks";
 import htm from "htm";
 import { h } from "preact";
 export const html = htm.bind(h);
@@ -8,5 +8,4 @@ export { default as uPlot } from "uplot";
 export { EditorView, basicSetup } from "codemirror";
 export { EditorState } from "@codemirror/state";
 export { StreamLanguage } from "@codemirror/language";
-export { keymap } from "@codemirror/view";
-export { linter, lintGutter, setDiagnostics, forceLinting } from "@codemirror/lint";
+export { linter, lintGutter } from "@codemirror/lint";

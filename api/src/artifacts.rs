@@ -152,12 +152,7 @@ pub(crate) async fn download(
         .node
         .may_download(thing.to_string(), name.clone())
         .await
-        .map_err(|_| {
-            refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the registry is unavailable",
-            )
-        })?;
+        .map_err(|_| crate::device::registry_unavailable())?;
     if !allowed {
         return Err(refuse(
             StatusCode::FORBIDDEN,

@@ -34,6 +34,14 @@ pub(crate) fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal 
     Refusal(status, message.into())
 }
 
+/// 503: the node could not read what it needs to decide.
+pub(crate) fn registry_unavailable() -> Refusal {
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the registry is unavailable",
+    )
+}
+
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let body = json!({ "code": self.0.as_u16(), "message": self.1 });
@@ -72,12 +80,7 @@ async fn certified(
         .node
         .with_directory(move |d| d.certificate(&id))
         .await
-        .map_err(|_| {
-            refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the registry is unavailable",
-            )
-        })?;
+        .map_err(|_| registry_unavailable())?;
     match record {
         Some(r) if r.status == CertStatus::Active && actors::now_ms() <= r.not_after => {
             ThingName::new(&r.thing).map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string()))
@@ -127,10 +130,7 @@ pub(crate) async fn who(
             actors::directory::AuthFailure::BadCredentials => {
                 refuse(StatusCode::UNAUTHORIZED, "bad credentials")
             }
-            actors::directory::AuthFailure::Unavailable => refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the registry is unavailable",
-            ),
+            actors::directory::AuthFailure::Unavailable => registry_unavailable(),
         })
 }
 
